@@ -1,0 +1,148 @@
+"""Reading frames and writing results, safely.
+
+Every writer goes through ``atomic_path``: output is written to a temporary name beside
+the target and renamed into place, so an interrupted command never leaves a truncated
+file where a good one was.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import csv
+import os
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+
+FRAME_SUFFIXES = (".npy", ".npz", ".tif", ".tiff")
+
+
+def check_output_path(path: str | os.PathLike) -> Path:
+  """Fails early, before any long computation, if ``path``'s directory does not exist."""
+  path = Path(path)
+  parent = path.parent if str(path.parent) else Path(".")
+  if not parent.is_dir():
+    raise FileNotFoundError(f"output directory does not exist: {parent}")
+  return path
+
+
+@contextlib.contextmanager
+def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
+  """Yields a temporary path; on success it is renamed to ``path``.
+
+  Raises:
+    FileNotFoundError: if the parent directory does not exist.
+  """
+  path = check_output_path(path)
+  fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp" + path.suffix, dir=path.parent)
+  os.close(fd)
+  tmp = Path(tmp)
+  try:
+    yield tmp
+    os.replace(tmp, path)
+  finally:
+    if tmp.exists():
+      tmp.unlink()
+
+
+def save_npz(path, **arrays) -> None:
+  """``np.savez_compressed`` through ``atomic_path``."""
+  with atomic_path(path) as tmp:
+    with open(tmp, "wb") as f:
+      np.savez_compressed(f, **arrays)
+
+
+def write_text(path, text: str) -> None:
+  with atomic_path(path) as tmp:
+    tmp.write_text(text)
+
+
+def save_figure(fig, path, **kwargs) -> None:
+  """Saves a matplotlib figure atomically (format from ``path``'s suffix)."""
+  with atomic_path(path) as tmp:
+    fig.savefig(tmp, format=Path(path).suffix.lstrip(".") or "png", **kwargs)
+
+
+def _check_frames(frames: np.ndarray, source: str) -> np.ndarray:
+  if frames.ndim == 2:
+    frames = frames[None]
+  if frames.ndim != 3:
+    raise ValueError(
+      f"{source}: expected frames of rank 2 (h, w) or 3 (n, h, w), "
+      f"got rank {frames.ndim} with shape {frames.shape}"
+    )
+  if 0 in frames.shape[1:]:
+    raise ValueError(f"{source}: zero-size frame, shape {frames.shape}")
+  if not np.issubdtype(frames.dtype, np.number) or np.issubdtype(frames.dtype, np.complexfloating):
+    raise ValueError(f"{source}: frames must be real numbers, got dtype {frames.dtype}")
+  return frames
+
+
+def open_frames(path: str | os.PathLike) -> np.ndarray:
+  """Frames from .npy, .npz (array ``images``) or .tif/.tiff, as a lazy [n, h, w] array.
+
+  .npy files are memory-mapped and TIFF stacks are opened through tifffile's memmap or
+  zarr store where possible, so a stack of a million frames is not read whole; slice it
+  in chunks (see ``iter_chunks``).
+
+  Raises:
+    FileNotFoundError: missing file.
+    ValueError: unreadable file, unknown suffix, or wrong rank.
+  """
+  path = Path(path)
+  if not path.is_file():
+    raise FileNotFoundError(f"no such input file: {path}")
+  suffix = path.suffix.lower()
+  try:
+    if suffix == ".npy":
+      frames = np.load(path, mmap_mode="r", allow_pickle=False)
+    elif suffix == ".npz":
+      with np.load(path, allow_pickle=False) as data:
+        if "images" not in data:
+          raise ValueError(
+            f'{path}: .npz has no array named "images" (found: {", ".join(data.files) or "none"})'
+          )
+        frames = data["images"]
+    elif suffix in (".tif", ".tiff"):
+      import tifffile
+
+      try:
+        frames = tifffile.memmap(path, mode="r")
+      except ValueError:  # compressed or tiled TIFF: cannot be memory-mapped, read it whole
+        frames = tifffile.imread(path)
+    else:
+      raise ValueError(
+        f"{path}: unknown frame format {suffix!r}; use one of {', '.join(FRAME_SUFFIXES)}"
+      )
+  except (ValueError, FileNotFoundError):
+    raise
+  except Exception as e:  # numpy/tifffile raise many types on corrupt files
+    raise ValueError(f"{path}: cannot read frames ({type(e).__name__}: {e})") from None
+  return _check_frames(frames, str(path))
+
+
+def iter_chunks(frames, chunk: int) -> Iterator[tuple[int, np.ndarray]]:
+  """(first index, float32 [<=chunk, h, w]) pieces of a possibly lazy frame stack.
+
+  Raises:
+    ValueError: if a chunk holds NaN or infinite pixels (naming the frame).
+  """
+  for start in range(0, len(frames), chunk):
+    block = np.asarray(frames[start : start + chunk], dtype=np.float32)
+    bad = ~np.isfinite(block)
+    if bad.any():
+      frame = start + int(np.argwhere(bad)[0][0])
+      raise ValueError(f"frame {frame} has NaN or infinite pixels")
+    yield start, block
+
+
+def write_localisations(path, rows) -> None:
+  """Writes ``frame,x,y,score`` CSV atomically. ``rows``: iterable of 4-tuples."""
+  with atomic_path(path) as tmp:
+    with open(tmp, "w", newline="") as f:
+      writer = csv.writer(f)
+      writer.writerow(["frame", "x", "y", "score"])
+      for frame, x, y, score in rows:
+        writer.writerow([int(frame), f"{x:.4f}", f"{y:.4f}", f"{score:.6g}"])
