@@ -1,0 +1,39 @@
+r"""Throughput benchmarks; prints and writes JSON.
+
+  python experiments/bench.py --what=simulate --output=bench_simulate.json
+  python experiments/bench.py --what=train
+  python experiments/bench.py --what=locate
+
+Timings are medians of repeats; ratios are measured side by side in the same run.
+"""
+
+import importlib
+import json
+
+from absl import app, flags
+
+from qdjax import cli, io
+
+_WHAT = flags.DEFINE_enum("what", "simulate", ["simulate", "train", "locate"], "What to measure.")
+_OUTPUT = flags.DEFINE_string("output", None, "JSON output path (default: bench_<what>.json).")
+_REPEATS = flags.DEFINE_integer(
+  "repeats", 5, "Timed repeats per measurement (median).", lower_bound=1
+)
+_QUICK = flags.DEFINE_bool("quick", False, "Small sizes, for a smoke test.")
+
+
+@cli.one_line_errors
+def main(argv):
+  cli.check_no_extra_args(argv)
+  output = _OUTPUT.value or f"bench_{_WHAT.value}.json"
+  io.check_output_path(output)
+  module = importlib.import_module(f"qdjax.benchmarks.{_WHAT.value}")
+  result = module.run(repeats=_REPEATS.value, quick=_QUICK.value)
+  text = json.dumps(result, indent=2)
+  print(text)
+  io.write_text(output, text + "\n")
+  print(f"wrote {output}")
+
+
+if __name__ == "__main__":
+  app.run(main)
