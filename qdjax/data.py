@@ -84,3 +84,44 @@ def params_record(params: simulate.Params, preset=None) -> dict:
 
 def params_json(params: simulate.Params, preset=None) -> str:
   return json.dumps(params_record(params, preset), sort_keys=True)
+
+
+# Every finite dataset qdjax draws is one of these splits. Its seed is derived from the
+# user's seed and the split, so the TFDS export, evaluate.py's test sets and a plain
+# ``simulate.py --seed=split_seed(s, split)`` hold the same frames, and no two splits
+# share frames. ``val_d*`` are per-regime validation sets for choosing trackpy's settings
+# and for calibration; the ``test_d*`` sets are never used to choose anything.
+SPLITS = ("train", "validation", "test_d1", "test_d2", "test_d3", "val_d1", "val_d2", "val_d3")
+
+
+def split_seed(seed: int, split: str) -> int:
+  """The dataset seed of ``split`` for a user seed (``seed * 100 + index``)."""
+  if split not in SPLITS:
+    raise ValueError(f"unknown split {split!r}; known: {', '.join(SPLITS)}")
+  if seed < 0:
+    raise ValueError(f"seed must be >= 0, got {seed}")
+  return seed * 100 + SPLITS.index(split)
+
+
+def split_params(preset, split: str, **overrides) -> simulate.Params:
+  """Simulation parameters of a split: the training D range, or regime k for *_dk."""
+  if split not in SPLITS:
+    raise ValueError(f"unknown split {split!r}; known: {', '.join(SPLITS)}")
+  if split[-3:-1] == "_d":
+    return preset.sim_params(regime=int(split[-1]), **overrides)
+  return preset.sim_params(diffusion=preset.train_diffusion, **overrides)
+
+
+def split_size(preset, split: str, scale: float = 1.0) -> int:
+  """Frames in a split at ``scale`` times the study's size (val_d* match validation/3)."""
+  sizes = dict(preset.split_sizes)
+  base = sizes[split] if split in sizes else sizes["validation"] // 3
+  return max(1, round(base * scale))
+
+
+def load_split(preset, split: str, seed: int = 0, scale: float = 1.0, progress=False, **overrides):
+  """Generates a whole split: ``generate`` with the split's params, seed and size."""
+  params = split_params(preset, split, **overrides)
+  return generate(
+    params, split_size(preset, split, scale), split_seed(seed, split), progress=progress
+  )
