@@ -55,12 +55,11 @@ def sample_time_steps(height: int, width: int, substeps: int, dwell_s, retrace_s
   Returns:
     dt: [height * width * substeps] seconds.
   """
+  dtype = jnp.result_type(dwell_s, retrace_s, jnp.float32)
   per_line = width * substeps
-  step = dwell_s / substeps
-  within = jnp.full((height, per_line), step, dtype=jnp.float32)
-  first_of_line = jnp.zeros((height, per_line), jnp.float32).at[:, 0].set(retrace_s)
-  dt = (within + first_of_line).reshape(-1)
-  return dt.at[0].set(0.0)
+  first_of_line = (jnp.arange(height * per_line) % per_line == 0).astype(dtype)
+  dt = dwell_s / substeps + retrace_s * first_of_line
+  return dt * (jnp.arange(height * per_line) > 0)
 
 
 def beam_sweep_um(width: int, substeps: int, pixel_size_um):

@@ -236,7 +236,9 @@ def brownian_paths(key, params: Params, diffusion, start):
   h, w, k = params.height, params.width, params.substeps
   dt = scan.sample_time_steps(h, w, k, params.dwell_s, params.retrace_s)
   noise = jax.random.normal(key, (start.shape[0], h * w * k, 3))
-  steps = noise * jnp.sqrt(2.0 * diffusion * dt)[None, :, None]
+  # dt = 0 only at the first sample; keep sqrt away from 0 there so gradients stay finite.
+  scale = jnp.where(dt > 0, jnp.sqrt(2.0 * diffusion * jnp.where(dt > 0, dt, 1.0)), 0.0)
+  steps = noise * scale[None, :, None]
   path = start[:, None, :] + jnp.cumsum(steps, axis=1)
   return path.reshape(start.shape[0], h, w, k, 3)
 
