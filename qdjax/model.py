@@ -1,0 +1,395 @@
+"""The keypoint detector: an NNX ResNet backbone with a dense, CenterNet-style head.
+
+    net = model.create("small", rngs=nnx.Rngs(0))
+    outputs = net(images)                  # images: [n, h, w] raw photon counts, any h, w
+    found = model.decode(outputs, max_detections=4)
+    per_frame = model.to_lists(found)      # list of [k, 3] (x, y, score), SPEC coordinates
+
+Design (the measurements behind each choice are in the issue-3 note and the configs):
+
+- **Input normalisation** inside the model: each frame has its median subtracted and is
+  divided by its mean absolute deviation from that median. The result is invariant to a
+  detector offset and gain, so a user's frames in ADU, photons or PMT volts go in as they
+  are; no photon level has to be known.
+- **Backbone**: a stride-1 stem and residual stages (BasicBlocks, BatchNorm); later stages
+  may be strided for a receptive field that covers the whole blurred spot (at D3 the
+  trajectory centroid sits ~1 px from the brightest pixels, so the net must see the whole
+  streak). The frame is zero-padded (zero is the background after normalisation) to a
+  multiple of the total stride and cropped back, so every frame size, odd or even, sees
+  the same alignment of coarse and fine features. Stage outputs are projected (1x1) and
+  upsampled (nearest) to full resolution and summed, as in a light FPN.
+- **Head**: per pixel, a presence logit and a sub-pixel offset (dx, dy) to the keypoint.
+  The presence target is one-hot at the pixel nearest each keypoint and the loss is a
+  per-pixel binary cross-entropy, so sigmoid(logit) estimates P(keypoint in this pixel)
+  -- a calibrated posterior, which is what a precision-recall AUC rewards when it ranks
+  detections. Offsets are regressed (L1) at every pixel within ``offset_radius`` of a
+  keypoint, so the offset read at a peak one pixel off is still trained.
+- **Decoding** (``decode``): the score of a pixel is the summed presence probability in a
+  ``score_window`` around it, i.e. the probability mass that the keypoint lies within about
+  a pixel of the detection, which ranks confidence better than the peak alone. Local
+  maxima of that map (a max-pool NMS) are taken top-k, a fixed-size, jittable output.
+  Extra, lower-scored detections per frame only add recall at the tail of the PR curve.
+- Fully convolutional: any frame size works, from 8 x 12 crops to whole fields.
+"""
+
+from __future__ import annotations
+
+import functools
+import inspect
+import math
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+from flax import nnx
+
+
+def normalize(images):
+  """Per-frame robust standardisation: (image - median) / mean |image - median|.
+
+  Args:
+    images: [n, h, w] raw intensities in any unit, with any offset.
+
+  Returns:
+    [n, h, w] float32, invariant to ``a * images + b`` for any a > 0 and b.
+  """
+  images = images.astype(jnp.float32)
+  median = jnp.median(images, axis=(1, 2), keepdims=True)
+  centred = images - median
+  scale = jnp.mean(jnp.abs(centred), axis=(1, 2), keepdims=True)
+  # A flat frame has scale 0 and no information: map it to zeros, not NaN.
+  return centred / jnp.where(scale > 0, scale, 1.0)
+
+
+def _norm(kind: str, features: int, rngs: nnx.Rngs, zero_init: bool = False):
+  if kind == "batch":
+    # momentum 0.9 (as Flax's ImageNet example): running statistics settle within the
+    # few thousand steps of a CPU run.
+    scale_init = nnx.initializers.zeros if zero_init else nnx.initializers.ones
+    return nnx.BatchNorm(features, momentum=0.9, scale_init=scale_init, rngs=rngs)
+  if kind == "none":
+    return lambda x: x
+  raise ValueError(f"norm must be 'batch' or 'none', got {kind!r}")
+
+
+class BasicBlock(nnx.Module):
+  """Two 3x3 convolutions with a residual connection (He et al. 2016)."""
+
+  def __init__(self, in_features: int, features: int, strides: int, norm: str, *, rngs):
+    use_bias = norm == "none"
+    self.conv1 = nnx.Conv(in_features, features, (3, 3), strides, use_bias=use_bias, rngs=rngs)
+    self.norm1 = _norm(norm, features, rngs)
+    # The residual branch starts at zero (zero BatchNorm scale, or a zero kernel without
+    # normalisation), so a deep net starts as a shallow one and trains stably with SGD.
+    kernel_init = nnx.initializers.zeros if norm == "none" else nnx.initializers.lecun_normal()
+    self.conv2 = nnx.Conv(
+      features, features, (3, 3), use_bias=use_bias, kernel_init=kernel_init, rngs=rngs
+    )
+    self.norm2 = _norm(norm, features, rngs, zero_init=True)
+    if strides != 1 or in_features != features:
+      self.project = nnx.Conv(in_features, features, (1, 1), strides, use_bias=use_bias, rngs=rngs)
+      self.project_norm = _norm(norm, features, rngs)
+    else:
+      self.project = None
+      self.project_norm = None
+
+  def __call__(self, x):
+    residual = x
+    y = jax.nn.relu(self.norm1(self.conv1(x)))
+    y = self.norm2(self.conv2(y))
+    if self.project is not None:
+      residual = self.project_norm(self.project(x))
+    return jax.nn.relu(residual + y)
+
+
+class ResNet(nnx.Module):
+  """Residual backbone; returns every stage's feature map.
+
+  Args:
+    stage_sizes: BasicBlocks per stage.
+    stage_features: channels per stage.
+    stage_strides: stride of each stage's first block (1 or 2).
+    stem_features: channels of the stem convolution.
+    stem_kernel: stem kernel size (odd).
+    norm: 'batch' or 'none'.
+  """
+
+  def __init__(
+    self,
+    stage_sizes,
+    stage_features,
+    stage_strides,
+    stem_features: int,
+    stem_kernel: int,
+    norm: str,
+    *,
+    rngs: nnx.Rngs,
+  ):
+    if not len(stage_sizes) == len(stage_features) == len(stage_strides):
+      raise ValueError("stage_sizes, stage_features and stage_strides must have equal lengths")
+    if any(s not in (1, 2) for s in stage_strides):
+      raise ValueError(f"stage_strides must be 1 or 2, got {tuple(stage_strides)}")
+    self.stem = nnx.Conv(
+      1, stem_features, (stem_kernel, stem_kernel), use_bias=norm == "none", rngs=rngs
+    )
+    self.stem_norm = _norm(norm, stem_features, rngs)
+    blocks = []
+    in_features = stem_features
+    for size, features, strides in zip(stage_sizes, stage_features, stage_strides, strict=True):
+      stage = []
+      for i in range(size):
+        stage.append(BasicBlock(in_features, features, strides if i == 0 else 1, norm, rngs=rngs))
+        in_features = features
+      blocks.append(nnx.List(stage))
+    self.stages = nnx.List(blocks)
+
+  def __call__(self, x):
+    """x: [n, h, w, 1] -> list of [n, h/s_i, w/s_i, c_i]."""
+    x = jax.nn.relu(self.stem_norm(self.stem(x)))
+    outputs = []
+    for stage in self.stages:
+      for block in stage:
+        x = block(x)
+      outputs.append(x)
+    return outputs
+
+
+class KeypointNet(nnx.Module):
+  """ResNet backbone + dense keypoint head. See the module docstring.
+
+  Args:
+    stage_sizes, stage_features, stage_strides, stem_features, stem_kernel, norm: the
+      backbone (``ResNet``).
+    head_features: channels of the FPN sum and the head's hidden layer.
+    prior: initial presence probability per pixel (sets the logit bias, as in RetinaNet),
+      so the first steps do not spend themselves pushing every pixel to "absent".
+  """
+
+  def __init__(
+    self,
+    *,
+    stage_sizes=(2, 2),
+    stage_features=(32, 64),
+    stage_strides=(1, 2),
+    stem_features: int = 32,
+    stem_kernel: int = 5,
+    head_features: int = 32,
+    norm: str = "batch",
+    prior: float = 1e-3,
+    rngs: nnx.Rngs,
+  ):
+    self.backbone = ResNet(
+      stage_sizes, stage_features, stage_strides, stem_features, stem_kernel, norm, rngs=rngs
+    )
+    self.strides = tuple(int(np.prod(stage_strides[: i + 1])) for i in range(len(stage_strides)))
+    self.laterals = nnx.List(
+      [nnx.Conv(c, head_features, (1, 1), rngs=rngs) for c in stage_features]
+    )
+    self.hidden = nnx.Conv(head_features, head_features, (3, 3), rngs=rngs)
+    bias = math.log(prior / (1 - prior))
+    self.out = nnx.Conv(
+      head_features,
+      3,
+      (1, 1),
+      kernel_init=nnx.initializers.normal(1e-3),
+      bias_init=lambda *_: jnp.array([bias, 0.0, 0.0], jnp.float32),
+      rngs=rngs,
+    )
+
+  def __call__(self, images):
+    """Dense outputs for raw frames.
+
+    Args:
+      images: [n, h, w] raw intensities (any h, w >= 1).
+
+    Returns:
+      dict with ``logits`` [n, h, w] presence logits and ``offsets`` [n, h, w, 2] the
+      (dx, dy) from each pixel centre to its keypoint, px.
+    """
+    n, h, w = images.shape
+    x = normalize(images)[..., None]
+    stride = self.strides[-1]
+    ph, pw = -h % stride, -w % stride
+    x = jnp.pad(x, ((0, 0), (0, ph), (0, pw), (0, 0)))
+    features = self.backbone(x)
+    y = 0.0
+    for f, lateral, s in zip(features, self.laterals, self.strides, strict=True):
+      f = lateral(f)
+      if s > 1:
+        f = jnp.repeat(jnp.repeat(f, s, axis=1), s, axis=2)
+      y = y + f
+    y = jax.nn.relu(self.hidden(jax.nn.relu(y)))
+    y = self.out(y)[:, :h, :w]
+    return {"logits": y[..., 0], "offsets": y[..., 1:]}
+
+
+# Presets. ``tiny`` is for tests; ``small`` is the default; the others trade speed for
+# capacity (frames/s and AUCs in the issue-3 note).
+PRESETS = {
+  "tiny": functools.partial(
+    KeypointNet,
+    stage_sizes=(1,),
+    stage_features=(8,),
+    stage_strides=(1,),
+    stem_features=8,
+    stem_kernel=3,
+    head_features=8,
+  ),
+  "small": functools.partial(
+    KeypointNet,
+    stage_sizes=(1, 2),
+    stage_features=(24, 48),
+    stage_strides=(1, 2),
+    stem_features=24,
+    head_features=24,
+  ),
+  "base": functools.partial(
+    KeypointNet,
+    stage_sizes=(2, 2, 2),
+    stage_features=(32, 64, 96),
+    stage_strides=(1, 2, 2),
+    stem_features=32,
+    head_features=32,
+  ),
+  "wide": functools.partial(
+    KeypointNet,
+    stage_sizes=(2, 3, 3),
+    stage_features=(48, 96, 160),
+    stage_strides=(1, 2, 2),
+    stem_features=48,
+    head_features=48,
+  ),
+}
+
+
+def create(name: str, *, rngs: nnx.Rngs, **overrides) -> KeypointNet:
+  """A preset model, with any ``KeypointNet`` argument overridden.
+
+  Raises:
+    ValueError: for an unknown preset or argument.
+  """
+  if name not in PRESETS:
+    raise ValueError(f"unknown model {name!r}; known: {', '.join(PRESETS)}")
+  known = set(inspect.signature(KeypointNet.__init__).parameters) - {"self", "rngs"}
+  unknown = sorted(set(overrides) - known)
+  if unknown:
+    raise ValueError(f"unknown model setting(s): {', '.join(unknown)}")
+  overrides = {k: tuple(v) if isinstance(v, list) else v for k, v in overrides.items()}
+  return PRESETS[name](rngs=rngs, **overrides)
+
+
+def count_params(module: nnx.Module) -> int:
+  """Number of trainable parameters."""
+  return sum(x.size for x in jax.tree.leaves(nnx.state(module, nnx.Param)))
+
+
+def targets(keypoints, present, height: int, width: int, offset_radius: int = 1):
+  """Dense training targets for a batch.
+
+  Args:
+    keypoints: [n, P, 2] (x, y) px (NaN where absent).
+    present: [n, P] bool.
+    height, width: frame size.
+    offset_radius: offsets are trained within this Chebyshev distance (px) of the pixel
+      nearest a keypoint.
+
+  Returns:
+    (heat [n, h, w] 1 at the pixel nearest a keypoint else 0,
+     offsets [n, h, w, 2] (dx, dy) to the nearest keypoint,
+     offset_mask [n, h, w] where offsets are trained).
+  """
+  x = jnp.where(present, keypoints[..., 0], -1e4)
+  y = jnp.where(present, keypoints[..., 1], -1e4)
+  cols = jnp.arange(width, dtype=jnp.float32)
+  rows = jnp.arange(height, dtype=jnp.float32)
+  cx = jnp.clip(jnp.round(x), 0, width - 1)[..., None, None]
+  cy = jnp.clip(jnp.round(y), 0, height - 1)[..., None, None]
+  here = present[..., None, None]
+  # [n, P, h, w]
+  dcol = cols[None, None, None, :] - cx
+  drow = rows[None, None, :, None] - cy
+  centre = here & (dcol == 0) & (drow == 0)
+  near = here & (jnp.maximum(jnp.abs(dcol), jnp.abs(drow)) <= offset_radius)
+  dx = x[..., None, None] - cols[None, None, None, :]
+  dy = y[..., None, None] - rows[None, None, :, None]
+  dist = jnp.where(near, dx**2 + dy**2, jnp.inf)
+  nearest = jnp.argmin(dist, axis=1)[:, None]
+  pick = lambda a: jnp.take_along_axis(jnp.broadcast_to(a, dist.shape), nearest, axis=1)[:, 0]
+  offsets = jnp.stack([pick(dx), pick(dy)], axis=-1)
+  mask = near.any(axis=1)
+  return centre.any(axis=1).astype(jnp.float32), jnp.where(mask[..., None], offsets, 0.0), mask
+
+
+def loss(outputs, keypoints, present, *, offset_radius: int = 1, offset_weight: float = 1.0):
+  """Presence BCE (summed over pixels, mean over frames) + offset_weight * mean L1 offset.
+
+  Returns:
+    (total loss [], dict of its parts).
+  """
+  logits = outputs["logits"]
+  n, h, w = logits.shape
+  heat, offsets, mask = targets(keypoints, present, h, w, offset_radius)
+  presence = optax.sigmoid_binary_cross_entropy(logits, heat).sum(axis=(1, 2)).mean()
+  l1 = jnp.abs(outputs["offsets"] - offsets).sum(-1)
+  offset = jnp.sum(jnp.where(mask, l1, 0.0)) / jnp.maximum(mask.sum(), 1)
+  total = presence + offset_weight * offset
+  return total, {"presence": presence, "offset": offset}
+
+
+def _window_sum(x, window: int):
+  return jax.lax.reduce_window(x, 0.0, jax.lax.add, (1, window, window), (1, 1, 1), "SAME")
+
+
+def decode(
+  outputs,
+  max_detections: int = 4,
+  *,
+  nms_window: int = 3,
+  score_window: int = 3,
+  min_score: float = 0.0,
+):
+  """Detections from dense outputs: fixed-size, jittable.
+
+  Args:
+    outputs: the model's dict (``logits`` [n, h, w], ``offsets`` [n, h, w, 2]).
+    max_detections: k, detections per frame.
+    nms_window: a pixel is a candidate if its score is the maximum in this window.
+    score_window: a pixel's score is the presence probability summed over this window.
+    min_score: candidates below this score are marked invalid.
+
+  Returns:
+    dict of [n, k] arrays ``x``, ``y`` (px, SPEC coordinates), ``score`` and ``valid``
+    (bool), sorted by score per frame.
+  """
+  logits, offsets = outputs["logits"], outputs["offsets"]
+  n, h, w = logits.shape
+  prob = jax.nn.sigmoid(logits)
+  score = _window_sum(prob, score_window) if score_window > 1 else prob
+  peak_max = jax.lax.reduce_window(
+    score, -jnp.inf, jax.lax.max, (1, nms_window, nms_window), (1, 1, 1), "SAME"
+  )
+  candidate = score >= peak_max
+  flat = jnp.where(candidate, score, -jnp.inf).reshape(n, h * w)
+  k = min(max_detections, h * w)
+  top, index = jax.lax.top_k(flat, k)
+  row, col = index // w, index % w
+  flat_offsets = offsets.reshape(n, h * w, 2)
+  d = jnp.take_along_axis(flat_offsets, index[..., None], axis=1)
+  out = {
+    "x": col.astype(jnp.float32) + d[..., 0],
+    "y": row.astype(jnp.float32) + d[..., 1],
+    "score": jnp.where(jnp.isfinite(top), top, 0.0),
+    "valid": jnp.isfinite(top) & (top >= min_score),
+  }
+  if k < max_detections:  # a frame with fewer pixels than k: pad with invalid slots
+    pad = max_detections - k
+    out = {key: jnp.pad(v, ((0, 0), (0, pad))) for key, v in out.items()}
+  return out
+
+
+def to_lists(decoded) -> list[np.ndarray]:
+  """Host side: ``decode`` output -> one [k_i, 3] (x, y, score) float32 array per frame."""
+  decoded = jax.device_get(decoded)
+  xys = np.stack([decoded["x"], decoded["y"], decoded["score"]], axis=-1).astype(np.float32)
+  return [xys[i][decoded["valid"][i]] for i in range(len(xys))]
