@@ -290,31 +290,49 @@ def inside_frame(keypoints, params: Params):
   return (x >= -0.5) & (x <= params.width - 0.5) & (y >= -0.5) & (y <= params.height - 0.5)
 
 
-def render(key, params: Params) -> Frame:
-  """Draws one frame: QD count, D, start positions, paths, image, noise, ground truth."""
+def _render_noise_free(key, params: Params):
+  """One frame without its counts; returns (frame with counts=None, noise key)."""
   k_count, k_d, k_start, k_path, k_noise = jax.random.split(key, 5)
   lo, hi = params.num_particles
   count = jax.random.randint(k_count, (), lo, hi + 1)
   active = jnp.arange(params.max_particles) < count
   diffusion = sample_diffusion(k_d, params)
   positions = brownian_paths(k_path, params, diffusion, start_positions(k_start, params))
-  lam = expected_image(positions, active, params)
   keypoints, z = trajectory_centroid(positions, params)
   present = active & inside_frame(keypoints, params)
-  return Frame(
-    counts=detector.record(k_noise, lam, params),
-    expected=lam,
+  frame = Frame(
+    counts=None,
+    expected=expected_image(positions, active, params),
     keypoints=jnp.where(present[:, None], keypoints, jnp.nan),
     present=present,
     z=jnp.where(present, z, jnp.nan),
     diffusion=diffusion,
   )
+  return frame, k_noise
+
+
+def render_batch(keys, params: Params) -> Frame:
+  """One frame per key: a Frame whose arrays lead with [len(keys)].
+
+  The physics is vmapped frame by frame; the detector sees the whole batch at once, so
+  its data-dependent choices are made once per batch (see ``qdjax.detector``).
+  """
+  frames, noise_keys = jax.vmap(_render_noise_free, (0, None))(keys, params)
+  return frames.replace(counts=detector.record_batch(noise_keys, frames.expected, params))
+
+
+def render(key, params: Params) -> Frame:
+  """Draws one frame: QD count, D, start positions, paths, image, noise, ground truth."""
+  return jax.tree.map(lambda x: x[0], render_batch(key[None], params))
 
 
 @functools.partial(jax.jit, static_argnums=2)
 def simulate_batch(key, params: Params, num_frames: int) -> Frame:
-  """``num_frames`` independent frames: a Frame whose arrays lead with [num_frames]."""
-  return jax.vmap(render, (0, None))(jax.random.split(key, num_frames), params)
+  """``num_frames`` independent frames: a Frame whose arrays lead with [num_frames].
+
+  Frame i equals ``render(jax.random.split(key, num_frames)[i], params)``.
+  """
+  return render_batch(jax.random.split(key, num_frames), params)
 
 
 def frame_key(seed: int, index):
@@ -327,7 +345,7 @@ def frame_key(seed: int, index):
 
 @jax.jit
 def _render_indices(base_key, params: Params, indices):
-  return jax.vmap(lambda i: render(jax.random.fold_in(base_key, i), params))(indices)
+  return render_batch(jax.vmap(lambda i: jax.random.fold_in(base_key, i))(indices), params)
 
 
 def simulate_indices(seed: int, params: Params, indices) -> Frame:

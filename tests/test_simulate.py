@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from conftest import assert_one_line_error
 
-from qdjax import data, presets, scan, simulate
+from qdjax import data, detector, presets, scan, simulate
 
 
 def params(**kw):
@@ -238,6 +238,32 @@ def test_same_key_same_frames_different_keys_differ():
   assert not np.allclose(a.counts, c.counts)
   # Frames within a batch differ from each other.
   assert len({float(v) for v in a.keypoints[:, 0, 0]}) == 8
+
+
+def test_render_is_frame_i_of_the_batch():
+  p = params()
+  batch = simulate.simulate_batch(jax.random.key(13), p, 6)
+  one = simulate.render(jax.random.split(jax.random.key(13), 6)[4], p)
+  np.testing.assert_array_equal(batch.counts[4], one.counts)
+  np.testing.assert_allclose(batch.expected[4], one.expected, rtol=1e-6)
+  np.testing.assert_array_equal(batch.keypoints[4], one.keypoints)
+
+
+@pytest.mark.parametrize("mean", [0.05, 2.0, 7.5, 30.0, 63.9, 64.1, 250.0])
+def test_poisson_sampler_moments(mean):
+  """The inversion sampler and its large-mean fallback: mean, variance and P(0)."""
+  n = 40000
+  counts = np.asarray(
+    detector.poisson_batch(
+      jax.random.split(jax.random.key(14), 40), jnp.full((40, 1000), mean, jnp.float32)
+    )
+  )
+  assert counts.shape == (40, 1000) and np.all(counts == np.round(counts))
+  assert abs(counts.mean() - mean) < 5 * math.sqrt(mean / n)
+  # Var of the sample variance of a Poisson: (mu + 2 mu^2 ... ) ~ (mu + 2 mu^2) / n.
+  assert abs(counts.var() - mean) < 5 * math.sqrt((mean + 2 * mean**2) / n)
+  p0 = math.exp(-mean)
+  assert abs((counts == 0).mean() - p0) < 5 * math.sqrt(p0 * (1 - p0) / n) + 1e-9
 
 
 def test_dataset_frames_do_not_depend_on_chunking():
