@@ -41,6 +41,10 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
   tmp = Path(tmp)
   try:
     yield tmp
+    # mkstemp makes the file private (0600); give it the permissions a plain open() would.
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(tmp, 0o666 & ~umask)
     os.replace(tmp, path)
   finally:
     if tmp.exists():

@@ -1,0 +1,36 @@
+r"""Draws the README's picture: simulated frames of the three regimes, truth marked.
+
+python experiments/figures.py --output=docs/regimes.png
+"""
+
+from absl import app, flags
+
+from qdjax import cli, data, plotting, presets
+
+_PRESET = flags.DEFINE_string("preset", "paper", "Named parameter set.")
+_PER_REGIME = flags.DEFINE_integer("per_regime", 5, "Frames per regime.", lower_bound=1)
+_SEED = flags.DEFINE_integer("seed", 0, "Seed of the drawn frames.")
+_OUTPUT = flags.DEFINE_string("output", "docs/regimes.png", "PNG path.")
+
+
+@cli.one_line_errors
+def main(argv):
+  cli.check_no_extra_args(argv)
+  preset = presets.get(_PRESET.value)
+  images, keypoints, titles = [], [], []
+  for regime, d in enumerate(preset.regimes, start=1):
+    # The same seed gives the same start positions, so columns differ only by D.
+    frames = data.generate(preset.sim_params(regime=regime), _PER_REGIME.value, _SEED.value)
+    for kind in ("expected", "images"):
+      images.extend(frames[kind])
+      keypoints.extend(frames["keypoints"])
+      label = "expected" if kind == "expected" else "counts"
+      titles.extend([f"D{regime}={d:.3g} {label}"] * _PER_REGIME.value)
+  plotting.contact_sheet(
+    images, _OUTPUT.value, keypoints=keypoints, titles=titles, columns=_PER_REGIME.value
+  )
+  print(f"wrote {_OUTPUT.value}")
+
+
+if __name__ == "__main__":
+  app.run(main)
