@@ -7,6 +7,8 @@ Needs no TensorFlow. Read it back with
 ``--data_dir`` generates nothing: it verifies the stored export instead.
 """
 
+import sys
+
 from absl import app, flags
 
 from qdjax import cli, datasets, presets
@@ -21,13 +23,17 @@ _WITH_EXPECTED = flags.DEFINE_bool("with_expected", False, "Also store noise-fre
 @cli.one_line_errors
 def main(argv):
   cli.check_no_extra_args(argv)
-  builder, built = datasets.export(
-    _DATA_DIR.value,
-    _PRESET.value,
-    scale=_SCALE.value,
-    seed=_SEED.value,
-    with_expected=_WITH_EXPECTED.value,
-  )
+  try:
+    builder, built = datasets.export(
+      _DATA_DIR.value,
+      _PRESET.value,
+      scale=_SCALE.value,
+      seed=_SEED.value,
+      with_expected=_WITH_EXPECTED.value,
+    )
+  except KeyboardInterrupt:  # Ctrl-C or SIGTERM: TFDS has removed its incomplete directory
+    print("error: interrupted; no partial dataset was kept, run again to export", file=sys.stderr)
+    sys.exit(130)
   sizes = ", ".join(f"{name} {split.num_examples}" for name, split in builder.info.splits.items())
   print(f"{'wrote' if built else 'verified'} {builder.data_path} ({sizes})")
 

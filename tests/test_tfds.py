@@ -1,13 +1,14 @@
 """The qd2pm TFDS export: built without TensorFlow, read back through tfds.data_source,
 identical to the simulator, safe to interrupt and to re-run; and the batch loader."""
 
+import json
 import subprocess
 import sys
 
 import numpy as np
 import pytest
 import tensorflow_datasets as tfds
-from conftest import assert_one_line_error, run_script
+from conftest import REPO, assert_one_line_error, run_script
 
 from qdjax import data, presets
 from qdjax.datasets import SPLITS, export, loader
@@ -181,3 +182,21 @@ def test_loader_names_a_missing_export(tmp_path):
   with pytest.raises(FileNotFoundError, match="no TFDS dataset 'qd2pm/paper'"):
     loader.iterate_batches(tmp_path, "qd2pm/paper", "train", 4, 0, 0)
   assert not (tmp_path / "qd2pm").exists()  # and nothing was generated in its place
+
+
+@pytest.mark.skipif(
+  not (REPO / "experiments" / "train.py").exists(), reason="experiments/train.py not there yet"
+)
+def test_train_reads_the_export(cli_export, tmp_path):
+  workdir = tmp_path / "train"
+  result = run_script(
+    "train.py",
+    "--config=experiments/configs/tiny.py",
+    "--config.data=tfds",
+    f"--config.tfds_data_dir={cli_export[0]}",
+    f"--workdir={workdir}",
+  )
+  assert result.returncode == 0, result.stderr[-3000:]
+  record = json.loads((workdir / "result.json").read_text())
+  assert record["frames_seen"] == 6 * 8  # tiny: 6 steps of 8 frames, all from the export
+  assert set(record["auc"]) == {"1", "2", "3"}

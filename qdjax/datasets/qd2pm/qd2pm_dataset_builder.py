@@ -119,12 +119,14 @@ class Builder(tfds.core.GeneratorBasedBuilder):
     with_expected: bool | None = None,
     **kwargs,
   ):
-    """Args (besides DatasetBuilder's data_dir, config, version):
+    """A builder; the generation settings only matter when it generates.
 
-    scale: split sizes are ``scale`` times the study's (at least one frame each).
-    seed: user seed; split s uses ``data.split_seed(seed, s)``.
-    with_expected: also store the noise-free ``expected`` image. None: as in the
-      dataset already on disk (for reading), else False.
+    Args:
+      scale: split sizes are ``scale`` times the study's (at least one frame each).
+      seed: user seed; split s uses ``data.split_seed(seed, s)``.
+      with_expected: also store the noise-free ``expected`` image. None: as in the
+        dataset already on disk (for reading), else False.
+      **kwargs: DatasetBuilder's ``data_dir``, ``config`` (a preset name), ``version``.
     """
     if not (math.isfinite(scale) and scale > 0):
       raise ValueError(f"scale must be a positive number, got {scale}")
