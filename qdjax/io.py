@@ -84,6 +84,23 @@ def _check_frames(frames: np.ndarray, source: str) -> np.ndarray:
   return frames
 
 
+def _read(path: Path, suffix: str):
+  if suffix == ".npy":
+    return np.load(path, mmap_mode="r", allow_pickle=False)
+  if suffix == ".npz":
+    with np.load(path, allow_pickle=False) as data:
+      if "images" not in data:
+        found = ", ".join(data.files) or "none"
+        raise KeyError(f'.npz has no array named "images" (found: {found})')
+      return data["images"]
+  import tifffile
+
+  try:
+    return tifffile.memmap(path, mode="r")
+  except ValueError:  # compressed or tiled TIFF: cannot be memory-mapped, read it whole
+    return tifffile.imread(path)
+
+
 def open_frames(path: str | os.PathLike) -> np.ndarray:
   """Frames from .npy, .npz (array ``images``) or .tif/.tiff, as a lazy [n, h, w] array.
 
@@ -99,30 +116,15 @@ def open_frames(path: str | os.PathLike) -> np.ndarray:
   if not path.is_file():
     raise FileNotFoundError(f"no such input file: {path}")
   suffix = path.suffix.lower()
+  if suffix not in FRAME_SUFFIXES:
+    raise ValueError(
+      f"{path}: unknown frame format {suffix!r}; use one of {', '.join(FRAME_SUFFIXES)}"
+    )
   try:
-    if suffix == ".npy":
-      frames = np.load(path, mmap_mode="r", allow_pickle=False)
-    elif suffix == ".npz":
-      with np.load(path, allow_pickle=False) as data:
-        if "images" not in data:
-          raise ValueError(
-            f'{path}: .npz has no array named "images" (found: {", ".join(data.files) or "none"})'
-          )
-        frames = data["images"]
-    elif suffix in (".tif", ".tiff"):
-      import tifffile
-
-      try:
-        frames = tifffile.memmap(path, mode="r")
-      except ValueError:  # compressed or tiled TIFF: cannot be memory-mapped, read it whole
-        frames = tifffile.imread(path)
-    else:
-      raise ValueError(
-        f"{path}: unknown frame format {suffix!r}; use one of {', '.join(FRAME_SUFFIXES)}"
-      )
-  except (ValueError, FileNotFoundError):
-    raise
-  except Exception as e:  # numpy/tifffile raise many types on corrupt files
+    frames = _read(path, suffix)
+  except KeyError as e:
+    raise ValueError(f"{path}: {e.args[0]}") from None
+  except Exception as e:  # numpy and tifffile raise many types on corrupt files
     raise ValueError(f"{path}: cannot read frames ({type(e).__name__}: {e})") from None
   return _check_frames(frames, str(path))
 

@@ -1,0 +1,46 @@
+r"""Localise quantum dots in your own frames; writes CSV ``frame,x,y,score``.
+
+  python experiments/locate.py --method=model --input=stack.tif --output=locs.csv --plot
+
+--input: .npy, .npz (array ``images``) or .tif/.tiff; one frame (h, w) or a stack
+(n, h, w), any frame size. Coordinates: the centre of pixel (row 0, column 0) is (0, 0),
+x = column, y = row (trackpy's convention). The model is fully convolutional, so frames of
+any size are processed as they are, without padding or cropping. Large stacks stream in
+chunks of --chunk frames: memory is bounded by one chunk.
+"""
+
+from absl import app, flags
+
+from qdjax import cli
+from qdjax import locate as locate_lib
+
+_METHOD = flags.DEFINE_enum("method", "model", list(locate_lib.METHODS), "Localisation method.")
+_WORKDIR = flags.DEFINE_string(
+  "workdir", None, "Training workdir of a model; default: the pretrained model shipped."
+)
+_INPUT = flags.DEFINE_string("input", None, "Frames: .npy, .npz or .tif.", required=True)
+_OUTPUT = flags.DEFINE_string("output", None, "CSV to write.", required=True)
+_MIN_SCORE = flags.DEFINE_float("min_score", None, "Drop detections scoring below this.")
+_CHUNK = flags.DEFINE_integer("chunk", 4096, "Frames per chunk (bounds memory).", lower_bound=1)
+_PLOT = flags.DEFINE_bool("plot", False, "Also draw detections on the first frames (<output>.png).")
+
+
+@cli.one_line_errors
+def main(argv):
+  cli.check_no_extra_args(argv)
+  locator = locate_lib.make_locator(_METHOD.value, _WORKDIR.value)
+  output = _OUTPUT.value
+  plot = (output.rsplit(".", 1)[0] + ".png") if _PLOT.value else None
+  n = locate_lib.locate_file(
+    _INPUT.value,
+    output,
+    locator,
+    chunk=_CHUNK.value,
+    min_score=float("-inf") if _MIN_SCORE.value is None else _MIN_SCORE.value,
+    plot_path=plot,
+  )
+  print(f"located {n} frames -> {output}" + (f" (+ {plot})" if plot else ""))
+
+
+if __name__ == "__main__":
+  app.run(main)
