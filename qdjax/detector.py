@@ -23,24 +23,31 @@ import jax.numpy as jnp
 INVERSION_MAX_MEAN = 64.0
 
 
+# CDF steps taken per while-loop iteration. Unrolled, they fuse into one elementwise
+# kernel, so the batch streams through memory once per 16 steps instead of once per step.
+_STEPS_PER_PASS = 16
+
+
 def _poisson_inversion(u, lam):
   """Smallest k with CDF(k) >= u, elementwise. u: uniform [0, 1); lam <= 64."""
-  prob = jnp.exp(-lam)
 
   def keep_going(state):
-    _, _, prob, cdf, _ = state
+    _, _, prob, cdf = state
     # Past the far tail the CDF stops growing in float32; stop there rather than count on.
     return jnp.any((u > cdf) & (prob > 1e-10 * cdf))
 
-  def step(state):
-    k, count, prob, cdf, _ = state
-    count = count + (u > cdf)
-    k = k + 1.0
-    prob = prob * lam / k
-    return k, count, prob, cdf + prob, None
+  def passes(state):
+    k, count, prob, cdf = state
+    for _ in range(_STEPS_PER_PASS):
+      count = count + (u > cdf)
+      k = k + 1.0
+      prob = prob * lam / k
+      cdf = cdf + prob
+    return k, count, prob, cdf
 
-  state = (jnp.zeros((), lam.dtype), jnp.zeros_like(lam), prob, prob, None)
-  return jax.lax.while_loop(keep_going, step, state)[1]
+  prob = jnp.exp(-lam)
+  state = (jnp.zeros((), lam.dtype), jnp.zeros_like(lam), prob, prob)
+  return jax.lax.while_loop(keep_going, passes, state)[1]
 
 
 def poisson_batch(keys, expected):

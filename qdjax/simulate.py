@@ -235,12 +235,31 @@ def brownian_paths(key, params: Params, diffusion, start):
   """
   h, w, k = params.height, params.width, params.substeps
   dt = scan.sample_time_steps(h, w, k, params.dwell_s, params.retrace_s)
-  noise = jax.random.normal(key, (start.shape[0], h * w * k, 3))
+  p, line = start.shape[0], w * k
   # dt = 0 only at the first sample; keep sqrt away from 0 there so gradients stay finite.
   scale = jnp.where(dt > 0, jnp.sqrt(2.0 * diffusion * jnp.where(dt > 0, dt, 1.0)), 0.0)
-  steps = noise * scale[None, :, None]
-  path = start[:, None, :] + jnp.cumsum(steps, axis=1)
-  return path.reshape(start.shape[0], h, w, k, 3)
+  # Coordinate-major [3, P, h, w*K]: the long axes are minor, which vectorises far better
+  # on the CPU than a trailing axis of 3.
+  steps = jax.random.normal(key, (3, p, h, line)) * scale.reshape(h, line)
+  within_line = _cumsum_last(steps)
+  line_ends = within_line[..., -1:]
+  before_line = jnp.cumsum(line_ends, axis=-2) - line_ends
+  path = start.T[:, :, None, None] + before_line + within_line
+  return jnp.moveaxis(path, 0, -1).reshape(p, h, w, k, 3)
+
+
+# Up to this length a cumulative sum runs as a matmul with a triangular matrix, which is
+# several times faster than XLA's cumsum on the CPU and still O(n) memory per line.
+_MATMUL_CUMSUM_MAX = 256
+
+
+def _cumsum_last(x):
+  n = x.shape[-1]
+  if n > _MATMUL_CUMSUM_MAX:
+    return jnp.cumsum(x, axis=-1)
+  upper = jnp.triu(jnp.ones((n, n), x.dtype))
+  # HIGHEST: TPUs would otherwise multiply in bfloat16 and blur the path.
+  return jnp.matmul(x, upper, precision=jax.lax.Precision.HIGHEST)
 
 
 def expected_image(positions, active, params: Params):
