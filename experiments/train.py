@@ -8,7 +8,7 @@ Re-running the same command resumes from the workdir's last checkpoint. Writes
 metrics.jsonl, result.json (validation AUC at epsilon 1, 2, 3 px) and curves.png.
 """
 
-from absl import app, flags
+from absl import app, flags, logging
 from ml_collections import config_flags
 
 from qdjax import cli, train
@@ -25,6 +25,8 @@ _WORKDIR = flags.DEFINE_string("workdir", "workdirs/train", "Checkpoints, logs a
 @cli.one_line_errors
 def main(argv):
   cli.check_no_extra_args(argv)
+  if not flags.FLAGS["verbosity"].present:
+    logging.set_verbosity(logging.WARNING)  # Orbax logs every save at INFO
   config = _CONFIG.value
   if _DIFFUSION.value is not None:
     cli.parse_diffusion(_DIFFUSION.value)  # fail on a bad value before any work

@@ -188,12 +188,13 @@ class KeypointNet(nnx.Module):
     )
     self.hidden = nnx.Conv(head_features, head_features, (3, 3), rngs=rngs)
     bias = math.log(prior / (1 - prior))
+    # Channels: presence logit, dx, dy, log sigma (offset uncertainty, px).
     self.out = nnx.Conv(
       head_features,
-      3,
+      4,
       (1, 1),
       kernel_init=nnx.initializers.normal(1e-3),
-      bias_init=lambda *_: jnp.array([bias, 0.0, 0.0], jnp.float32),
+      bias_init=lambda *_: jnp.array([bias, 0.0, 0.0, 0.0], jnp.float32),
       rngs=rngs,
     )
 
@@ -204,8 +205,9 @@ class KeypointNet(nnx.Module):
       images: [n, h, w] raw intensities (any h, w >= 1).
 
     Returns:
-      dict with ``logits`` [n, h, w] presence logits and ``offsets`` [n, h, w, 2] the
-      (dx, dy) from each pixel centre to its keypoint, px.
+      dict with ``logits`` [n, h, w] presence logits, ``offsets`` [n, h, w, 2] the
+      (dx, dy) from each pixel centre to its keypoint, px, and ``log_sigma`` [n, h, w] the
+      log of the predicted per-axis rms error of those offsets, px.
     """
     n, h, w = images.shape
     x = normalize(images)[..., None]
@@ -221,7 +223,8 @@ class KeypointNet(nnx.Module):
       y = y + f
     y = jax.nn.relu(self.hidden(jax.nn.relu(y)))
     y = self.out(y)[:, :h, :w]
-    return {"logits": y[..., 0], "offsets": y[..., 1:]}
+    log_sigma = jnp.clip(y[..., 3], -4.0, 3.0)
+    return {"logits": y[..., 0], "offsets": y[..., 1:3], "log_sigma": log_sigma}
 
 
 # Presets. ``tiny`` is for tests; ``small`` is the default; the others trade speed for
@@ -235,6 +238,14 @@ PRESETS = {
     stem_features=8,
     stem_kernel=3,
     head_features=8,
+  ),
+  "fast": functools.partial(
+    KeypointNet,
+    stage_sizes=(1, 1),
+    stage_features=(32, 48),
+    stage_strides=(2, 2),
+    stem_features=16,
+    head_features=16,
   ),
   "small": functools.partial(
     KeypointNet,
@@ -321,8 +332,23 @@ def targets(keypoints, present, height: int, width: int, offset_radius: int = 1)
   return centre.any(axis=1).astype(jnp.float32), jnp.where(mask[..., None], offsets, 0.0), mask
 
 
-def loss(outputs, keypoints, present, *, offset_radius: int = 1, offset_weight: float = 1.0):
-  """Presence BCE (summed over pixels, mean over frames) + offset_weight * mean L1 offset.
+def loss(
+  outputs,
+  keypoints,
+  present,
+  *,
+  offset_radius: int = 1,
+  offset_weight: float = 1.0,
+  uncertainty_weight: float = 1.0,
+):
+  """Presence BCE + offset L1 + offset-uncertainty NLL.
+
+  - presence: per-pixel binary cross-entropy against the one-hot target, summed over
+    pixels, mean over frames;
+  - offset: L1 of (dx, dy), mean over the pixels within ``offset_radius`` of a keypoint;
+  - uncertainty: the Gaussian negative log-likelihood of the offset's error under the
+    predicted isotropic sigma, with the offset held fixed (stop_gradient), so sigma learns
+    how wrong the offset is without pulling the offset towards easy frames.
 
   Returns:
     (total loss [], dict of its parts).
@@ -330,11 +356,16 @@ def loss(outputs, keypoints, present, *, offset_radius: int = 1, offset_weight: 
   logits = outputs["logits"]
   n, h, w = logits.shape
   heat, offsets, mask = targets(keypoints, present, h, w, offset_radius)
+  count = jnp.maximum(mask.sum(), 1)
   presence = optax.sigmoid_binary_cross_entropy(logits, heat).sum(axis=(1, 2)).mean()
-  l1 = jnp.abs(outputs["offsets"] - offsets).sum(-1)
-  offset = jnp.sum(jnp.where(mask, l1, 0.0)) / jnp.maximum(mask.sum(), 1)
-  total = presence + offset_weight * offset
-  return total, {"presence": presence, "offset": offset}
+  error = outputs["offsets"] - offsets
+  offset = jnp.sum(jnp.where(mask, jnp.abs(error).sum(-1), 0.0)) / count
+  squared = jax.lax.stop_gradient(jnp.sum(error**2, axis=-1))
+  log_sigma = outputs["log_sigma"]
+  nll = squared * jnp.exp(-2 * log_sigma) / 2 + 2 * log_sigma
+  uncertainty = jnp.sum(jnp.where(mask, nll, 0.0)) / count
+  total = presence + offset_weight * offset + uncertainty_weight * uncertainty
+  return total, {"presence": presence, "offset": offset, "uncertainty": uncertainty}
 
 
 def _window_sum(x, window: int):
@@ -347,6 +378,8 @@ def decode(
   *,
   nms_window: int = 3,
   score_window: int = 3,
+  score_radius: float = 0.0,
+  refine_window: int = 1,
   min_score: float = 0.0,
 ):
   """Detections from dense outputs: fixed-size, jittable.
@@ -354,8 +387,14 @@ def decode(
   Args:
     outputs: the model's dict (``logits`` [n, h, w], ``offsets`` [n, h, w, 2]).
     max_detections: k, detections per frame.
-    nms_window: a pixel is a candidate if its score is the maximum in this window.
+    nms_window: a pixel is a candidate if its presence probability is the maximum in
+      this window.
     score_window: a pixel's score is the presence probability summed over this window.
+    score_radius: if > 0, the score is also multiplied by the predicted probability that
+      the offset's error is within this radius, 1 - exp(-r^2 / (2 sigma^2)), so precise
+      detections rank above vague ones.
+    refine_window: if > 1, the position is the presence-weighted mean of the positions
+      (pixel + offset) voted by the pixels in this window around the peak.
     min_score: candidates below this score are marked invalid.
 
   Returns:
@@ -365,20 +404,30 @@ def decode(
   logits, offsets = outputs["logits"], outputs["offsets"]
   n, h, w = logits.shape
   prob = jax.nn.sigmoid(logits)
-  score = _window_sum(prob, score_window) if score_window > 1 else prob
+  # Peaks are local maxima of the probability itself (its mode is the best single pixel);
+  # their score is the probability mass in the window around them.
   peak_max = jax.lax.reduce_window(
-    score, -jnp.inf, jax.lax.max, (1, nms_window, nms_window), (1, 1, 1), "SAME"
+    prob, -jnp.inf, jax.lax.max, (1, nms_window, nms_window), (1, 1, 1), "SAME"
   )
-  candidate = score >= peak_max
-  flat = jnp.where(candidate, score, -jnp.inf).reshape(n, h * w)
+  score = _window_sum(prob, score_window) if score_window > 1 else prob
+  if score_radius > 0:
+    sigma2 = jnp.exp(2 * outputs["log_sigma"])
+    score = score * -jnp.expm1(-(score_radius**2) / (2 * sigma2))
+  flat = jnp.where(prob >= peak_max, score, -jnp.inf).reshape(n, h * w)
   k = min(max_detections, h * w)
   top, index = jax.lax.top_k(flat, k)
-  row, col = index // w, index % w
-  flat_offsets = offsets.reshape(n, h * w, 2)
-  d = jnp.take_along_axis(flat_offsets, index[..., None], axis=1)
+  cols = jnp.arange(w, dtype=jnp.float32)[None, None, :]
+  rows = jnp.arange(h, dtype=jnp.float32)[None, :, None]
+  votes = jnp.stack([cols + offsets[..., 0], rows + offsets[..., 1]], axis=-1)
+  if refine_window > 1:
+    weight = _window_sum(prob, refine_window)[..., None]
+    votes = jnp.stack(
+      [_window_sum(prob * votes[..., i], refine_window) for i in range(2)], axis=-1
+    ) / jnp.maximum(weight, 1e-12)
+  position = jnp.take_along_axis(votes.reshape(n, h * w, 2), index[..., None], axis=1)
   out = {
-    "x": col.astype(jnp.float32) + d[..., 0],
-    "y": row.astype(jnp.float32) + d[..., 1],
+    "x": position[..., 0],
+    "y": position[..., 1],
     "score": jnp.where(jnp.isfinite(top), top, 0.0),
     "valid": jnp.isfinite(top) & (top >= min_score),
   }

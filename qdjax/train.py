@@ -33,8 +33,11 @@ study's table), as the study kept the best of its 20 epochs by validation.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 import math
+import shlex
+import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -81,27 +84,59 @@ def create_model(config, rngs: nnx.Rngs) -> model_lib.KeypointNet:
   return model_lib.create(config.model.name, rngs=rngs, **model_settings(config))
 
 
+def _optimizer_settings(config) -> tuple:
+  return (
+    float(config.learning_rate),
+    int(config.warmup_steps),
+    int(config.num_steps),
+    str(config.schedule),
+    float(config.final_lr_fraction),
+    float(config.momentum),
+    float(config.weight_decay or 0.0),
+    float(config.grad_clip_norm or 0.0),
+  )
+
+
 def learning_rate_schedule(config) -> optax.Schedule:
-  """Linear warmup to ``learning_rate``, then cosine decay (or constant) to the end."""
-  peak, warmup, steps = config.learning_rate, config.warmup_steps, config.num_steps
-  if config.schedule == "cosine":
+  """Linear warmup to ``learning_rate`` over ``warmup_steps``, then cosine decay (to
+  ``final_lr_fraction`` of the peak at ``num_steps``) or constant. The warmup starts at
+  peak / warmup_steps, so the first step already learns."""
+  return _schedule(*_optimizer_settings(config)[:5])
+
+
+@functools.lru_cache(maxsize=32)
+def _schedule(peak, warmup, steps, schedule, final_fraction) -> optax.Schedule:
+  start = peak / max(warmup, 1)
+  if schedule == "cosine":
     return optax.warmup_cosine_decay_schedule(
-      0.0, peak, warmup, max(steps, warmup + 1), end_value=peak * config.final_lr_fraction
+      start, peak, warmup, max(steps, warmup + 1), end_value=peak * final_fraction
     )
-  if config.schedule == "constant":
+  if schedule == "constant":
     return optax.join_schedules(
-      [optax.linear_schedule(0.0, peak, max(warmup, 1)), optax.constant_schedule(peak)], [warmup]
+      [optax.linear_schedule(start, peak, max(warmup, 1)), optax.constant_schedule(peak)],
+      [warmup],
     )
-  raise ValueError(f"schedule must be 'cosine' or 'constant', got {config.schedule!r}")
+  raise ValueError(f"schedule must be 'cosine' or 'constant', got {schedule!r}")
+
+
+@functools.lru_cache(maxsize=32)
+def _transform(peak, warmup, steps, schedule, final_fraction, momentum, weight_decay, clip):
+  # Cached, so equal configs give the *same* transform object: it is part of the
+  # optimizer's graphdef, a static argument of the jitted steps, and an equal graphdef lets
+  # a second run in one process (a resume, a test) reuse the compiled step.
+  schedule = _schedule(peak, warmup, steps, schedule, final_fraction)
+  tx = optax.sgd(schedule, momentum=momentum, nesterov=True)
+  if weight_decay:
+    tx = optax.chain(optax.add_decayed_weights(weight_decay), tx)
+  if clip:
+    tx = optax.chain(optax.clip_by_global_norm(clip), tx)
+  return tx
 
 
 def create_optimizer(config, model) -> nnx.Optimizer:
-  tx = optax.sgd(learning_rate_schedule(config), momentum=config.momentum, nesterov=True)
-  if config.weight_decay:
-    tx = optax.chain(optax.add_decayed_weights(config.weight_decay), tx)
-  if config.grad_clip_norm:
-    tx = optax.chain(optax.clip_by_global_norm(config.grad_clip_norm), tx)
-  return nnx.Optimizer(model, tx, wrt=nnx.Param)
+  """``nnx.Optimizer(model, optax.sgd(schedule, momentum, nesterov), wrt=nnx.Param)``,
+  optionally chained with weight decay and gradient clipping."""
+  return nnx.Optimizer(model, _transform(*_optimizer_settings(config)), wrt=nnx.Param)
 
 
 def check_config(config, num_devices: int) -> None:
@@ -172,6 +207,49 @@ class Experiment:
     return NamedSharding(self.mesh, P("data"))
 
 
+def _sgd_step(state, images, keypoints, present, graphs, loss_settings):
+  train_graph, _, opt_graph = graphs
+  model = nnx.merge(train_graph, state["model"])
+  optimizer = nnx.merge(opt_graph, state["opt"])
+
+  def loss_fn(model):
+    return model_lib.loss(model(images), keypoints, present, **dict(loss_settings))
+
+  (loss, parts), grads = nnx.value_and_grad(loss_fn, has_aux=True)(model)
+  optimizer.update(model, grads)
+  return {"model": nnx.state(model), "opt": nnx.state(optimizer)}, {"loss": loss, **parts}
+
+
+@functools.partial(jax.jit, static_argnums=(3, 4))
+def _draw(sim_params, data_key, step, batch_size, batch_sharding):
+  """Batch ``step``: simulated from ``fold_in(data_key, step)``, sharded over 'data'."""
+  frames = simulate.simulate_batch(jax.random.fold_in(data_key, step), sim_params, batch_size)
+  batch = (frames.counts, frames.keypoints, frames.present)
+  return jax.lax.with_sharding_constraint(batch, batch_sharding)
+
+
+@functools.partial(jax.jit, static_argnums=(4, 5, 6, 7), donate_argnums=0)
+def _simulated_step(
+  state, sim_params, data_key, step, graphs, loss_settings, batch_size, shardings
+):
+  replicated, batch_sharding = shardings
+  batch = _draw(sim_params, data_key, step, batch_size, batch_sharding)
+  state, metrics = _sgd_step(state, *batch, graphs, loss_settings)
+  return jax.lax.with_sharding_constraint((state, metrics), replicated)
+
+
+@functools.partial(jax.jit, static_argnums=(4, 5, 6), donate_argnums=0)
+def _batch_step(state, images, keypoints, present, graphs, loss_settings, shardings):
+  state, metrics = _sgd_step(state, images, keypoints, present, graphs, loss_settings)
+  return jax.lax.with_sharding_constraint((state, metrics), shardings[0])
+
+
+@functools.partial(jax.jit, static_argnums=(2, 3))
+def _predict(model_state, images, graphs, decode_settings):
+  model = nnx.merge(graphs[1], model_state)
+  return model_lib.decode(model(images), **dict(decode_settings))
+
+
 def build(config, mesh: jax.sharding.Mesh | None = None) -> Experiment:
   """Model, optimizer, keys and the jitted step functions for ``config``."""
   mesh = data_mesh() if mesh is None else mesh
@@ -195,48 +273,29 @@ def build(config, mesh: jax.sharding.Mesh | None = None) -> Experiment:
   state = jax.device_put({"model": model_state, "opt": opt_state}, replicated)
   data_key = jax.device_put(data_key, replicated)
 
-  loss_settings = dict(config.loss)
-  decode_settings = dict(config.decode)
+  # Hashable graphdefs: static arguments of the module-level jitted steps below.
+  graphs = (train_graph, eval_graph, opt_graph)
+  shardings = (replicated, batch_sharding)
+  loss_settings = tuple(sorted(config.loss.items()))
+  decode_settings = tuple(sorted(config.decode.items()))
   batch_size = config.batch_size
 
-  def sgd_step(state, images, keypoints, present):
-    model = nnx.merge(train_graph, state["model"])
-    optimizer = nnx.merge(opt_graph, state["opt"])
-
-    def loss_fn(model):
-      return model_lib.loss(model(images), keypoints, present, **loss_settings)
-
-    (loss, parts), grads = nnx.value_and_grad(loss_fn, has_aux=True)(model)
-    optimizer.update(model, grads)
-    new_state = {"model": nnx.state(model), "opt": nnx.state(optimizer)}
-    return new_state, {"loss": loss, **parts}
-
-  def draw(sim_params, data_key, step):
-    frames = simulate.simulate_batch(jax.random.fold_in(data_key, step), sim_params, batch_size)
-    batch = (frames.counts, frames.keypoints, frames.present)
-    return jax.lax.with_sharding_constraint(batch, batch_sharding)
-
-  @jax.jit
-  def simulate_step(step):
-    return draw(sim_params, data_key, step)
-
-  def simulated_step(state, sim_params, data_key, step):
-    return sgd_step(state, *draw(sim_params, data_key, step))
-
-  step_jit = jax.jit(simulated_step, donate_argnums=0, out_shardings=replicated)
-  batch_jit = jax.jit(sgd_step, donate_argnums=0, out_shardings=replicated)
-
   def train_step(state, step):
-    return step_jit(state, sim_params, data_key, jnp.asarray(step, jnp.int32))
+    step = jnp.asarray(step, jnp.int32)
+    return _simulated_step(
+      state, sim_params, data_key, step, graphs, loss_settings, batch_size, shardings
+    )
 
   def train_step_on_batch(state, images, keypoints, present):
     batch = jax.device_put((images, keypoints, present), batch_sharding)
-    return batch_jit(state, *batch)
+    return _batch_step(state, *batch, graphs, loss_settings, shardings)
 
-  @jax.jit
+  def simulate_step(step):
+    step = jnp.asarray(step, jnp.int32)
+    return _draw(sim_params, data_key, step, batch_size, batch_sharding)
+
   def predict(model_state, images):
-    model = nnx.merge(eval_graph, model_state)
-    return model_lib.decode(model(images), **decode_settings)
+    return _predict(model_state, images, graphs, decode_settings)
 
   return Experiment(
     config=config,
@@ -359,22 +418,6 @@ def _restore(manager: ocp.CheckpointManager, step: int, items: dict[str, Any]):
     ) from None
 
 
-def restore_best_model(workdir, abstract_model_state):
-  """The best validation checkpoint's model state (pure dict) and its record."""
-  directory = Path(workdir) / "best"
-  if not directory.is_dir():
-    raise FileNotFoundError(f"no best checkpoint in {workdir} (expected {directory})")
-  manager = _manager(directory, 1)
-  step = manager.latest_step()
-  if step is None:
-    raise FileNotFoundError(f"no best checkpoint in {directory}")
-  pure = abstract_model_state.to_pure_dict()
-  abstract = _abstract(pure, jax.sharding.SingleDeviceSharding(jax.local_devices()[0]))
-  restored = _restore(manager, step, {"model": abstract, "meta": None})
-  manager.close()
-  return restored["model"], restored["meta"]
-
-
 # --- logging -------------------------------------------------------------------------------
 
 
@@ -441,20 +484,49 @@ def train_and_evaluate(config, workdir, *, stop_after: int | None = None) -> dic
     raise ValueError(f"workdir is not a directory: {workdir}")
   workdir.mkdir(parents=True, exist_ok=True)
   experiment = build(config)
-  io.write_text(workdir / "config.json", config.to_json_best_effort(indent=2) + "\n")
   epsilons = experiment.preset.epsilons_px
 
   checkpoints = _manager(workdir / "checkpoints", config.keep_checkpoints)
   best = _manager(workdir / "best", 1)
   state = experiment.state
-  meta = {"step": 0, "best_score": -1.0, "best_step": None, "best_eval": None}
+  sim_record = json.loads(json.dumps(experiment.sim_params.to_dict()))
+  meta = {
+    "step": 0,
+    "best_score": -1.0,
+    "best_step": None,
+    "best_eval": None,
+    "sim_params": sim_record,
+  }
   latest = checkpoints.latest_step()
   if latest is not None:
     abstract = _abstract(_pure(state), experiment.replicated)
     restored = _restore(checkpoints, latest, {"state": abstract, "meta": None})
     state = jax.device_put(_restore_into(state, restored["state"]), experiment.replicated)
     meta = restored["meta"]
-    logging.info("resuming from %s at step %d", checkpoints.directory, latest)
+    if meta.get("sim_params", sim_record) != sim_record:
+      changed = sorted(k for k in sim_record if meta["sim_params"].get(k) != sim_record[k])
+      raise ValueError(
+        f"the simulation parameters changed since {workdir} was checkpointed "
+        f"({', '.join(changed)}; e.g. a new preset calibration): resuming would mix two "
+        "training distributions; use a new --workdir"
+      )
+    if config.progress:
+      print(f"resuming from {checkpoints.directory} at step {latest}", flush=True)
+  io.write_text(workdir / "config.json", config.to_json_best_effort(indent=2) + "\n")
+  # The command line that (re)started this run, recorded for the shipped model's provenance.
+  io.write_text(
+    workdir / "run.json",
+    json.dumps(
+      {
+        "command": shlex.join(sys.argv),
+        "seed": config.seed,
+        "sim_params": experiment.sim_params.to_dict(),
+        "preset": experiment.preset.to_dict(),
+      },
+      indent=2,
+    )
+    + "\n",
+  )
   start = meta["step"]
   for step in best.all_steps():
     if step > start:  # saved after the checkpoint we resume from: it will be redone

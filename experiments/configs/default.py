@@ -32,11 +32,13 @@ def get_config():
   config.loss = config_dict.ConfigDict()
   config.loss.offset_radius = 1  # offsets trained within this many px of a keypoint's pixel
   config.loss.offset_weight = 1.0  # weight of the L1 offset loss vs the presence BCE
+  config.loss.uncertainty_weight = 1.0  # weight of the offset-uncertainty (sigma) NLL
 
   config.decode = config_dict.ConfigDict()
   config.decode.max_detections = 4  # detections per frame (top-k after NMS)
   config.decode.nms_window = 3  # peaks are maxima in this window, px
   config.decode.score_window = 3  # score = presence probability summed in this window, px
+  config.decode.score_radius = 1.0  # score *= P(offset error < this, px) from sigma (0: off)
 
   config.batch_size = 32  # global batch, frames per step (divisible by the device count)
   config.num_steps = 2000  # SGD steps; frames seen = num_steps * batch_size

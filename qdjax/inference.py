@@ -1,0 +1,281 @@
+"""A trained detector, ready to use: no training code and no network needed.
+
+    locator = inference.load()              # the pretrained weights shipped in the package
+    locator = inference.load("workdirs/x")  # the best checkpoint of a training run
+    per_frame = locator(images)             # images [n, h, w] (any h, w): list of [k, 3]
+
+Each element of ``per_frame`` holds one frame's detections as rows (x, y, score) in SPEC
+coordinates (the centre of pixel (row 0, column 0) is (0, 0); x = column), sorted by
+descending score. The model is fully convolutional, so frames of any size are run as
+they are (no padding or resizing by the caller); one call takes frames of one size.
+
+The shipped model lives in ``qdjax/pretrained/paper/``: ``weights.npz`` (the model's
+``nnx.State`` as flat arrays named by their path, readable by NumPy alone) and
+``config.json`` (model and decoding settings, the preset it was trained on, and the
+command and seed that trained it). ``export_pretrained`` writes that directory from a
+training workdir.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import orbax.checkpoint as ocp
+from flax import nnx
+
+from qdjax import io
+from qdjax import model as model_lib
+
+PRETRAINED_DIR = Path(__file__).parent / "pretrained" / "paper"
+WEIGHTS = "weights.npz"
+CONFIG = "config.json"
+DECODE_SETTINGS = (
+  "max_detections",
+  "nms_window",
+  "score_window",
+  "score_radius",
+  "refine_window",
+)
+
+
+def _flatten(tree, prefix=()) -> dict[str, np.ndarray]:
+  out = {}
+  for key, value in tree.items():
+    path = prefix + (str(key),)
+    if isinstance(value, dict):
+      out.update(_flatten(value, path))
+    else:
+      out["/".join(path)] = np.asarray(value)
+  return out
+
+
+def _unflatten(flat: dict[str, np.ndarray]) -> dict:
+  tree: dict = {}
+  for name, value in flat.items():
+    node = tree
+    *parents, leaf = [int(p) if p.isdigit() else p for p in name.split("/")]
+    for p in parents:
+      node = node.setdefault(p, {})
+    node[leaf] = value
+  return tree
+
+
+def _abstract_model(model_config: dict):
+  """(graphdef in eval mode, abstract nnx.State) of the model, without initialising it."""
+  settings = {k: v for k, v in model_config.items() if k != "name" and v is not None}
+  abstract = nnx.eval_shape(
+    lambda: model_lib.create(model_config["name"], rngs=nnx.Rngs(0), **settings)
+  )
+  abstract.eval()
+  return nnx.split(abstract)
+
+
+def _read_json(path: Path) -> dict:
+  if not path.is_file():
+    raise FileNotFoundError(f"missing {path}")
+  try:
+    return json.loads(path.read_text())
+  except (json.JSONDecodeError, UnicodeDecodeError) as e:
+    raise ValueError(f"{path} is not valid JSON ({e})") from None
+
+
+def _restore_best(workdir: Path, abstract_state) -> tuple[dict, dict]:
+  """The model state (pure dict) and validation record of a workdir's best checkpoint.
+
+  Raises:
+    FileNotFoundError: no best checkpoint.
+    ValueError: a corrupt checkpoint, or one of another model.
+  """
+  directory = (workdir / "best").absolute()
+  if not directory.is_dir():
+    raise FileNotFoundError(f"no best checkpoint in {workdir} (expected {directory})")
+  manager = ocp.CheckpointManager(directory, options=ocp.CheckpointManagerOptions(create=False))
+  step = manager.latest_step()
+  if step is None:
+    raise FileNotFoundError(f"no best checkpoint in {directory}")
+  device = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
+  target = jax.tree.map(
+    lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=device),
+    abstract_state.to_pure_dict(),
+  )
+  try:
+    restored = manager.restore(
+      step,
+      args=ocp.args.Composite(model=ocp.args.StandardRestore(target), meta=ocp.args.JsonRestore()),
+    )
+  except Exception as e:  # Orbax/TensorStore raise many types on a damaged directory
+    detail = str(e).strip().splitlines()[0][:200] if str(e).strip() else ""
+    raise ValueError(
+      f"checkpoint {directory}/{step} is corrupt or does not match its config.json "
+      f"({type(e).__name__}: {detail})"
+    ) from None
+  finally:
+    manager.close()
+  return restored["model"], restored["meta"]
+
+
+class Locator:
+  """Callable detector: frames in, per-frame (x, y, score) arrays out.
+
+  Args:
+    model_config: ``{"name": preset, **KeypointNet overrides}``.
+    decode: ``model.decode`` settings (max_detections, nms_window, score_window).
+    weights: the model state as a pure dict (nested, as ``nnx.State.to_pure_dict``).
+    min_score: detections scored below this are dropped.
+    chunk: frames per jitted call; a memory bound.
+    info: provenance (config, preset, validation), kept as ``locator.info``.
+  """
+
+  def __init__(self, model_config, decode, weights, min_score=0.0, chunk=1024, info=None):
+    unknown = sorted(set(decode) - set(DECODE_SETTINGS))
+    if unknown:
+      raise ValueError(f"unknown decode setting(s): {', '.join(unknown)}")
+    graphdef, abstract_state = _abstract_model(model_config)
+    expected = jax.tree.map(lambda x: tuple(x.shape), abstract_state.to_pure_dict())
+    try:
+      got = jax.tree.map(lambda x: tuple(np.shape(x)), weights)
+      matches = got == expected
+      nnx.replace_by_pure_dict(abstract_state, weights)
+    except (KeyError, ValueError, TypeError) as e:
+      raise ValueError(f"weights do not match the model {model_config['name']!r}: {e}") from None
+    if not matches:
+      raise ValueError(f"weights do not match the model {model_config['name']!r} (shapes differ)")
+    state = jax.tree.map(jnp.asarray, abstract_state)
+    self._state = state
+    self.decode_settings = {k: v for k, v in decode.items() if k in DECODE_SETTINGS}
+    self.min_score = float(min_score)
+    if chunk < 1:
+      raise ValueError(f"chunk must be >= 1, got {chunk}")
+    self.chunk = int(chunk)
+    self.info = dict(info or {})
+    self.model_config = dict(model_config)
+
+    @jax.jit
+    def run(state, images, min_score):
+      net = nnx.merge(graphdef, state)
+      return model_lib.decode(net(images), **self.decode_settings, min_score=min_score)
+
+    self._run = run
+
+  def detect(self, images, min_score: float | None = None) -> dict[str, np.ndarray]:
+    """Fixed-size detections of [n, h, w] frames: dict of [n, k] NumPy arrays
+    ``x``, ``y``, ``score``, ``valid`` (see ``model.decode``)."""
+    images = np.asarray(images, np.float32)
+    if images.ndim == 2:
+      images = images[None]
+    if images.ndim != 3:
+      raise ValueError(f"expected frames of shape (n, h, w) or (h, w), got {images.shape}")
+    if 0 in images.shape[1:]:
+      raise ValueError(f"zero-size frames: {images.shape}")
+    if not np.isfinite(images).all():
+      raise ValueError("frames contain NaN or infinite pixels")
+    threshold = jnp.float32(self.min_score if min_score is None else min_score)
+    parts = []
+    for start in range(0, len(images), self.chunk):
+      block = images[start : start + self.chunk]
+      n = len(block)
+      # Pad to a power of two (at most ``chunk``) so a stream of odd-sized calls reuses a
+      # few compilations instead of compiling one per length.
+      size = min(self.chunk, max(8, 1 << math.ceil(math.log2(n))))
+      if size > n:
+        block = np.concatenate([block, np.repeat(block[-1:], size - n, axis=0)])
+      out = jax.device_get(self._run(self._state, block, threshold))
+      parts.append({k: np.asarray(v)[:n] for k, v in out.items()})
+    if not parts:
+      k = self.decode_settings["max_detections"]
+      empty = np.zeros((0, k), np.float32)
+      return {"x": empty, "y": empty, "score": empty, "valid": empty.astype(bool)}
+    return {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
+
+  def __call__(self, images, min_score: float | None = None) -> list[np.ndarray]:
+    """[n, h, w] (or [h, w]) frames -> list of n float32 arrays [k_i, 3] (x, y, score)."""
+    return model_lib.to_lists(self.detect(images, min_score))
+
+
+def _model_config(config: dict) -> dict:
+  return dict(config["model"])
+
+
+def load(workdir=None, *, min_score: float = 0.0, chunk: int = 1024, **decode) -> Locator:
+  """A ``Locator`` for the pretrained weights shipped in ``qdjax/pretrained/paper/``
+  (``workdir=None``), a directory written by ``export_pretrained``, or a training workdir
+  (its best validation checkpoint).
+
+  ``decode`` overrides the stored decoding settings (``max_detections``, ``nms_window``,
+  ``score_window``, ``score_radius``; see ``model.decode``).
+
+  Raises:
+    FileNotFoundError: no such directory or checkpoint, or no shipped weights yet.
+    ValueError: corrupt or mismatched weights.
+  """
+  directory = PRETRAINED_DIR if workdir is None else Path(workdir)
+  if (directory / WEIGHTS).is_file():
+    info = _read_json(directory / CONFIG)
+    try:
+      with np.load(directory / WEIGHTS, allow_pickle=False) as f:
+        weights = _unflatten({name: f[name] for name in f.files})
+    except Exception as e:  # zipfile/numpy errors on a damaged file
+      raise ValueError(f"cannot read {directory / WEIGHTS} ({type(e).__name__}: {e})") from None
+    settings = {**info["decode"], **decode}
+    return Locator(info["model"], settings, weights, min_score, chunk, info)
+  if workdir is None:
+    raise FileNotFoundError(
+      f"no pretrained weights shipped yet ({directory / WEIGHTS} is missing): train with "
+      "experiments/train.py and pass its workdir, or write them with "
+      "qdjax.inference.export_pretrained"
+    )
+  if not directory.is_dir():
+    raise FileNotFoundError(f"no such workdir: {directory}")
+  config = _read_json(directory / "config.json")
+  _, abstract_state = _abstract_model(_model_config(config))
+  weights, record = _restore_best(directory, abstract_state)
+  info = {"workdir": str(directory), "config": config, "validation": record}
+  settings = {**config["decode"], **decode}
+  return Locator(_model_config(config), settings, weights, min_score, chunk, info)
+
+
+def export_pretrained(workdir, out_dir=PRETRAINED_DIR, *, command: str | None = None) -> Path:
+  """Writes ``weights.npz`` and ``config.json`` for shipping from a workdir's best checkpoint.
+
+  Args:
+    workdir: a finished training run.
+    out_dir: destination directory (created).
+    command: the training command to record (default: ``workdir/run.json``'s last one).
+
+  Returns:
+    ``out_dir`` as a Path.
+  """
+  from qdjax import presets  # only the export records the preset's values
+
+  workdir, out_dir = Path(workdir), Path(out_dir)
+  config = _read_json(workdir / "config.json")
+  model_config = _model_config(config)
+  _, abstract_state = _abstract_model(model_config)
+  weights, record = _restore_best(workdir, abstract_state)
+  if command is None and (workdir / "run.json").is_file():
+    command = _read_json(workdir / "run.json").get("command")
+  result = _read_json(workdir / "result.json") if (workdir / "result.json").is_file() else None
+  info: dict[str, Any] = {
+    "model": model_config,
+    "decode": dict(config["decode"]),
+    "preset": presets.get(config["preset"]).to_dict(),
+    "diffusion": config.get("diffusion"),
+    "seed": config["seed"],
+    "training_command": command,
+    "training_config": config,
+    "best_step": record.get("step"),
+    "validation": {k: record[k] for k in ("auc", "auc_by_split", "score") if k in record},
+    "result": result,
+  }
+  out_dir.mkdir(parents=True, exist_ok=True)
+  with io.atomic_path(out_dir / WEIGHTS) as tmp:
+    with open(tmp, "wb") as f:
+      np.savez_compressed(f, **_flatten(jax.device_get(weights)))
+  io.write_text(out_dir / CONFIG, json.dumps(info, indent=2) + "\n")
+  return out_dir

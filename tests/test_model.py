@@ -1,0 +1,148 @@
+"""The keypoint detector: shapes, parameter counts, normalisation, targets and decoding."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from flax import nnx
+
+from qdjax import model
+
+# One jitted forward for all tests: a compilation per frame shape, shared between tests.
+_forward = nnx.jit(lambda net, images: net(images))
+
+
+def _tiny():
+  net = model.create("tiny", rngs=nnx.Rngs(0))
+  net.eval()
+  return net
+
+
+SHAPES = [(2, 24, 25), (3, 8, 12), (1, 1, 1), (1, 64, 64), (2, 7, 5)]
+
+
+@pytest.mark.parametrize("name", ["fast", "small", "base", "wide"])
+def test_larger_presets_accept_any_frame_size(name):
+  # Shapes only: abstract initialisation and evaluation, nothing is computed or compiled.
+  net = nnx.eval_shape(lambda: model.create(name, rngs=nnx.Rngs(0)))
+  net.eval()
+  graphdef, state = nnx.split(net)
+  for shape in SHAPES:
+    images = jax.ShapeDtypeStruct(shape, jnp.float32)
+    out = jax.eval_shape(lambda s, x: nnx.merge(graphdef, s)(x), state, images)
+    assert out["logits"].shape == shape and out["offsets"].shape == shape + (2,)
+
+
+@pytest.mark.parametrize("shape", SHAPES[:3])
+def test_output_shapes_on_any_frame_size(shape):
+  images = jax.random.poisson(jax.random.key(1), 4.0, shape).astype(jnp.float32)
+  out = _forward(_tiny(), images)
+  assert out["logits"].shape == shape
+  assert out["offsets"].shape == shape + (2,)
+  assert np.isfinite(out["logits"]).all() and np.isfinite(out["offsets"]).all()
+  found = model.decode(out, max_detections=4)
+  for key in ("x", "y", "score", "valid"):
+    assert found[key].shape == (shape[0], 4)
+  # A 1x1 frame has one candidate pixel: the other slots must be invalid.
+  assert found["valid"].sum(axis=1).max() <= shape[1] * shape[2]
+
+
+def test_parameter_counts():
+  # tiny, by hand: stem 3x3x1x8 + BN(8) = 88; one BasicBlock 8->8 = 2 * (3*3*8*8 + 16)
+  # = 1184; lateral 1x1 8->8 + bias = 72; hidden 3x3 8->8 + bias = 584; out 1x1 8->4 + bias
+  # = 36 (presence logit, dx, dy, log sigma).
+  assert model.count_params(model.create("tiny", rngs=nnx.Rngs(0))) == 88 + 1184 + 72 + 584 + 36
+  # The default preset: a change here changes every shipped checkpoint's format.
+  small = nnx.eval_shape(lambda: model.create("small", rngs=nnx.Rngs(0)))
+  assert model.count_params(small) == 92404
+
+
+def test_normalisation_ignores_gain_and_offset():
+  images = jax.random.poisson(jax.random.key(2), 4.0, (2, 24, 25)).astype(jnp.float32)
+  net = _tiny()
+  a, b = _forward(net, images), _forward(net, 37.5 * images + 1000.0)
+  np.testing.assert_allclose(a["logits"], b["logits"], rtol=1e-4, atol=1e-4)
+  np.testing.assert_allclose(a["offsets"], b["offsets"], rtol=1e-4, atol=1e-4)
+  flat = model.normalize(jnp.full((1, 5, 6), 7.0))
+  assert np.array_equal(flat, np.zeros((1, 5, 6)))
+
+
+def test_targets_one_hot_at_nearest_pixel_with_offsets_around_it():
+  keypoints = jnp.array([[[3.4, 5.6], [np.nan, np.nan]]])
+  present = jnp.array([[True, False]])
+  heat, offsets, mask = model.targets(keypoints, present, 10, 12, offset_radius=1)
+  assert heat.shape == (1, 10, 12) and heat.sum() == 1 and heat[0, 6, 3] == 1
+  assert mask[0].sum() == 9 and mask[0, 5:8, 2:5].all()
+  np.testing.assert_allclose(offsets[0, 6, 3], [0.4, -0.4], atol=1e-6)
+  np.testing.assert_allclose(offsets[0, 5, 2], [1.4, 0.6], atol=1e-6)
+  assert (offsets[0][~np.asarray(mask[0])] == 0).all()
+
+
+def test_targets_two_keypoints_take_the_nearest():
+  keypoints = jnp.array([[[2.0, 2.0], [4.0, 2.0]]])
+  heat, offsets, mask = model.targets(keypoints, jnp.array([[True, True]]), 6, 8, 1)
+  assert heat[0, 2, 2] == 1 and heat[0, 2, 4] == 1 and heat.sum() == 2
+  np.testing.assert_allclose(offsets[0, 2, 1], [1.0, 0.0])  # nearer to (2, 2)
+  np.testing.assert_allclose(offsets[0, 2, 5], [-1.0, 0.0])  # nearer to (4, 2)
+
+
+def _planted(h=20, w=24):
+  logits = np.full((1, h, w), -12.0, np.float32)
+  offsets = np.zeros((1, h, w, 2), np.float32)
+  logits[0, 5, 7] = 4.0  # strong QD at row 5, column 7
+  offsets[0, 5, 7] = (0.3, -0.2)
+  logits[0, 15, 20] = 0.0  # weaker QD
+  offsets[0, 15, 20] = (-0.45, 0.1)
+  return {"logits": jnp.asarray(logits), "offsets": jnp.asarray(offsets)}
+
+
+def test_decode_returns_planted_coordinates_in_score_order():
+  found = jax.device_get(jax.jit(model.decode)(_planted()))
+  assert found["valid"][0, :2].all()
+  np.testing.assert_allclose([found["x"][0, 0], found["y"][0, 0]], [7.3, 4.8], atol=1e-6)
+  np.testing.assert_allclose([found["x"][0, 1], found["y"][0, 1]], [19.55, 15.1], atol=1e-6)
+  # score = presence probability summed over the 3x3 window around the peak.
+  sig = lambda v: 1 / (1 + np.exp(-v))
+  np.testing.assert_allclose(found["score"][0, 0], sig(4.0) + 8 * sig(-12.0), rtol=1e-5)
+  assert found["score"][0, 0] > found["score"][0, 1] > found["score"][0, 2]
+  # NMS: no other candidate within the 3x3 window of either peak.
+  rest = np.stack([found["x"][0, 2:], found["y"][0, 2:]], -1)
+  for peak in ([7, 5], [20, 15]):
+    assert (np.abs(rest - peak).max(axis=1) >= 2 - 0.5).all()
+  kept = model.decode(_planted(), min_score=0.3)
+  assert kept["valid"][0].tolist() == [True, True, False, False]
+  lists = model.to_lists(kept)
+  assert len(lists) == 1 and lists[0].shape == (2, 3)
+  np.testing.assert_allclose(lists[0][0, :2], [7.3, 4.8], atol=1e-6)
+
+
+def test_decode_pads_frames_smaller_than_k():
+  out = {"logits": jnp.zeros((1, 2, 2)), "offsets": jnp.zeros((1, 2, 2, 2))}
+  found = model.decode(out, max_detections=6)
+  assert found["x"].shape == (1, 6) and not found["valid"][0, 4:].any()
+
+
+def test_loss_parts_vanish_on_a_perfect_prediction_and_are_finite_without_qds():
+  keypoints = jnp.array([[[7.3, 4.8]]])
+  present = jnp.array([[True]])
+  heat, offsets, mask = model.targets(keypoints, present, 20, 24)
+  sigma = jnp.full((1, 20, 24), -1.0)
+  good = {"logits": jnp.where(heat > 0, 16.0, -16.0), "offsets": offsets, "log_sigma": sigma}
+  bad = {
+    "logits": jnp.zeros((1, 20, 24)),
+    "offsets": jnp.zeros((1, 20, 24, 2)),
+    "log_sigma": sigma,
+  }
+  total, parts = model.loss(good, keypoints, present)
+  assert parts["presence"] < 1e-3 and parts["offset"] < 1e-6
+  # Zero error: the uncertainty NLL is 2 log sigma.
+  np.testing.assert_allclose(parts["uncertainty"], -2.0, rtol=1e-6)
+  assert model.loss(bad, keypoints, present)[1]["presence"] > 100
+  # L1 of the offsets (dx, dy) over the 3x3 pixels around (7, 5), by hand.
+  dx = 7.3 - np.arange(6, 9)
+  dy = 4.8 - np.arange(4, 7)
+  by_hand = (np.abs(dx)[None, :] + np.abs(dy)[:, None]).mean()
+  np.testing.assert_allclose(model.loss(bad, keypoints, present)[1]["offset"], by_hand, rtol=1e-6)
+  # An empty frame: no offsets to train, and the loss stays finite.
+  empty = model.loss(bad, jnp.full((1, 1, 2), jnp.nan), jnp.array([[False]]))[0]
+  assert np.isfinite(empty)
