@@ -146,7 +146,7 @@ class Evaluation:
     head = (
       f"| method | regime | RMSE e{eps[-1]:g} (px) | bias x, y (px) | "
       + " | ".join(f"Jaccard e{e:g}" for e in eps)
-      + " | RMSE / CRLB | ms / frame |"
+      + " | RMSE / CRLB | ms / frame* |"
     )
     lines = [head, "|---|---|---|---|" + "---|" * len(eps) + "---|---|"]
     for r in self.reports:
@@ -158,8 +158,9 @@ class Evaluation:
         f"{1e3 * r.seconds / max(r.num_frames, 1):.2f} |"
       )
     c = self.crlb
+    lines.append("\n*wall time per frame, including one-off compilation and process start-up.")
     lines.append(
-      f"\nCRLB (static in-focus QD, Mortensen 2010): RMSE {c.rmse_px:.3f} px "
+      f"CRLB (static in-focus QD, Mortensen 2010): RMSE {c.rmse_px:.3f} px "
       f"(per axis {np.sqrt(c.variance_px2):.3f} px) at Ntot = {c.total_photons:.1f} photons, "
       f"b = {c.background_photons:g} per pixel, s = {c.sigma_px:g} px, tau = {c.tau:.2f}."
     )
@@ -388,34 +389,41 @@ def run(config, progress: bool = True) -> Evaluation:
 
 
 def plot_pr_curves(evaluation: Evaluation, path) -> None:
-  """One panel per regime; a colour per method, a line style per epsilon."""
+  """One panel per regime; a colour per method, a line style per epsilon (AUCs in the table)."""
   from qdjax import plotting  # selects the Agg backend before pyplot loads
 
   plt = plotting.plt
-
   styles = ["-", "--", ":", "-."]
   colours = plt.rcParams["axes.prop_cycle"].by_key()["color"]
-  fig, axes = plt.subplots(1, len(REGIMES), figsize=(4.2 * len(REGIMES), 4), sharey=True)
-  for ax, k in zip(np.atleast_1d(axes), REGIMES, strict=True):
+  fig, axes = plt.subplots(1, len(REGIMES), figsize=(4.2 * len(REGIMES), 4.3), sharey=True)
+  axes = np.atleast_1d(axes)
+  for ax, k in zip(axes, REGIMES, strict=True):
     for i, method in enumerate(evaluation.methods):
-      report = evaluation.report(method, k)
-      for j, e in enumerate(report.epsilons):
+      for j, e in enumerate(evaluation.report(method, k).epsilons):
+        # The curve starts at recall 0 with the first point's precision.
+        first = e.precision[:1] if len(e.precision) else [1.0]
         ax.plot(
           np.r_[0.0, e.recall],
-          np.r_[e.precision[:1] if len(e.precision) else [1.0], e.precision],
+          np.r_[first, e.precision],
           styles[j % len(styles)],
           color=colours[i % len(colours)],
           lw=1.2,
-          label=f"{method} e{e.epsilon_px:g} (AUC {e.auc:.2f})",
         )
     ax.set_title(f"D{k} = {evaluation.regimes[k - 1]:g} um^2/s")
     ax.set_xlabel("recall")
     ax.set_xlim(0, 1)
     ax.set_ylim(0, 1.02)
     ax.grid(alpha=0.3)
-    ax.legend(fontsize=6, loc="lower left")
-  np.atleast_1d(axes)[0].set_ylabel("precision")
-  fig.tight_layout()
+  axes[0].set_ylabel("precision")
+  handles = [
+    plt.Line2D([], [], color=colours[i % len(colours)], lw=2, label=m)
+    for i, m in enumerate(evaluation.methods)
+  ] + [
+    plt.Line2D([], [], color="0.3", ls=styles[j % len(styles)], label=f"epsilon {e:g} px")
+    for j, e in enumerate(evaluation.epsilons_px)
+  ]
+  fig.legend(handles=handles, loc="lower center", ncol=len(handles), fontsize=8, frameon=False)
+  fig.tight_layout(rect=(0, 0.07, 1, 1))
   io.save_figure(fig, path, dpi=120)
   plt.close(fig)
 

@@ -1,6 +1,6 @@
 """Settings of experiments/calibrate.py: the search that fits the paper preset.
 
-The defaults are the recorded calibration (about 20 minutes on 2 shared CPU cores). A
+The defaults are the recorded calibration (about 22 minutes on 2 shared CPU cores). A
 tiny smoke run: ``--config.peak_photons_grid=3, --config.background_photons_grid=4,
 --config.coarse_scale=0.02 --config.fine_scale=0.02 --config.fine_budget_s=5``.
 """
@@ -24,5 +24,6 @@ def get_config():
   config.target = 0.10  # max |gap| to reach; above it margin/z_range/sigma_z are freed
   config.free_extra = True  # allow freeing margin_px, z_range_um, sigma_z_um if needed
   config.free_budget_s = 300.0  # wall-time budget of the freed search, s
+  config.free_min_gain = 0.02  # freed values are kept only if max |gap| falls by this
   config.diameters = (7, 9)  # trackpy diameters tuned at coarse candidates and starts, px
   return config
