@@ -99,3 +99,27 @@ def test_parse_methods():
   assert evaluate.parse_methods("mle, trackpy,mle") == ["mle", "trackpy"]
   with pytest.raises(ValueError, match="empty"):
     evaluate.parse_methods(" , ")
+
+
+def test_model_is_skipped_with_a_notice_without_weights_and_run_with_them(monkeypatch):
+  from ml_collections import config_dict
+
+  from qdjax import inference, presets
+
+  config = config_dict.ConfigDict({"methods": "model", "workdir": None})
+  preset = presets.get("paper")
+
+  def missing(workdir=None):
+    raise FileNotFoundError("no pretrained weights shipped yet")
+
+  monkeypatch.setattr(inference, "load", missing)
+  methods, _, notices = evaluate.make_methods(config, preset, progress=False)
+  assert methods == {} and len(notices) == 1
+  assert notices[0].startswith("skipping model") and "\n" not in notices[0]
+
+  def detector(images):
+    return [np.array([[1.0, 2.0, 0.5]]) for _ in images]
+
+  monkeypatch.setattr(inference, "load", lambda workdir=None: detector)
+  methods, _, notices = evaluate.make_methods(config, preset, progress=False)
+  assert methods == {"model": detector} and notices == []
