@@ -217,7 +217,8 @@ def _sgd_step(state, images, keypoints, present, graphs, loss_settings):
 
   (loss, parts), grads = nnx.value_and_grad(loss_fn, has_aux=True)(model)
   optimizer.update(model, grads)
-  return {"model": nnx.state(model), "opt": nnx.state(optimizer)}, {"loss": loss, **parts}
+  metrics = {"loss": loss, **parts, "grad_norm": optax.global_norm(grads)}
+  return {"model": nnx.state(model), "opt": nnx.state(optimizer)}, metrics
 
 
 @functools.partial(jax.jit, static_argnums=(3, 4))

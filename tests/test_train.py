@@ -140,6 +140,7 @@ def test_cli_killed_and_restarted_matches_an_uninterrupted_run(reference, tmp_pa
     time.sleep(0.02)
   proc.send_signal(signal.SIGKILL)
   proc.wait()
+  assert not (workdir / "result.json").exists()  # killed part-way, not after the end
   done = run_cli(command)
   assert done.returncode == 0, done.stderr
   assert "validation AUC" in done.stdout and "eps=1px" in done.stdout

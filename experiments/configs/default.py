@@ -1,7 +1,7 @@
 """Default training config: a few minutes on a 2-core CPU.
 
-    python experiments/train.py --diffusion=0.15:6 --workdir=/tmp/qd_default
-    python experiments/train.py --config=experiments/configs/default.py --config.num_steps=30
+    python experiments/train.py --workdir=workdirs/default   # the preset's training D range
+    python experiments/train.py --diffusion=4.04 --config.num_steps=30 --workdir=/tmp/x
 
 Every field can be overridden with ``--config.<name>=value``.
 """
@@ -39,13 +39,14 @@ def get_config():
   config.decode.nms_window = 3  # peaks are maxima in this window, px
   config.decode.score_window = 3  # score = presence probability summed in this window, px
   config.decode.score_radius = 1.0  # score *= P(offset error < this, px) from sigma (0: off)
+  config.decode.refine_window = 3  # position = presence-weighted mean of votes here (1: off)
 
   config.batch_size = 32  # global batch, frames per step (divisible by the device count)
   config.num_steps = 2000  # SGD steps; frames seen = num_steps * batch_size
-  config.learning_rate = 0.05  # peak SGD learning rate
+  config.learning_rate = 0.01  # peak SGD learning rate (0.02 was worse, 0.05 did not train)
   config.momentum = 0.9  # SGD (Nesterov) momentum
   config.schedule = "cosine"  # 'cosine' or 'constant' after the warmup
-  config.warmup_steps = 100  # linear warmup from 0
+  config.warmup_steps = 100  # linear warmup from peak/warmup_steps to the peak
   config.final_lr_fraction = 0.0  # cosine ends at this fraction of the peak
   config.weight_decay = 0.0  # decoupled L2 (0: off)
   config.grad_clip_norm = 0.0  # clip gradients to this global norm (0: off)
