@@ -561,6 +561,9 @@ def train_and_evaluate(config, workdir, *, stop_after: int | None = None) -> dic
     total=config.num_steps, initial=start, unit="step", disable=not config.progress, desc="train"
   )
   tick, tick_step = time.perf_counter(), start
+  # Training metrics are summed on the device between log steps (no host sync per step)
+  # and logged as their mean over the interval.
+  interval_sum, interval_steps = None, 0
   with metrics_path.open("a") as log:
     for step in range(start + 1, config.num_steps + 1):
       if batches is None:
@@ -571,10 +574,15 @@ def train_and_evaluate(config, workdir, *, stop_after: int | None = None) -> dic
           state, batch["images"], batch["keypoints"], batch["present"]
         )
       bar.update(1)
+      interval_steps += 1
+      interval_sum = (
+        step_metrics if interval_sum is None else jax.tree.map(jnp.add, interval_sum, step_metrics)
+      )
       record = {}
       last = step == config.num_steps
       if step % config.log_every == 0 or last:
-        values = {k: float(v) for k, v in jax.device_get(step_metrics).items()}
+        values = {k: float(v) / interval_steps for k, v in jax.device_get(interval_sum).items()}
+        interval_sum, interval_steps = None, 0
         now = time.perf_counter()
         rate = (step - tick_step) * config.batch_size / max(now - tick, 1e-9)
         tick, tick_step = now, step
@@ -601,8 +609,8 @@ def train_and_evaluate(config, workdir, *, stop_after: int | None = None) -> dic
           + " ".join(f"eps{k}={v:.3f}" for k, v in result["auc"].items())
           + f" (score {result['score']:.3f})"
         )
-        # An eval after a step's interval resets the frames/s clock.
-        tick = time.perf_counter()
+        # Validation time is not training time: restart the frames/s clock.
+        tick, tick_step = time.perf_counter(), step
       if record:
         record = {"step": step, "frames_seen": step * config.batch_size, **record}
         log.write(json.dumps(record) + "\n")
