@@ -182,6 +182,7 @@ def test_cli_bad_values_give_one_line_errors(tmp_path):
   assert_one_line_error(run_cli(cli_command(tmp_path, "--diffusion=fast")), "--diffusion")
   bad = run_cli(cli_command(tmp_path, "--config.num_steps=0"))
   assert_one_line_error(bad, "num_steps")
+  assert_one_line_error(run_cli(cli_command(tmp_path, "--config.no_such_field=1")), "no_such")
   assert not (tmp_path / "checkpoints").exists()
 
 
