@@ -38,16 +38,9 @@ def make_locator(method: str, workdir: str | None = None, preset: str = "paper")
     from qdjax import inference
 
     return inference.load(workdir)
-  if method == "trackpy":
-    from qdjax import presets
-    from qdjax.baselines import trackpy
+  from qdjax import baselines, presets
 
-    calibration = presets.get(preset).calibration or {}
-    settings = calibration.get("trackpy_settings")
-    return trackpy.Locator(trackpy.Settings(**settings) if settings else None)
-  from qdjax.baselines import mle
-
-  return mle.Locator()
+  return baselines.make(method, preset=presets.get(preset))
 
 
 def _rows(
