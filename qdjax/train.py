@@ -75,6 +75,20 @@ def training_diffusion(config, preset):
   return cli.parse_diffusion(value) if isinstance(value, str) else value
 
 
+def sim_overrides(config, preset) -> dict[str, Any]:
+  """SPEC-named values set in ``config.overrides`` (None keeps the preset's), for training
+  and validation frames alike; ``min_particles``/``max_particles`` form ``num_particles``."""
+  if "overrides" not in config:
+    return {}
+  overrides = {k: v for k, v in config.overrides.items() if v is not None}
+  lo = overrides.pop("min_particles", None)
+  hi = overrides.pop("max_particles", None)
+  if lo is not None or hi is not None:
+    base = preset.values["num_particles"]
+    overrides["num_particles"] = (base[0] if lo is None else lo, base[1] if hi is None else hi)
+  return overrides
+
+
 def model_settings(config) -> dict[str, Any]:
   """The ``KeypointNet`` overrides set in ``config.model`` (None means the preset's)."""
   return {k: v for k, v in config.model.items() if k != "name" and v is not None}
@@ -256,7 +270,9 @@ def build(config, mesh: jax.sharding.Mesh | None = None) -> Experiment:
   mesh = data_mesh() if mesh is None else mesh
   check_config(config, mesh.size)
   preset = presets.get(config.preset)
-  sim_params = preset.sim_params(diffusion=training_diffusion(config, preset))
+  sim_params = preset.sim_params(
+    diffusion=training_diffusion(config, preset), **sim_overrides(config, preset)
+  )
   replicated = NamedSharding(mesh, P())
   batch_sharding = NamedSharding(mesh, P("data"))
 
@@ -334,7 +350,9 @@ def validation_sets(config, experiment: Experiment) -> dict[str, dict[str, np.nd
     if split in ("validation", "train"):
       params = experiment.sim_params  # the training distribution, incl. a --diffusion choice
     else:
-      params = data.split_params(experiment.preset, split)
+      params = data.split_params(
+        experiment.preset, split, **sim_overrides(config, experiment.preset)
+      )
     seed = data.split_seed(config.validation_seed, split)
     frames = data.generate(params, config.validation_size, seed)
     sets[split] = {k: frames[k] for k in ("images", "keypoints", "present")}

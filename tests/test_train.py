@@ -81,6 +81,18 @@ def test_one_step_lowers_the_loss_on_a_fixed_batch():
   assert float(after["loss"]) < float(before["loss"]) - 1e-3
 
 
+def test_config_overrides_reach_training_and_validation_frames():
+  config = tiny_config()
+  config.overrides.peak_photons = 20.0
+  config.overrides.max_particles = 3
+  config.validation_size = 2
+  experiment = train.build(config)
+  assert float(experiment.sim_params.peak_photons) == 20.0
+  assert experiment.sim_params.num_particles == (1, 3)
+  for frames in train.validation_sets(config, experiment).values():
+    assert frames["keypoints"].shape == (2, 3, 2)
+
+
 FOUR_DEVICES = """
 import jax, numpy as np
 from qdjax import train
