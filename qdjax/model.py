@@ -20,9 +20,8 @@ epsilon 1, 2, 3 px; 64k training frames unless stated):
   the same alignment of coarse and fine features. Stage outputs are projected (1x1),
   upsampled (nearest) to full resolution and summed, as in a light FPN.
   Capacity is not what limits accuracy here: ``base`` (5x the parameters) scored 0.5725 vs
-  ``small``'s 0.570 mean AUC (first-probe preset), and a specialist trained on D3 alone
-  was within noise of the general model on val_d3. ``fast`` trains 3x faster for 0.02 less
-  mean AUC (0.513 vs 0.533, calibrated preset).
+  ``small``'s 0.570 mean AUC (same preset and recipe). ``fast`` trains ~3x faster for
+  ~0.01 less mean AUC (0.513 vs 0.522, one run each on the same preset).
 - **Head**: per pixel, a presence logit, a sub-pixel offset (dx, dy) to the keypoint and
   the log of the offset's predicted rms error sigma. The presence target is one-hot at the
   pixel nearest each keypoint and the loss a per-pixel binary cross-entropy, so
