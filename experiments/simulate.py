@@ -29,12 +29,7 @@ _PLOT = flags.DEFINE_bool("plot", False, "Also write a PNG contact sheet beside 
 
 
 def sim_params_from_config(config, preset, diffusion=None, regime=None):
-  overrides = {k: v for k, v in config.overrides.items() if v is not None}
-  lo = overrides.pop("min_particles", None)
-  hi = overrides.pop("max_particles", None)
-  if lo is not None or hi is not None:
-    base = preset.values["num_particles"]
-    overrides["num_particles"] = (base[0] if lo is None else lo, base[1] if hi is None else hi)
+  overrides = presets.config_overrides(config.overrides, preset)
   return preset.sim_params(diffusion=diffusion, regime=regime, **overrides)
 
 

@@ -139,6 +139,18 @@ def _paper() -> Preset:
   )
 
 
+def config_overrides(overrides, preset: Preset) -> dict[str, Any]:
+  """SPEC-named values from a config's ``overrides`` block (None keeps the preset's);
+  ``min_particles``/``max_particles`` combine into ``num_particles``."""
+  values = {k: v for k, v in overrides.items() if v is not None}
+  lo = values.pop("min_particles", None)
+  hi = values.pop("max_particles", None)
+  if lo is not None or hi is not None:
+    base = preset.values["num_particles"]
+    values["num_particles"] = (base[0] if lo is None else lo, base[1] if hi is None else hi)
+  return values
+
+
 _BUILDERS = {"paper": _paper}
 NAMES = tuple(_BUILDERS)
 

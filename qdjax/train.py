@@ -80,13 +80,7 @@ def sim_overrides(config, preset) -> dict[str, Any]:
   and validation frames alike; ``min_particles``/``max_particles`` form ``num_particles``."""
   if "overrides" not in config:
     return {}
-  overrides = {k: v for k, v in config.overrides.items() if v is not None}
-  lo = overrides.pop("min_particles", None)
-  hi = overrides.pop("max_particles", None)
-  if lo is not None or hi is not None:
-    base = preset.values["num_particles"]
-    overrides["num_particles"] = (base[0] if lo is None else lo, base[1] if hi is None else hi)
-  return overrides
+  return presets.config_overrides(config.overrides, preset)
 
 
 def model_settings(config) -> dict[str, Any]:
