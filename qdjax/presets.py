@@ -151,6 +151,32 @@ def config_overrides(overrides, preset: Preset) -> dict[str, Any]:
   return values
 
 
+def overrides_config():
+  """The ``overrides`` block of the simulate and train configs.
+
+  Every SPEC-named value a run may set, each None (keep the preset's) until given, e.g.
+  ``--config.overrides.peak_photons=5``.
+  """
+  from ml_collections import config_dict
+
+  overrides = config_dict.ConfigDict()
+  overrides.height = config_dict.placeholder(int)  # frame rows, px
+  overrides.width = config_dict.placeholder(int)  # frame columns, px
+  overrides.pixel_size_um = config_dict.placeholder(float)  # pixel size a, um
+  overrides.dwell_s = config_dict.placeholder(float)  # pixel dwell, s
+  overrides.retrace_s = config_dict.placeholder(float)  # line retrace, s
+  overrides.substeps = config_dict.placeholder(int)  # samples per dwell K
+  overrides.sigma_xy_um = config_dict.placeholder(float)  # lateral PSF sd, um
+  overrides.sigma_z_um = config_dict.placeholder(float)  # axial PSF sd, um
+  overrides.peak_photons = config_dict.placeholder(float)  # N, photons per dwell at focus
+  overrides.background_photons = config_dict.placeholder(float)  # B, photons per pixel
+  overrides.margin_px = config_dict.placeholder(float)  # start margin, px
+  overrides.z_range_um = config_dict.placeholder(float)  # start z in [-z, z], um
+  overrides.min_particles = config_dict.placeholder(int)  # fewest QDs per frame
+  overrides.max_particles = config_dict.placeholder(int)  # most QDs per frame
+  return overrides
+
+
 _BUILDERS = {"paper": _paper}
 NAMES = tuple(_BUILDERS)
 

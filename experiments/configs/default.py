@@ -8,6 +8,8 @@ Every field can be overridden with ``--config.<name>=value``.
 
 from ml_collections import config_dict
 
+from qdjax import presets
+
 
 def get_config():
   config = config_dict.ConfigDict()
@@ -21,21 +23,7 @@ def get_config():
 
   # Simulation values that replace the preset's (None: keep), e.g. a microscope's own N and
   # B; used for training and validation frames alike.
-  overrides = config_dict.ConfigDict()
-  overrides.height = config_dict.placeholder(int)  # frame rows, px
-  overrides.width = config_dict.placeholder(int)  # frame columns, px
-  overrides.pixel_size_um = config_dict.placeholder(float)  # pixel size a, um
-  overrides.dwell_s = config_dict.placeholder(float)  # pixel dwell, s
-  overrides.retrace_s = config_dict.placeholder(float)  # line retrace, s
-  overrides.sigma_xy_um = config_dict.placeholder(float)  # lateral PSF sd, um
-  overrides.sigma_z_um = config_dict.placeholder(float)  # axial PSF sd, um
-  overrides.peak_photons = config_dict.placeholder(float)  # N, photons per dwell at focus
-  overrides.background_photons = config_dict.placeholder(float)  # B, photons per pixel
-  overrides.margin_px = config_dict.placeholder(float)  # start margin, px
-  overrides.z_range_um = config_dict.placeholder(float)  # start z in [-z, z], um
-  overrides.min_particles = config_dict.placeholder(int)  # fewest QDs per frame
-  overrides.max_particles = config_dict.placeholder(int)  # most QDs per frame
-  config.overrides = overrides
+  config.overrides = presets.overrides_config()  # SPEC-named values; None keeps the preset's
 
   config.model = config_dict.ConfigDict()
   config.model.name = "small"  # preset in qdjax.model.PRESETS
