@@ -11,6 +11,8 @@ REPO = Path(__file__).resolve().parents[1]
 def run_script(script: str, *args: str, env=None, timeout=600) -> subprocess.CompletedProcess:
   """Runs ``python experiments/<script> args`` from the repo root, capturing output."""
   full_env = {**os.environ, **(env or {})}
+  # The scripts import qdjax from this checkout, whatever copy is installed.
+  full_env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO), full_env.get("PYTHONPATH")]))
   return subprocess.run(
     [sys.executable, str(REPO / "experiments" / script), *args],
     cwd=REPO,
