@@ -24,14 +24,17 @@ def run_script(script: str, *args: str, env=None, timeout=600) -> subprocess.Com
 
 
 def assert_one_line_error(result: subprocess.CompletedProcess, *needles: str) -> None:
-  """A bad-input run: non-zero exit, no traceback, a short message naming the problem."""
-  assert result.returncode != 0, result.stdout + result.stderr
-  assert "Traceback" not in result.stderr, result.stderr
-  lines = [ln for ln in result.stderr.splitlines() if ln.strip() and "backend" not in ln]
-  error_lines = [ln for ln in lines if ln.startswith(("error:", "FATAL"))]
-  assert error_lines, result.stderr
+  """A bad-input run: non-zero exit, no traceback, exactly one ``error:`` line naming the problem.
+
+  Every needle must be in that one line (not merely somewhere in stderr).
+  """
+  output = result.stdout + result.stderr
+  assert result.returncode != 0, output
+  assert "Traceback" not in output, output
+  error_lines = [ln for ln in result.stderr.splitlines() if ln.startswith(("error:", "FATAL"))]
+  assert len(error_lines) == 1, result.stderr
   for needle in needles:
-    assert needle in result.stderr, (needle, result.stderr)
+    assert needle in error_lines[0], (needle, error_lines[0])
 
 
 @pytest.fixture

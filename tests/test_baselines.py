@@ -57,9 +57,38 @@ def test_trackpy_minmass_is_a_cut_on_the_score():
   _, frames = static_frames(8, 2, 3.0, 4.0)
   images = frames["images"]
   raw = trackpy_baseline.locate_frames(images, 7, 64.0, -np.inf, workers=1)
-  cut = trackpy_baseline.locate_frames(images, 7, 64.0, 5.0, workers=1)
-  for a, b in zip(trackpy_baseline.filter_minmass(raw, 5.0), cut, strict=True):
+  masses = np.sort(np.concatenate([d[:, 2] for d in raw]))
+  assert len(masses) >= 10  # several features per frame at this SNR
+  # A cut at one of the masses themselves: trackpy keeps mass > minmass, so that feature
+  # goes (a >= cut would keep it), as do the lighter ones.
+  minmass = float(masses[len(masses) // 2])
+  cut = trackpy_baseline.locate_frames(images, 7, 64.0, minmass, workers=1)
+  filtered = trackpy_baseline.filter_minmass(raw, minmass)
+  kept = sum(len(d) for d in filtered)
+  assert 0 < kept == int(np.sum(masses > minmass)) < len(masses)
+  for a, b in zip(filtered, cut, strict=True):
     np.testing.assert_array_equal(a, b)
+
+
+def test_trackpy_worker_pool_keeps_frames_in_order(monkeypatch):
+  """The pool (used from 2 * MIN_FRAMES_PER_WORKER frames on) gives the same detections,
+  frame by frame, as one process: several chunks, the last one short."""
+  _, frames = static_frames(200, 6, 20.0, 2.0)
+  images = frames["images"]
+  serial = trackpy_baseline.locate_frames(images, 7, 64.0, 0.0, workers=1)
+  monkeypatch.setattr(trackpy_baseline, "MIN_FRAMES_PER_WORKER", 50)
+  trackpy_baseline.shutdown_pool()
+  try:
+    pooled = trackpy_baseline.locate_frames(images, 7, 64.0, 0.0, workers=2)
+    assert trackpy_baseline._POOL is not None  # the pool ran (200 frames: 4 chunks of 64)
+  finally:
+    trackpy_baseline.shutdown_pool()
+  assert len(pooled) == len(images)
+  for a, b in zip(serial, pooled, strict=True):
+    np.testing.assert_array_equal(a, b)
+  # And each frame's brightest feature is its own QD.
+  error = np.hypot(*(brightest(pooled) - frames["keypoints"][:, 0]).T)
+  assert np.all(error < 1.0), error.max()
 
 
 def test_mle_recovers_known_parameters_within_the_crlb():

@@ -13,6 +13,7 @@ from pathlib import Path
 import jax
 import numpy as np
 import pytest
+from conftest import assert_one_line_error
 
 from qdjax import inference, train
 from qdjax.benchmarks.train import load_config
@@ -49,15 +50,6 @@ def cli_command(workdir, *extra):
 
 def run_cli(args, **kwargs):
   return subprocess.run(args, cwd=ROOT, capture_output=True, text=True, timeout=300, **kwargs)
-
-
-def assert_one_line_error(proc, *fragments):
-  assert proc.returncode != 0
-  assert "Traceback" not in proc.stderr, proc.stderr
-  lines = [line for line in proc.stderr.strip().splitlines() if line.startswith("error:")]
-  assert len(lines) == 1, proc.stderr
-  for fragment in fragments:
-    assert fragment in lines[0], lines[0]
 
 
 @pytest.fixture(scope="module")
