@@ -272,7 +272,8 @@ def expected_image(positions, active, params: Params):
 
   Args:
     positions: [P, h, w, K, 3] um.
-    active: [P] bool, which QDs exist.
+    active: [P] bool, which QDs exist; or [P, h], which QDs emit on each line (a
+      blinking QD in a movie).
     params: Params.
 
   Returns:
@@ -289,7 +290,8 @@ def expected_image(positions, active, params: Params):
     s_xy * math.sqrt(math.pi / 2) / (x_end - x_start)
   )
   psf = sweep * jnp.exp(-((y - y_beam) ** 2) / (2 * s_xy**2) - z**2 / (2 * s_z**2))
-  psf = jnp.where(active[:, None, None, None], psf, 0.0)
+  active = jnp.asarray(active)
+  psf = jnp.where(active.reshape(active.shape + (1,) * (4 - active.ndim)), psf, 0.0)
   return params.background_photons + params.peak_photons * psf.mean(axis=-1).sum(axis=0)
 
 

@@ -1,0 +1,251 @@
+"""Movies: frames recorded back to back, each QD on one continuous 3D path (SPEC section 8).
+
+    params = movie.make_params(presets.get("paper").sim_params(diffusion=0.5), num_frames=50)
+    movies = movie.simulate_movies(jax.random.key(0), params, 8)   # [8, 50, h, w] counts
+
+Frame f starts at ``f * frame_interval_s``. The default interval is
+``height * (width * dwell + retrace)``: the next frame's first line follows the last
+line's retrace. A longer interval leaves an unrecorded gap that the paths still diffuse
+through. Within a frame the paths, the expected image and the ground truth are exactly
+those of a single frame (``qdjax.simulate``); across frames the path carries on from where
+it was.
+
+QDs start uniformly over the field inset by ``margin_px`` (as in a single frame) and
+widened by ``outside_px`` on every side, so with ``outside_px > margin_px`` some enter later, and any may leave: in x and y across the field's edge, in z out of focus
+(their z starts in ``[-z_range, z_range]`` and diffuses like x and y). Optional
+blinking is a two-state (on/off) Markov process with exponential dwell times of means
+``blink_on_s`` and ``blink_off_s``; ``blink_off_s = 0`` (the default) means never off. The
+state is drawn once per line: a QD emits for a whole line or not at all.
+
+Ground truth per frame and QD (the QD's identity is its index): the trajectory centroid of
+the frame's recorded samples, its z centroid, the fraction of lines it was on, and
+``present``: the QD exists, its centroid lies inside the frame (SPEC section 1) and it was
+on for at least half of the frame's lines. Everything is a pure function of the key,
+vmapped over movies; the same key gives the same movie in any batch.
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+from flax import struct
+
+from qdjax import detector, scan, simulate
+
+
+@struct.dataclass
+class MovieParams:
+  """A movie: the frame's Params plus timing across frames and blinking.
+
+  Build with ``make_params``, which validates.
+  """
+
+  frame: simulate.Params
+  frame_interval_s: Any  # frame start to next frame start, s
+  outside_px: Any  # QDs start up to this far outside the field, px
+  blink_on_s: Any  # mean on-dwell, s
+  blink_off_s: Any  # mean off-dwell, s; 0: never off (no blinking)
+  num_frames: int = struct.field(pytree_node=False, default=2)
+
+
+def default_frame_interval(params: simulate.Params) -> float:
+  """``height * (width * dwell + retrace)``: frames back to back, no extra flyback."""
+  return params.height * float(scan.line_period(params.width, params.dwell_s, params.retrace_s))
+
+
+def frame_span(params: simulate.Params):
+  """Seconds from the start of a frame's first dwell to the end of its last one."""
+  line = scan.line_period(params.width, params.dwell_s, params.retrace_s)
+  return (params.height - 1) * line + params.width * params.dwell_s
+
+
+def make_params(
+  frame: simulate.Params,
+  num_frames: int,
+  *,
+  frame_interval_s: float | None = None,
+  outside_px: float = 0.0,
+  blink_on_s: float = 1.0,
+  blink_off_s: float = 0.0,
+) -> MovieParams:
+  """Validated MovieParams.
+
+  Args:
+    frame: the frame's simulation Params (size, optics, photons, D, QD count).
+    num_frames: T >= 1 frames.
+    frame_interval_s: seconds between frame starts (default ``default_frame_interval``);
+      at least the time a frame takes to record.
+    outside_px: start positions extend this much further out than ``margin_px`` allows
+      (>= 0); beyond the edge when larger than the margin.
+    blink_on_s, blink_off_s: mean on and off dwell times (s); ``blink_off_s = 0`` turns
+      blinking off.
+
+  Raises:
+    ValueError: naming the first bad value.
+  """
+  if not isinstance(num_frames, int) or isinstance(num_frames, bool) or num_frames < 1:
+    raise ValueError(f"num_frames must be an integer >= 1, got {num_frames!r}")
+  if frame_interval_s is None:
+    frame_interval_s = default_frame_interval(frame)
+  for name, value in (
+    ("frame_interval_s", frame_interval_s),
+    ("outside_px", outside_px),
+    ("blink_on_s", blink_on_s),
+    ("blink_off_s", blink_off_s),
+  ):
+    if not math.isfinite(float(value)) or float(value) < 0:
+      raise ValueError(f"{name} must be finite and >= 0, got {value}")
+  if float(blink_off_s) > 0 and float(blink_on_s) <= 0:
+    raise ValueError(f"blink_on_s must be > 0 when blinking, got {blink_on_s}")
+  span = float(frame_span(frame))
+  if float(frame_interval_s) < span * (1 - 1e-6):
+    raise ValueError(
+      f"frame_interval_s={frame_interval_s} is shorter than the {span:.6g} s a "
+      f"{frame.height}x{frame.width} frame takes to record"
+    )
+  f32 = lambda v: jnp.asarray(v, jnp.float32)
+  return MovieParams(
+    frame=frame,
+    frame_interval_s=f32(frame_interval_s),
+    outside_px=f32(outside_px),
+    blink_on_s=f32(blink_on_s),
+    blink_off_s=f32(blink_off_s),
+    num_frames=num_frames,
+  )
+
+
+@struct.dataclass
+class Movie:
+  """One simulated movie (a leading batch axis is added by ``simulate_movies``).
+
+  Attributes:
+    counts: [T, h, w] recorded values (photons, or detector output).
+    expected: [T, h, w] noise-free expected photons.
+    keypoints: [T, P, 2] trajectory centroid (x, y) px; NaN where not present.
+    centroids: [T, P, 2] the same for every QD, present or not.
+    present: [T, P] bool (see the module docstring).
+    z: [T, P] z centroid, um.
+    on_fraction: [T, P] fraction of the frame's lines the QD was on (0 for absent QDs).
+    start_um: [T, P, 3] position at each frame's first sample, um.
+    active: [P] bool, which QDs exist.
+    diffusion: [] D of this movie's QDs, um^2/s.
+  """
+
+  counts: jax.Array
+  expected: jax.Array
+  keypoints: jax.Array
+  centroids: jax.Array
+  present: jax.Array
+  z: jax.Array
+  on_fraction: jax.Array
+  start_um: jax.Array
+  active: jax.Array
+  diffusion: jax.Array
+
+
+def _start_positions(key, params: MovieParams):
+  frame = params.frame
+  p = frame.max_particles
+  kx, ky, kz = jax.random.split(key, 3)
+  a, lo = frame.pixel_size_um, frame.margin_px - params.outside_px
+  x = jax.random.uniform(kx, (p,), minval=lo, maxval=frame.width - 1 - lo) * a
+  y = jax.random.uniform(ky, (p,), minval=lo, maxval=frame.height - 1 - lo) * a
+  z = jax.random.uniform(kz, (p,), minval=-1.0, maxval=1.0) * frame.z_range_um
+  return jnp.stack([x, y, z], axis=-1)
+
+
+def _stay_on(params: MovieParams, on, dt):
+  """P(on after dt | state now) of the two-state chain, elementwise."""
+  rate_off = 1.0 / jnp.maximum(params.blink_on_s, 1e-30)
+  rate_on = 1.0 / jnp.maximum(params.blink_off_s, 1e-30)
+  p_on = rate_on / (rate_on + rate_off)
+  decay = jnp.exp(-(rate_on + rate_off) * dt)
+  prob = jnp.where(on, p_on + (1 - p_on) * decay, p_on * (1 - decay))
+  return jnp.where(params.blink_off_s > 0, prob, 1.0)
+
+
+def _render_noise_free(key, params: MovieParams):
+  frame = params.frame
+  h = frame.height
+  k_count, k_d, k_start, k_blink0, k_frames = jax.random.split(key, 5)
+  lo, hi = frame.num_particles
+  active = jnp.arange(frame.max_particles) < jax.random.randint(k_count, (), lo, hi + 1)
+  diffusion = simulate.sample_diffusion(k_d, frame)
+  line = scan.line_period(frame.width, frame.dwell_s, frame.retrace_s)
+  # From the last sample of one frame to the first of the next, and from the last line's
+  # start to the next frame's first line.
+  gap = params.frame_interval_s - frame_span(frame) + frame.dwell_s / frame.substeps
+  line_gap = params.frame_interval_s - (h - 1) * line
+  # The stationary probability of being on.
+  total = jnp.maximum(params.blink_on_s + params.blink_off_s, 1e-30)
+  p_on = 1.0 - params.blink_off_s / total
+  on0 = jax.random.uniform(k_blink0, active.shape) < p_on
+
+  def one_frame(carry, index):
+    end, on = carry
+    k_gap, k_path, k_blink, k_noise = jax.random.split(jax.random.fold_in(k_frames, index), 4)
+    first = index == 0
+    step = jax.random.normal(k_gap, end.shape) * jnp.sqrt(2.0 * diffusion * gap)
+    start = end + jnp.where(first, 0.0, step)
+    positions = simulate.brownian_paths(k_path, frame, diffusion, start)
+    u = jax.random.uniform(k_blink, (h,) + on.shape)
+    dts = jnp.full((h,), line).at[0].set(jnp.where(first, 0.0, line_gap))
+
+    def one_line(state, inputs):
+      u_line, dt = inputs
+      state = u_line < _stay_on(params, state, dt)
+      return state, state
+
+    on_last, on_lines = jax.lax.scan(one_line, on, (u, dts))
+    emitting = active[:, None] & on_lines.T  # [P, h]
+    expected = simulate.expected_image(positions, emitting, frame)
+    centroid, z = simulate.trajectory_centroid(positions, frame)
+    on_fraction = jnp.where(active, on_lines.mean(axis=0), 0.0)
+    present = active & simulate.inside_frame(centroid, frame) & (on_fraction >= 0.5)
+    out = dict(
+      expected=expected,
+      keypoints=jnp.where(present[:, None], centroid, jnp.nan),
+      centroids=centroid,
+      present=present,
+      z=z,
+      on_fraction=on_fraction,
+      start_um=start,
+      noise_key=k_noise,
+    )
+    return (positions[:, -1, -1, -1], on_last), out
+
+  init = (_start_positions(k_start, params), on0)
+  _, frames = jax.lax.scan(one_frame, init, jnp.arange(params.num_frames))
+  noise_keys = frames.pop("noise_key")
+  movie = Movie(counts=None, active=active, diffusion=diffusion, **frames)
+  return movie, noise_keys
+
+
+def render_batch(keys, params: MovieParams) -> Movie:
+  """One movie per key: a Movie whose arrays lead with [len(keys)].
+
+  The detector sees all frames of all movies as one batch (``detector.record_batch``).
+  """
+  movies, noise_keys = jax.vmap(_render_noise_free, (0, None))(keys, params)
+  n, t = noise_keys.shape[:2]
+  h, w = params.frame.height, params.frame.width
+  counts = detector.record_batch(
+    noise_keys.reshape(n * t), movies.expected.reshape(n * t, h, w), params.frame
+  )
+  return movies.replace(counts=counts.reshape(n, t, h, w))
+
+
+@functools.partial(jax.jit, static_argnums=2)
+def simulate_movies(key, params: MovieParams, num_movies: int) -> Movie:
+  """``num_movies`` independent movies; movie i is ``render(split(key, num_movies)[i])``."""
+  return render_batch(jax.random.split(key, num_movies), params)
+
+
+@jax.jit
+def render(key, params: MovieParams) -> Movie:
+  """One movie."""
+  return jax.tree.map(lambda x: x[0], render_batch(key[None], params))
