@@ -34,7 +34,6 @@ import numpy as np
 
 from qdjax import scan
 
-
 # --- the blur coefficient -----------------------------------------------------------------
 
 

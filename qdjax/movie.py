@@ -11,11 +11,12 @@ those of a single frame (``qdjax.simulate``); across frames the path carries on 
 it was.
 
 QDs start uniformly over the field inset by ``margin_px`` (as in a single frame) and
-widened by ``outside_px`` on every side, so with ``outside_px > margin_px`` some enter later, and any may leave: in x and y across the field's edge, in z out of focus
-(their z starts in ``[-z_range, z_range]`` and diffuses like x and y). Optional
-blinking is a two-state (on/off) Markov process with exponential dwell times of means
-``blink_on_s`` and ``blink_off_s``; ``blink_off_s = 0`` (the default) means never off. The
-state is drawn once per line: a QD emits for a whole line or not at all.
+widened by ``outside_px`` on every side, so with ``outside_px > margin_px`` some enter
+later, and any may leave: in x and y across the field's edge, in z out of focus (their z
+starts in ``[-z_range, z_range]`` and diffuses like x and y). Optional blinking is a
+two-state (on/off) Markov process with exponential dwell times of means ``blink_on_s``
+and ``blink_off_s``; ``blink_off_s = 0`` (the default) means never off. The state is drawn
+once per line: a QD emits for a whole line or not at all.
 
 Ground truth per frame and QD (the QD's identity is its index): the trajectory centroid of
 the frame's recorded samples, its z centroid, the fraction of lines it was on, and
