@@ -376,6 +376,12 @@ def calibrate(config, output: str | None, command: str, progress: bool = True) -
     preset.epsilons_px,
   )
   fine_size = max(1, round(data.split_size(preset, "val_d1", 1.0) * config.fine_scale))
+  fit_photons = config.get("fit_photons", True)
+  if not fit_photons:  # N and B are the preset's (measured): only D1 and D2 are fitted
+    config = config.copy_and_resolve_references()
+    config.peak_photons_grid = (float(preset.values["peak_photons"]),)
+    config.background_photons_grid = (float(preset.values["background_photons"]),)
+    config.free_extra = False
 
   coarse = coarse_search(scores, config, progress)
   logging.info("coarse stage: %.0f s", time.monotonic() - start_time)
@@ -383,7 +389,8 @@ def calibrate(config, output: str | None, command: str, progress: bool = True) -
   # at the fine size with the diameter tuned; it then keeps that diameter (3x fewer
   # trackpy runs per trial), which the full-grid tuning at the end checks.
   starts = [c for _, c in coarse[: config.fine_starts]]
-  starts.append(Candidate.of(peak_photons=3.0, background_photons=4.0, d1=0.3, d2=1.5))
+  if fit_photons:
+    starts.append(Candidate.of(peak_photons=3.0, background_photons=4.0, d1=0.3, d2=1.5))
   start = min((scores.fit(c, fine_size) for c in starts), key=lambda f: f.key)
   diameters = (start.diameter,)
 
@@ -396,7 +403,7 @@ def calibrate(config, output: str | None, command: str, progress: bool = True) -
   best, history = evolution_search(
     scores,
     start,
-    base,
+    base if fit_photons else base[2:],
     fine_size,
     config.fine_budget_s,
     d1_range,
@@ -476,6 +483,14 @@ def calibrate(config, output: str | None, command: str, progress: bool = True) -
     "background_photons": f"{fitted}: B={values['background_photons']:g}",
     "regimes": f"{fitted}: D1={d1:g}, D2={d2:g}; D3=10*D1={d3:g} (ratio stated)",
   }
+  if not fit_photons:
+    for name in ("peak_photons", "background_photons"):
+      del values[name], provenance[name]
+    provenance["regimes"] += (
+      f", with N={candidate.get('peak_photons'):g} and B={candidate.get('background_photons'):g} "
+      "fixed at the preset's; max |gap| to the study's TrackPy row "
+      f"{round(float(np.max(np.abs(gap))), 3)}"
+    )
   for name in freed:
     provenance[name] = (
       f"{fitted}, freed because N, B, D1, D2 alone missed {config.target}: {values[name]:g}"

@@ -1,9 +1,12 @@
 """Detector models: expected photons lambda -> recorded counts.
 
-The paper's model is shot noise alone, ``counts ~ Poisson(lambda)``. A photomultiplier
-model (gain with excess noise, read noise, offset) is a planned, named extension: it
-will be added here as another entry of ``MODELS`` and selected with
-``Params.detector='pmt'``; it is never switched on silently.
+The paper's model is shot noise alone, ``counts ~ Poisson(lambda)`` (``detector='poisson'``).
+``detector='pmt'`` is the photomultiplier of SPEC section 7 (the model of the sl2pm
+package): n ~ Poisson(lambda) photons reach the photocathode, each gives a pulse
+~ Gamma(3, rate alpha), so n photons give Gamma(3n, alpha) (0 when n = 0), and Gaussian
+dark noise N(offset, dark_sigma^2) is added to every pixel. A uniform frame of mean photon
+level e then has mean offset + 3e/alpha and variance 12e/alpha^2 + dark_sigma^2. The PMT is
+never switched on silently: it is chosen by name, with its own ``pmt_*`` values.
 
 Why not just ``jax.random.poisson``: for small means it runs Knuth's algorithm, drawing
 about lambda + 1 threefry uniforms per pixel in a data-dependent loop, and it was 90% of
@@ -73,12 +76,63 @@ def poisson_batch(keys, expected):
   return jax.lax.cond(jnp.any(expected > INVERSION_MAX_MEAN), with_large, lambda c: c, counts)
 
 
-MODELS = {"poisson": poisson_batch}
+def _per_frame(value, ndim: int):
+  """A scalar, or a per-frame [n] value, shaped to broadcast against [n, ...] (ndim axes)."""
+  value = jnp.asarray(value, jnp.float32)
+  return value.reshape(value.shape + (1,) * (ndim - value.ndim)) if value.ndim else value
+
+
+def pmt_batch(keys, expected, alpha, dark_sigma, offset):
+  """PMT output for a batch of frames, one key per frame.
+
+  The photon counts are exactly ``poisson_batch``'s for the same keys, so a PMT frame is the
+  Poisson frame of the same seed passed through the PMT.
+
+  Args:
+    keys: [n] PRNG keys.
+    expected: [n, h, w] mean photons.
+    alpha: Gamma rate per output unit (gain 3/alpha), a scalar or per frame [n].
+    dark_sigma: dark-noise standard deviation (output units), scalar or [n].
+    offset: dark-noise mean (output units), scalar or [n].
+
+  Returns:
+    output: [n, h, w] float32, PMT output units.
+  """
+  photons = poisson_batch(keys, expected)
+  alpha, dark_sigma, offset = (_per_frame(v, expected.ndim) for v in (alpha, dark_sigma, offset))
+  k_gamma = jax.vmap(lambda k: jax.random.fold_in(k, 2))(keys)
+  k_dark = jax.vmap(lambda k: jax.random.fold_in(k, 3))(keys)
+  # Gamma(0) is the point mass at 0; draw at shape >= 1 there and discard it.
+  shape = jnp.where(photons > 0, 3.0 * photons, 1.0)
+  pulses = jax.vmap(lambda k, a: jax.random.gamma(k, a, dtype=a.dtype))(k_gamma, shape)
+  charge = jnp.where(photons > 0, pulses, 0.0) / alpha
+  dark = jax.vmap(lambda k, e: jax.random.normal(k, e.shape, e.dtype))(k_dark, expected)
+  return charge + offset + dark_sigma * dark
+
+
+def pmt_moments(photons, alpha, dark_sigma, offset):
+  """Mean and variance of PMT output at a mean photon level (SPEC section 7)."""
+  return offset + 3.0 * photons / alpha, 12.0 * photons / alpha**2 + dark_sigma**2
+
+
+def _record_poisson(keys, expected, params):
+  return poisson_batch(keys, expected)
+
+
+def _record_pmt(keys, expected, params):
+  return pmt_batch(keys, expected, params.pmt_alpha, params.pmt_dark_sigma, params.pmt_offset)
+
+
+MODELS = {"poisson": _record_poisson, "pmt": _record_pmt}
 
 
 def record_batch(keys, expected, params):
-  """Counts [n, h, w] for expected images [n, h, w] under ``params.detector``."""
-  return MODELS[params.detector](keys, expected)
+  """Recorded values [n, h, w] for expected images [n, h, w] under ``params.detector``.
+
+  The physical leaves of ``params`` (``pmt_*`` here) may be scalars or per-frame [n] arrays,
+  as when a batch is drawn over a prior on them.
+  """
+  return MODELS[params.detector](keys, expected, params)
 
 
 def record(key, expected, params):

@@ -1,4 +1,7 @@
-"""Named, frozen parameter sets with one line of provenance per value (SPEC section 2).
+"""Named, frozen parameter sets with one line of provenance per value (SPEC sections 2, 7).
+
+Anywhere a preset name is accepted, a path to a JSON *preset file* is accepted too
+(``get('microscope.json')``; see ``load_file`` for its keys).
 
 The ``paper`` preset reconstructs the 2023 study. Values the study states are fixed;
 values it omits follow SPEC's reconstruction rule. The fitted values (N, B, D1, D2 and
@@ -11,7 +14,9 @@ change.
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import json
+import math
 import types
 from pathlib import Path
 from typing import Any
@@ -114,9 +119,17 @@ def _paper() -> Preset:
     "train_diffusion": "derived: log-uniform over [D1/2, 2*D3], covering the three regimes",
     "epsilons_px": "reconstructed: 1, 2, 3 px = 0.1, 0.2, 0.3 um (SPEC 2 rule)",
     "split_sizes": "stated: 29838 train, tests 2570/2410/1870 (paper 4.1); validation ours",
+    "pmt_alpha": "unused (Poisson detector); default: sl2pm's calibration, 0.44 per a.u.",
+    "pmt_dark_sigma": "unused (Poisson detector); default: sl2pm's calibration, 8.1 a.u.",
+    "pmt_offset": "unused (Poisson detector); default: sl2pm's calibration, -2.74 a.u.",
   }
+  return _calibrated("paper", values, regimes, provenance)
+
+
+def _calibrated(name: str, values: dict, regimes, provenance: dict) -> Preset:
+  """The preset with ``calibration/<name>.json`` (from experiments/calibrate.py) merged in."""
   calibration = None
-  path = CALIBRATION_DIR / "paper.json"
+  path = CALIBRATION_DIR / f"{name}.json"
   if path.exists():
     calibration = json.loads(path.read_text())
     values.update(calibration.get("values", {}))
@@ -126,7 +139,7 @@ def _paper() -> Preset:
   if "num_particles" in values:
     values["num_particles"] = tuple(values["num_particles"])
   return Preset(
-    name="paper",
+    name=name,
     values=types.MappingProxyType(values),
     regimes=regimes,
     train_diffusion=(regimes[0] / 2, regimes[2] * 2),
@@ -137,6 +150,59 @@ def _paper() -> Preset:
     provenance=types.MappingProxyType(provenance),
     calibration=None if calibration is None else types.MappingProxyType(calibration),
   )
+
+
+# In vivo QD frames (SPEC section 9): a fitted spot of total T = 90-160 photons and standard
+# deviation 1.0-1.5 px (blur included) on a background of 0.6-1.2 photons per pixel.
+INVIVO_SPOT_TOTAL = (90.0, 160.0)
+INVIVO_SPOT_SD_PX = (1.0, 1.5)
+INVIVO_BACKGROUND = (0.6, 1.2)
+
+
+def _invivo() -> Preset:
+  """The study's frame and timing at the photon levels and PMT of real in vivo frames."""
+  paper = _paper()
+  sigma_xy = paper.values["sigma_xy_um"]
+  # The least blurred in vivo spot (sd 1.0 px) is the PSF itself: a = sxy / 1.0 px.
+  pixel = sigma_xy / INVIVO_SPOT_SD_PX[0]
+  # A spot's total is conserved by blur: T = N * 2 pi (sxy/a)^2 for the dwell-averaged PSF.
+  total = sum(INVIVO_SPOT_TOTAL) / 2
+  peak = round(total / (2 * math.pi * (sigma_xy / pixel) ** 2), 1)
+  background = round(sum(INVIVO_BACKGROUND) / 2, 2)
+  values = {
+    **paper.values,
+    "pixel_size_um": pixel,
+    "peak_photons": peak,
+    "background_photons": background,
+    "detector": "pmt",
+    "pmt_alpha": 0.44,
+    "pmt_dark_sigma": 8.1,
+    "pmt_offset": -2.74,
+  }
+  regimes = (1.0, 5.0, 10.0)
+  provenance = {
+    **{k: f"as paper: {paper.provenance[k]}" for k in paper.provenance},
+    "pixel_size_um": f"derived: {pixel:g} um, so that the PSF (sxy {sigma_xy} um) is the "
+    f"least blurred in vivo spot's sd, {INVIVO_SPOT_SD_PX[0]} px (SPEC 9: 1.0-1.5 px); at "
+    "the paper's 0.1 um a static spot would be 2 px wide, wider than any in vivo spot",
+    "peak_photons": f"derived: N = T / (2 pi (sxy/a)^2) = {peak:g} with T = {total:g}, the "
+    f"middle of the in vivo spot totals {INVIVO_SPOT_TOTAL[0]:g}-{INVIVO_SPOT_TOTAL[1]:g} "
+    "photons (SPEC 9); blurred to sd 1.0-1.5 px its amplitude is ~9-20 photons, as the "
+    "in vivo 11-16",
+    "background_photons": f"measured: {background:g}, the middle of the in vivo "
+    f"{INVIVO_BACKGROUND[0]:g}-{INVIVO_BACKGROUND[1]:g} photons per pixel (SPEC 9)",
+    "detector": "measured: in vivo frames are PMT output (sl2pm, SPEC 7 and 9)",
+    "pmt_alpha": "measured: 0.44 per a.u., sl2pm's calibration stack (gain 3/alpha = 6.8 a.u. "
+    "per photon; experiments/calibrate_pmt.py on tests/data/sl2pm agrees); sl2pm's in vivo "
+    "QD tutorial used 0.452",
+    "pmt_dark_sigma": "measured: 8.1 a.u., sl2pm's calibration stack (the in vivo tutorial "
+    "used 8.5)",
+    "pmt_offset": "measured: -2.74 a.u., mean of the calibration stack's laser-off frame",
+    "epsilons_px": "as paper: the study's 1, 2, 3 px (0.2, 0.4, 0.6 um at this pixel size)",
+    "regimes": "placeholder D1=1, D2=5, D3=10*D1, pending experiments/calibrate.py "
+    "--config=experiments/configs/calibrate_invivo.py",
+  }
+  return _calibrated("invivo", values, regimes, provenance)
 
 
 def config_overrides(overrides, preset: Preset) -> dict[str, Any]:
@@ -174,19 +240,178 @@ def overrides_config():
   overrides.z_range_um = config_dict.placeholder(float)  # start z in [-z, z], um
   overrides.min_particles = config_dict.placeholder(int)  # fewest QDs per frame
   overrides.max_particles = config_dict.placeholder(int)  # most QDs per frame
+  overrides.detector = config_dict.placeholder(str)  # 'poisson' or 'pmt' (SPEC 7)
+  overrides.pmt_alpha = config_dict.placeholder(float)  # PMT Gamma rate, 1/output unit
+  overrides.pmt_dark_sigma = config_dict.placeholder(float)  # PMT dark-noise sd, output units
+  overrides.pmt_offset = config_dict.placeholder(float)  # PMT dark-noise mean, output units
   return overrides
 
 
-_BUILDERS = {"paper": _paper}
+_BUILDERS = {"paper": _paper, "invivo": _invivo}
 NAMES = tuple(_BUILDERS)
 
 
 def get(name: str) -> Preset:
-  """The preset called ``name``.
+  """The preset called ``name``, or the preset file at path ``name`` (``*.json``).
 
   Raises:
-    ValueError: for an unknown name, listing the known ones.
+    ValueError: for an unknown name (listing the known ones) or a bad preset file.
+    FileNotFoundError: for a missing preset file.
   """
-  if name not in _BUILDERS:
-    raise ValueError(f"unknown preset {name!r}; known presets: {', '.join(NAMES)}")
-  return _BUILDERS[name]()
+  name = str(name)
+  if name in _BUILDERS:
+    return _BUILDERS[name]()
+  if name.lower().endswith(".json") or Path(name).is_file():
+    return load_file(name)
+  raise ValueError(
+    f"unknown preset {name!r}; known presets: {', '.join(NAMES)}, or a JSON preset file"
+  )
+
+
+# --- preset files ---------------------------------------------------------------------
+
+# The SPEC-named values a preset file may set (sections 1 and 7), and its other keys.
+FILE_VALUES = tuple(
+  f.name for f in dataclasses.fields(simulate.Params) if f.name != "diffusion_um2_s"
+)
+FILE_EXTRAS = (
+  "preset",  # a name for the record (default: the file's name)
+  "base",  # the named preset whose values fill in what the file leaves out (default paper)
+  "diffusion_um2_s",  # D, or [lo, hi]: sets regimes/train_diffusion the file leaves out
+  "regimes",  # [D1, D2, D3] um^2/s
+  "train_diffusion",  # [lo, hi] um^2/s
+  "epsilons_px",  # the metric's distance thresholds, px
+  "provenance",  # {name: where the value comes from}
+  "standard_errors",  # {name: standard error of a fitted value}
+  "fit",  # a fit's record (fit_microscope.py): kept as written
+)
+
+
+def _file_error(path, message: str) -> ValueError:
+  return ValueError(f"preset file {path}: {message}")
+
+
+def _positive_numbers(path, key, value, count=None) -> tuple[float, ...]:
+  if isinstance(value, (int, float)) and not isinstance(value, bool):
+    value = [value]
+  if not isinstance(value, list) or (count is not None and len(value) != count):
+    want = f"a list of {count} numbers" if count else "a list of numbers"
+    raise _file_error(path, f"{key} must be {want}, got {value!r}")
+  out = []
+  for v in value:
+    if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v) or v <= 0:
+      raise _file_error(path, f"{key} must hold finite numbers > 0, got {v!r}")
+    out.append(float(v))
+  return tuple(out)
+
+
+def load_file(path) -> Preset:
+  """A preset from a JSON file (SPEC section 7).
+
+  Keys: any SPEC-named value of sections 1 and 7 (``peak_photons``, ``pmt_alpha``, ...),
+  and optionally ``diffusion_um2_s``, ``regimes``, ``train_diffusion``, ``epsilons_px``,
+  ``provenance``, ``standard_errors``, ``fit``, ``preset`` (a name) and ``base`` (a named
+  preset, default ``paper``, whose values and provenance fill in what the file leaves
+  out). A single ``diffusion_um2_s`` D with no ``regimes`` makes all three regimes D and
+  trains on [D/2, 2D]; a range [lo, hi] sets ``train_diffusion``. The file's provenance
+  lines replace the base's, and a ``preset_file`` line names the file and its SHA-256.
+
+  Raises:
+    FileNotFoundError: missing file.
+    ValueError: unreadable JSON, an unknown key or a bad value, naming it.
+  """
+  path = Path(path)
+  if not path.is_file():
+    raise FileNotFoundError(f"no such preset file: {path}")
+  raw = path.read_bytes()
+  try:
+    record = json.loads(raw)
+  except (json.JSONDecodeError, UnicodeDecodeError) as e:
+    raise _file_error(path, f"not valid JSON ({e})") from None
+  if not isinstance(record, dict):
+    raise _file_error(path, "must hold a JSON object of named values")
+  unknown = sorted(set(record) - set(FILE_VALUES) - set(FILE_EXTRAS))
+  if unknown:
+    raise _file_error(
+      path,
+      f"unknown key {unknown[0]!r}; known: SPEC-named values ({', '.join(FILE_VALUES)}) "
+      f"and {', '.join(FILE_EXTRAS)}",
+    )
+  base_name = record.get("base", "paper")
+  if base_name not in _BUILDERS:
+    raise _file_error(path, f"base must be one of {', '.join(NAMES)}, got {base_name!r}")
+  base = _BUILDERS[base_name]()
+  values = dict(base.values)
+  values.update({k: record[k] for k in FILE_VALUES if k in record})
+  if isinstance(values.get("num_particles"), list):
+    values["num_particles"] = tuple(values["num_particles"])
+  regimes, train = base.regimes, None
+  if "diffusion_um2_s" in record:
+    d = _positive_numbers(path, "diffusion_um2_s", record["diffusion_um2_s"])
+    if len(d) == 1:
+      regimes, train = (d[0],) * 3, (d[0] / 2, d[0] * 2)
+    elif len(d) == 2 and d[0] <= d[1]:
+      train = d
+    else:
+      raise _file_error(path, f"diffusion_um2_s must be D or [lo, hi], got {d}")
+  if "regimes" in record:
+    regimes = _positive_numbers(path, "regimes", record["regimes"], 3)
+  if "train_diffusion" in record:
+    train = _positive_numbers(path, "train_diffusion", record["train_diffusion"], 2)
+    if train[0] > train[1]:
+      raise _file_error(path, f"train_diffusion must have lo <= hi, got {list(train)}")
+  if train is None:
+    train = base.train_diffusion if "regimes" not in record else (regimes[0] / 2, regimes[2] * 2)
+  epsilons = base.epsilons_px
+  if "epsilons_px" in record:
+    epsilons = _positive_numbers(path, "epsilons_px", record["epsilons_px"])
+  for key in ("provenance", "standard_errors", "fit"):
+    if key in record and not isinstance(record[key], dict):
+      raise _file_error(path, f"{key} must be a JSON object, got {record[key]!r}")
+  for key, line in record.get("provenance", {}).items():
+    if not isinstance(line, str):
+      raise _file_error(path, f"provenance of {key!r} must be a string, got {line!r}")
+  for key, se in record.get("standard_errors", {}).items():
+    if isinstance(se, bool) or not isinstance(se, (int, float)) or not se >= 0:
+      raise _file_error(path, f"standard error of {key!r} must be a number >= 0, got {se!r}")
+  provenance = dict(base.provenance)
+  for key in record:
+    if key in FILE_VALUES or key in ("diffusion_um2_s", "regimes", "train_diffusion"):
+      provenance[key if key != "diffusion_um2_s" else "regimes"] = "set by the preset file"
+    elif key == "epsilons_px":
+      provenance[key] = "set by the preset file"
+  provenance.update(record.get("provenance", {}))
+  provenance["preset_file"] = f"{path} (sha256 {hashlib.sha256(raw).hexdigest()[:16]})"
+  preset = Preset(
+    name=str(record.get("preset", path.stem)),
+    values=types.MappingProxyType(values),
+    regimes=tuple(regimes),
+    train_diffusion=tuple(train),
+    epsilons_px=tuple(epsilons),
+    split_sizes=base.split_sizes,
+    provenance=types.MappingProxyType(provenance),
+    calibration=types.MappingProxyType(
+      {k: record[k] for k in ("standard_errors", "fit") if k in record}
+    ),
+  )
+  try:
+    for regime in (1, 2, 3):
+      preset.sim_params(regime=regime)
+    preset.sim_params(diffusion=preset.train_diffusion)
+  except ValueError as e:
+    raise _file_error(path, str(e)) from None
+  return preset
+
+
+def write_file(path, record: dict) -> None:
+  """Writes a preset file atomically, after checking that it loads back.
+
+  Raises:
+    ValueError: if ``record`` is not a valid preset file (nothing is written then).
+  """
+  from qdjax import io
+
+  text = json.dumps(record, indent=1, sort_keys=True) + "\n"
+  with io.atomic_path(path) as tmp:
+    tmp.write_text(text)
+    load_file(tmp)

@@ -49,6 +49,11 @@ class Params:
   z_range_um: Any
   # (lo, hi); lo == hi is a single D, otherwise D ~ log-uniform on [lo, hi] per frame.
   diffusion_um2_s: Any
+  # The PMT of SPEC section 7, used when detector == 'pmt': Gamma rate per output unit
+  # (gain 3/alpha), dark-noise sd and mean in output units. Defaults: sl2pm's calibration.
+  pmt_alpha: Any = 0.44
+  pmt_dark_sigma: Any = 8.1
+  pmt_offset: Any = -2.74
   height: int = struct.field(pytree_node=False, default=24)
   width: int = struct.field(pytree_node=False, default=25)
   substeps: int = struct.field(pytree_node=False, default=1)
@@ -61,9 +66,12 @@ class Params:
     return self.num_particles[1]
 
   def to_dict(self) -> dict[str, Any]:
-    """Plain-Python values, named as in SPEC section 1 (for JSON)."""
+    """Plain-Python values, named as in SPEC sections 1 and 7 (for JSON); the ``pmt_*``
+    values only when the detector is the PMT."""
     out = {}
     for f in dataclasses.fields(self):
+      if f.name in PMT_FIELDS and self.detector != "pmt":
+        continue
       value = getattr(self, f.name)
       if f.name == "diffusion_um2_s":
         lo, hi = (_round32(v) for v in jnp.asarray(value))
@@ -81,9 +89,19 @@ def _round32(value) -> float:
   return float(f"{float(value):.7g}")
 
 
-# Values that must be finite and >= 0, and those that must be > 0.
-_NON_NEGATIVE = ("retrace_s", "peak_photons", "background_photons", "margin_px", "z_range_um")
-_POSITIVE = ("pixel_size_um", "dwell_s", "sigma_xy_um", "sigma_z_um")
+PMT_FIELDS = ("pmt_alpha", "pmt_dark_sigma", "pmt_offset")
+
+# Values that must be finite and >= 0, those that must be > 0, and those only finite.
+_NON_NEGATIVE = (
+  "retrace_s",
+  "peak_photons",
+  "background_photons",
+  "margin_px",
+  "z_range_um",
+  "pmt_dark_sigma",
+)
+_POSITIVE = ("pixel_size_um", "dwell_s", "sigma_xy_um", "sigma_z_um", "pmt_alpha")
+_FINITE = ("pmt_offset",)
 
 
 def make_params(**values) -> Params:
@@ -127,6 +145,7 @@ def make_params(**values) -> Params:
     margin_px=2.0,
     z_range_um=0.3,
     diffusion_um2_s=jnp.zeros(2, jnp.float32),
+    **{f.name: f.default for f in dataclasses.fields(Params) if f.name in PMT_FIELDS},
   )
   for name, value in defaults.items():
     fields.setdefault(name, jnp.asarray(value, jnp.float32))
@@ -151,6 +170,9 @@ def check_params(values: Mapping[str, Any]) -> None:
   for name in _NON_NEGATIVE:
     if name in values and finite(name, values[name]) < 0:
       raise ValueError(f"{name} must be >= 0, got {values[name]}")
+  for name in _FINITE:
+    if name in values:
+      finite(name, values[name])
   if "diffusion_um2_s" in values:
     lo, hi = (finite("diffusion_um2_s", v) for v in values["diffusion_um2_s"])
     if lo < 0 or hi < 0:

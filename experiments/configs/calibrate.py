@@ -25,5 +25,6 @@ def get_config():
   config.free_extra = True  # allow freeing margin_px, z_range_um, sigma_z_um if needed
   config.free_budget_s = 300.0  # wall-time budget of the freed search, s
   config.free_min_gain = 0.02  # freed values are kept only if max |gap| falls by this
+  config.fit_photons = True  # fit N and B too; False keeps the preset's (measured) values
   config.diameters = (7, 9)  # trackpy diameters tuned at coarse candidates and starts, px
   return config
