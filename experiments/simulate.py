@@ -7,12 +7,25 @@ Writes ``images`` (n, h, w) counts, ``keypoints`` (n, P, 2) trajectory centroids
 (trackpy convention, NaN where absent), ``present`` (n, P), ``diffusion`` (n,), ``z``,
 ``expected`` and ``params`` (JSON). ``--plot`` also writes <output>.png, a contact sheet
 of the first frames with the ground truth marked.
+
+Movies (``--num_frames=T``): one movie of T frames recorded back to back, every QD on one
+continuous 3D path (QDs enter and leave the field and drift out of focus; optional
+blinking), e.g.
+
+  python experiments/simulate.py --preset=paper --diffusion=0.5 --num_frames=100 \
+      --num_particles=1:5 --config.overrides.height=64 --config.overrides.width=64 \
+      --output=movie.tif
+
+``.npz`` holds ``images`` (T, h, w), per-frame ground truth ``keypoints`` (T, P, 2; the QD's
+identity is its column P), ``present``, ``centroids``, ``z``, ``on_fraction``,
+``diffusion``, ``frame_interval_s`` and ``params``; ``.tif`` holds the images, with
+``<stem>_truth.csv`` and ``<stem>_params.json`` beside it.
 """
 
 from absl import app, flags
 from ml_collections import config_flags
 
-from qdjax import cli, data, io, plotting, presets
+from qdjax import cli, data, io, movie, plotting, presets
 
 _CONFIG = config_flags.DEFINE_config_file(
   "config", "experiments/configs/simulate.py", "Simulation config file.", lock_config=True
@@ -24,7 +37,21 @@ _DIFFUSION = flags.DEFINE_string(
 _REGIME = flags.DEFINE_enum("regime", None, ["1", "2", "3"], "Use the preset's D1, D2 or D3.")
 _NUM_IMAGES = flags.DEFINE_integer("num_images", 100, "Frames to simulate.", lower_bound=0)
 _SEED = flags.DEFINE_integer("seed", 0, "Dataset seed; frame i uses fold_in(key(seed), i).")
-_OUTPUT = flags.DEFINE_string("output", None, "Output .npz path.", required=True)
+_OUTPUT = flags.DEFINE_string(
+  "output", None, "Output .npz path (a movie: .npz or .tif).", required=True
+)
+_NUM_FRAMES = flags.DEFINE_integer(
+  "num_frames", None, "Simulate one movie of this many frames instead of --num_images frames."
+)
+_NUM_PARTICLES = flags.DEFINE_string("num_particles", None, "QDs per frame or movie: k or lo:hi.")
+_FRAME_INTERVAL = flags.DEFINE_float(
+  "frame_interval_s", None, "Movie: seconds between frame starts; default H * (W dwell + retrace)."
+)
+_OUTSIDE = flags.DEFINE_float(
+  "outside_px", 0.0, "Movie: QDs start up to this far further out than the margin (enter later)."
+)
+_BLINK_ON = flags.DEFINE_float("blink_on_s", 1.0, "Movie: mean on time of a blinking QD, s.")
+_BLINK_OFF = flags.DEFINE_float("blink_off_s", 0.0, "Movie: mean off time, s; 0: no blinking.")
 _PLOT = flags.DEFINE_bool("plot", False, "Also write a PNG contact sheet beside --output.")
 
 
@@ -45,6 +72,10 @@ def main(argv):
   if diffusion is None and regime is None:
     raise ValueError("give --diffusion=D (or lo:hi) or --regime=1|2|3")
   params = sim_params_from_config(config, preset, diffusion, regime)
+  if _NUM_PARTICLES.value is not None:
+    params = params.replace(num_particles=_parse_particles(_NUM_PARTICLES.value))
+  if _NUM_FRAMES.value is not None:
+    return _write_movie(params, preset)
   if not _OUTPUT.value.endswith(".npz"):
     raise ValueError(f"--output must end in .npz, got {_OUTPUT.value}")
   io.check_output_path(_OUTPUT.value)
@@ -56,6 +87,35 @@ def main(argv):
     titles = [f"D={d:.3g}" for d in arrays["diffusion"][:32]]
     plotting.contact_sheet(arrays["images"], png, keypoints=arrays["keypoints"], titles=titles)
     print(f"wrote {png}")
+
+
+def _parse_particles(text: str) -> tuple[int, int]:
+  try:
+    parts = [int(v) for v in text.split(":")]
+  except ValueError:
+    parts = []
+  if len(parts) == 1:
+    parts *= 2
+  if len(parts) != 2 or parts[0] < 0 or parts[1] < parts[0]:
+    raise ValueError(f"--num_particles must be k or lo:hi with 0 <= lo <= hi, got {text!r}")
+  return tuple(parts)
+
+
+def _write_movie(params, preset):
+  movie_params = movie.make_params(
+    params,
+    _NUM_FRAMES.value,
+    frame_interval_s=_FRAME_INTERVAL.value,
+    outside_px=_OUTSIDE.value,
+    blink_on_s=_BLINK_ON.value,
+    blink_off_s=_BLINK_OFF.value,
+  )
+  if not _OUTPUT.value.endswith((".npz", ".tif", ".tiff")):
+    raise ValueError(f"--output must end in .npz or .tif for a movie, got {_OUTPUT.value}")
+  io.check_output_path(_OUTPUT.value)
+  arrays = movie.generate(movie_params, _SEED.value)
+  written = movie.save(_OUTPUT.value, arrays, movie.params_record(movie_params, preset))
+  print(f"wrote a movie of {_NUM_FRAMES.value} frames to {', '.join(written)}")
 
 
 if __name__ == "__main__":

@@ -69,7 +69,14 @@ def save_figure(fig, path, **kwargs) -> None:
     fig.savefig(tmp, format=Path(path).suffix.lstrip(".") or "png", **kwargs)
 
 
-def _check_frames(frames: np.ndarray, source: str) -> np.ndarray:
+def _check_frames(frames: np.ndarray, source: str, movie: bool = False) -> np.ndarray:
+  if movie and frames.ndim != 3:
+    raise ValueError(
+      f"{source}: a movie must be an array (frames, h, w), got a {frames.ndim}-D array "
+      f"of shape {frames.shape}"
+    )
+  if movie and len(frames) < 2:
+    raise ValueError(f"{source}: a movie needs at least 2 frames, got {len(frames)}")
   if frames.ndim == 2:
     frames = frames[None]
   if frames.ndim != 3:
@@ -101,8 +108,11 @@ def _read(path: Path, suffix: str):
     return tifffile.imread(path)
 
 
-def open_frames(path: str | os.PathLike) -> np.ndarray:
+def open_frames(path: str | os.PathLike, movie: bool = False) -> np.ndarray:
   """Frames from .npy, .npz (array ``images``) or .tif/.tiff, as a lazy [n, h, w] array.
+
+  With ``movie=True`` the file must hold a (T, h, w) stack with T >= 2 (a 2-D array is
+  one frame, not a movie).
 
   .npy files are memory-mapped and TIFF stacks are opened through tifffile's memmap or
   zarr store where possible, so a stack of a million frames is not read whole; slice it
@@ -126,7 +136,7 @@ def open_frames(path: str | os.PathLike) -> np.ndarray:
     raise ValueError(f"{path}: {e.args[0]}") from None
   except Exception as e:  # numpy and tifffile raise many types on corrupt files
     raise ValueError(f"{path}: cannot read frames ({type(e).__name__}: {e})") from None
-  return _check_frames(frames, str(path))
+  return _check_frames(frames, str(path), movie)
 
 
 def iter_chunks(frames, chunk: int) -> Iterator[tuple[int, np.ndarray]]:
@@ -152,3 +162,13 @@ def write_localisations(path, rows) -> None:
       writer.writerow(["frame", "x", "y", "score"])
       for frame, x, y, score in rows:
         writer.writerow([int(frame), f"{x:.4f}", f"{y:.4f}", f"{score:.6g}"])
+
+
+def write_csv(path, table, formats: dict | None = None) -> None:
+  """Writes a pandas DataFrame as CSV atomically; ``formats``: column -> printf format."""
+  table = table.copy()
+  for column, fmt in (formats or {}).items():
+    if column in table:
+      table[column] = table[column].map(lambda v, fmt=fmt: fmt % v)
+  with atomic_path(path) as tmp:
+    table.to_csv(tmp, index=False)

@@ -33,6 +33,7 @@ from typing import Any
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 from flax import struct
 
 from qdjax import detector, scan, simulate
@@ -250,3 +251,86 @@ def simulate_movies(key, params: MovieParams, num_movies: int) -> Movie:
 def render(key, params: MovieParams) -> Movie:
   """One movie."""
   return jax.tree.map(lambda x: x[0], render_batch(key[None], params))
+
+
+def generate(params: MovieParams, seed: int) -> dict:
+  """One movie of the given seed as NumPy arrays (key: ``jax.random.key(seed)``).
+
+  Returns:
+    dict with images [T, h, w] f32, expected [T, h, w], keypoints [T, P, 2] (NaN where not
+    present), centroids [T, P, 2], present [T, P], z [T, P], on_fraction [T, P],
+    diffusion [] and frame_interval_s [].
+  """
+  return as_arrays(render(jax.random.key(seed), params), params)
+
+
+def as_arrays(one: Movie, params: MovieParams) -> dict:
+  """One Movie (no batch axis) as the NumPy arrays of ``generate``."""
+  out = jax.device_get(one)
+  return {
+    "images": np.asarray(out.counts, np.float32),
+    "expected": np.asarray(out.expected, np.float32),
+    "keypoints": np.asarray(out.keypoints, np.float32),
+    "centroids": np.asarray(out.centroids, np.float32),
+    "present": np.asarray(out.present, bool),
+    "z": np.asarray(out.z, np.float32),
+    "on_fraction": np.asarray(out.on_fraction, np.float32),
+    "diffusion": np.float32(out.diffusion),
+    "frame_interval_s": np.float32(params.frame_interval_s),
+  }
+
+
+def params_record(params: MovieParams, preset=None) -> dict:
+  """The frame's ``params`` record (SPEC section 6) plus the movie's timing and blinking."""
+  from qdjax import data
+
+  record = data.params_record(params.frame, preset)
+  record.update(
+    num_frames=params.num_frames,
+    frame_interval_s=float(params.frame_interval_s),
+    outside_px=float(params.outside_px),
+    blink_on_s=float(params.blink_on_s),
+    blink_off_s=float(params.blink_off_s),
+  )
+  return record
+
+
+def save(path: str, arrays: dict, record: dict) -> list[str]:
+  """Writes a movie: .npz (arrays + ``params`` JSON), or .tif (the images) with
+  ``<stem>_truth.csv`` (frame, particle, x, y, z_um, present, on_fraction) and
+  ``<stem>_params.json`` beside it. Every file is written atomically.
+
+  Returns:
+    the paths written.
+  """
+  import json
+
+  from qdjax import io
+
+  text = json.dumps(record, sort_keys=True)
+  if path.endswith(".npz"):
+    io.save_npz(path, params=text, **arrays)
+    return [path]
+  if not path.endswith((".tif", ".tiff")):
+    raise ValueError(f"movie output must end in .npz or .tif, got {path}")
+  import pandas as pd
+  import tifffile
+
+  stem = path.rsplit(".", 1)[0]
+  t, p = arrays["present"].shape
+  truth = pd.DataFrame(
+    {
+      "frame": np.repeat(np.arange(t), p),
+      "particle": np.tile(np.arange(p), t),
+      "x": arrays["centroids"][..., 0].reshape(-1),
+      "y": arrays["centroids"][..., 1].reshape(-1),
+      "z_um": arrays["z"].reshape(-1),
+      "present": arrays["present"].reshape(-1).astype(int),
+      "on_fraction": arrays["on_fraction"].reshape(-1),
+    }
+  )
+  with io.atomic_path(path) as tmp:
+    tifffile.imwrite(tmp, arrays["images"], photometric="minisblack")
+  io.write_csv(stem + "_truth.csv", truth, {c: "%.4f" for c in ("x", "y", "z_um")})
+  io.write_text(stem + "_params.json", json.dumps(record, indent=1, sort_keys=True) + "\n")
+  return [path, stem + "_truth.csv", stem + "_params.json"]

@@ -4,11 +4,15 @@ All movies here share one compiled simulator (frame size, QD count and frame cou
 the static shape; D, the frame interval and blinking are traced values).
 """
 
+import json
 import math
 
 import jax
 import numpy as np
+import pandas as pd
 import pytest
+import tifffile
+from conftest import assert_one_line_error
 
 from qdjax import diffusion, movie, simulate
 
@@ -143,3 +147,32 @@ def test_bad_movie_values():
     movie.make_params(frame, 5, frame_interval_s=-1.0)
   with pytest.raises(ValueError, match="frame_interval_s"):
     movie.make_params(frame, 5, frame_interval_s=1e-3)
+
+
+def test_simulate_script_writes_movies(script, tmp_path):
+  common = ["--preset=paper", "--diffusion=0.5", "--num_frames=3", "--num_particles=2"]
+  common += ["--config.overrides.height=12", "--config.overrides.width=10", "--blink_off_s=0.01"]
+  result = script("simulate.py", *common, f"--output={tmp_path / 'm.tif'}")
+  assert result.returncode == 0, result.stderr
+  assert tifffile.imread(tmp_path / "m.tif").shape == (3, 12, 10)
+  truth = pd.read_csv(tmp_path / "m_truth.csv")
+  assert len(truth) == 6 and set(truth["particle"]) == {0, 1}
+  assert json.loads((tmp_path / "m_params.json").read_text())["num_frames"] == 3
+  bad = script("simulate.py", *common, "--frame_interval_s=-1", f"--output={tmp_path / 'x.npz'}")
+  assert_one_line_error(bad, "frame_interval_s")
+
+
+def test_movie_npz_and_tif_hold_the_same_movie(movies, tmp_path):
+  params, frames = movies
+  arrays = movie.as_arrays(jax.tree.map(lambda x: x[0], frames), params)
+  record = movie.params_record(params)
+  movie.save(str(tmp_path / "m.npz"), arrays, record)
+  movie.save(str(tmp_path / "m.tif"), arrays, record)
+  with np.load(tmp_path / "m.npz") as saved:
+    np.testing.assert_array_equal(saved["images"], tifffile.imread(tmp_path / "m.tif"))
+    assert saved["keypoints"].shape == (FRAMES, 1, 2)
+    assert json.loads(str(saved["params"]))["frame_interval_s"] == pytest.approx(
+      float(params.frame_interval_s)
+    )
+  truth = pd.read_csv(tmp_path / "m_truth.csv")
+  np.testing.assert_allclose(truth["x"], arrays["centroids"][:, 0, 0], atol=1e-4)
