@@ -165,7 +165,8 @@ class Locator:
 
   def detect(self, images, min_score: float | None = None) -> dict[str, np.ndarray]:
     """Fixed-size detections of [n, h, w] frames: dict of [n, k] NumPy arrays
-    ``x``, ``y``, ``score``, ``valid`` (see ``model.decode``)."""
+    ``x``, ``y``, ``score``, ``valid`` (see ``model.decode``). A flat frame (all pixels
+    equal) has no valid detections."""
     images = np.asarray(images, np.float32)
     if images.ndim == 2:
       images = images[None]
@@ -191,7 +192,12 @@ class Locator:
       k = self.decode_settings["max_detections"]
       empty = np.zeros((0, k), np.float32)
       return {"x": empty, "y": empty, "score": empty, "valid": empty.astype(bool)}
-    return {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
+    out = {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
+    # A frame without contrast (every pixel equal; any 1 x 1 frame) says nothing about where
+    # a QD is: whatever the network scores there comes from its zero padding, not the data.
+    flat = images.min(axis=(1, 2)) == images.max(axis=(1, 2))
+    out["valid"] = out["valid"] & ~flat[:, None]
+    return out
 
   def __call__(self, images, min_score: float | None = None) -> list[np.ndarray]:
     """[n, h, w] (or [h, w]) frames -> list of n float32 arrays [k_i, 3] (x, y, score)."""

@@ -75,7 +75,9 @@ def test_nan_pixels_are_reported_by_frame(tmp_path):
 
 
 class FakeLocator:
-  """A locator with known output: one detection at the brightest pixel, score = value."""
+  """A locator with known output, its detections deliberately not in score order: the
+  brightest pixel (score = its value), a weak one at the origin (score -1), and a middling
+  one at the opposite corner (score = half the value)."""
 
   def __init__(self):
     self.calls = []
@@ -85,7 +87,9 @@ class FakeLocator:
     out = []
     for image in images:
       r, c = np.unravel_index(np.argmax(image), image.shape)
-      out.append(np.array([[c, r, image[r, c]], [0.0, 0.0, -1.0]]))
+      h, w = image.shape
+      value = image[r, c]
+      out.append(np.array([[0.0, 0.0, -1.0], [c, r, value], [w - 1, h - 1, value / 2]]))
     return out
 
 
@@ -100,15 +104,27 @@ def test_locate_file_streams_in_bounded_chunks_and_sorts(tmp_path):
     str(tmp_path / "o.csv"),
     locator,
     chunk=3,
-    min_score=0.0,
     progress=False,
   )
   assert n == 10 and locator.calls == [3, 3, 3, 1]
   rows = read_csv(tmp_path / "o.csv")
-  assert [int(r["frame"]) for r in rows] == list(range(10))  # min_score dropped the -1s
-  for i, row in enumerate(rows):
-    assert float(row["x"]) == (2 * i) % 7 and float(row["y"]) == i % 5
-    assert float(row["score"]) == 10 + i
+  # Sorted by frame, then by descending score within the frame; each row of its frame.
+  assert [int(r["frame"]) for r in rows] == [i for i in range(10) for _ in range(3)]
+  for i in range(10):
+    own = [(float(r["x"]), float(r["y"]), float(r["score"])) for r in rows[3 * i : 3 * i + 3]]
+    assert own == [((2 * i) % 7, i % 5, 10 + i), (6, 4, (10 + i) / 2), (0, 0, -1)]
+  # min_score drops the -1s and keeps the order.
+  locate_lib.locate_file(
+    str(tmp_path / "s.npy"),
+    str(tmp_path / "o.csv"),
+    locator,
+    chunk=3,
+    min_score=0.0,
+    progress=False,
+  )
+  rows = read_csv(tmp_path / "o.csv")
+  assert [int(r["frame"]) for r in rows] == [i for i in range(10) for _ in range(2)]
+  assert [float(r["score"]) for r in rows[:2]] == [10.0, 5.0]
 
 
 def test_locate_file_keeps_previous_output_on_bad_input(tmp_path):

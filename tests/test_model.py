@@ -67,6 +67,36 @@ def test_normalisation_ignores_gain_and_offset():
   assert np.array_equal(flat, np.zeros((1, 5, 6)))
 
 
+def test_normalisation_by_hand():
+  # Frame 0: median 2, deviations (-2, -1, 0, 1, 12), mean |deviation| 16/5 = 3.2.
+  # Frame 1: median 10, deviations (-10, 0, 0, 5, 0), mean |deviation| 15/5 = 3.
+  images = jnp.array([[[0.0, 1.0, 2.0, 3.0, 14.0]], [[0.0, 10.0, 10.0, 15.0, 10.0]]])
+  out = np.asarray(model.normalize(images))
+  np.testing.assert_allclose(out[0, 0], np.array([-2, -1, 0, 1, 12]) / 3.2, rtol=1e-6)
+  np.testing.assert_allclose(out[1, 0], np.array([-10, 0, 0, 5, 0]) / 3.0, rtol=1e-6)
+  # Per frame: median 0, mean absolute value 1.
+  np.testing.assert_allclose(np.median(out, axis=(1, 2)), 0.0, atol=1e-7)
+  np.testing.assert_allclose(np.abs(out).mean(axis=(1, 2)), 1.0, rtol=1e-6)
+
+
+def _tiny_locator(**kwargs):
+  from qdjax import inference
+
+  weights = nnx.split(_tiny())[1].to_pure_dict()
+  return inference.Locator({"name": "tiny"}, {}, weights, **kwargs)
+
+
+def test_flat_and_one_pixel_frames_yield_no_valid_detections():
+  locator = _tiny_locator()
+  one_pixel = np.array([[[0.0]], [[3.0]], [[250.0]]], np.float32)
+  assert not locator.detect(one_pixel)["valid"].any()
+  assert all(d.shape == (0, 3) for d in locator(one_pixel))
+  flat = np.full((2, 9, 11), 4.0, np.float32)
+  noise = np.random.default_rng(0).poisson(4.0, (1, 9, 11)).astype(np.float32)
+  found = locator.detect(np.concatenate([flat, noise]))
+  assert not found["valid"][:2].any() and found["valid"][2].any()
+
+
 def test_targets_one_hot_at_nearest_pixel_with_offsets_around_it():
   keypoints = jnp.array([[[3.4, 5.6], [np.nan, np.nan]]])
   present = jnp.array([[True, False]])

@@ -188,8 +188,10 @@ def test_blur_grows_with_diffusion():
     moments.append(second_moment(simulate.simulate_batch(jax.random.key(4), p, 400)))
   means = [m.mean() for m in moments]
   sems = [m.std() / math.sqrt(len(m)) for m in moments]
-  # At D = 0 the spot is the PSF: 2 (s/a)^2 + a^2/12-ish pixel sweep term.
-  assert means[0] == pytest.approx(2 * 2.0**2 + 1 / 12, rel=0.02)
+  # At D = 0 the spot is the PSF, 2 (s/a)^2 = 8 px^2, plus the beam's sweep across each
+  # pixel along x: the variance of U(-1/2, 1/2), 1/12 px^2. The expected image has no
+  # noise, so the tolerance is far below that 1/12.
+  assert means[0] == pytest.approx(2 * 2.0**2 + 1 / 12, abs=1e-3)
   assert means[1] > means[0] + 5 * sems[1]
   assert means[2] > means[1] + 5 * math.hypot(sems[1], sems[2])
 
@@ -300,6 +302,24 @@ def test_keypoint_leaving_the_frame_is_not_present():
   )
   assert not bool(simulate.inside_frame(jnp.asarray(kp), p)[0])
   assert 0 < np.asarray(frames.present).mean() < 1
+
+
+def test_present_boundary_is_half_a_pixel_outside_every_edge():
+  """Present iff the centroid lies in [-1/2, w-1/2] x [-1/2, h-1/2]: probed 0.01 px inside
+  and outside each of the four edges, through the centroid of a QD held still there."""
+  p = params(height=8, width=11, margin_px=0.0)
+  mid_x, mid_y = 5.0, 3.0
+  for inside, delta in ((True, 0.49), (False, 0.51)):
+    for x, y in (
+      (-delta, mid_y),  # left
+      (p.width - 1 + delta, mid_y),  # right
+      (mid_x, -delta),  # top
+      (mid_x, p.height - 1 + delta),  # bottom
+    ):
+      xy_um = (x * p.pixel_size_um, y * p.pixel_size_um)
+      keypoints = simulate.trajectory_centroid(static_positions(p, xy_um), p)[0]
+      np.testing.assert_allclose(keypoints[0], (x, y), atol=1e-4)
+      assert bool(simulate.inside_frame(keypoints, p)[0]) == inside, (x, y)
 
 
 # --- gradients ------------------------------------------------------------------------

@@ -5,10 +5,11 @@ import json
 import subprocess
 import sys
 
+import jax
 import numpy as np
 import pytest
 import tensorflow_datasets as tfds
-from conftest import REPO, assert_one_line_error, run_script
+from conftest import assert_one_line_error, run_script
 
 from qdjax import data, presets
 from qdjax.datasets import SPLITS, export, loader
@@ -184,19 +185,39 @@ def test_loader_names_a_missing_export(tmp_path):
   assert not (tmp_path / "qd2pm").exists()  # and nothing was generated in its place
 
 
-@pytest.mark.skipif(
-  not (REPO / "experiments" / "train.py").exists(), reason="experiments/train.py not there yet"
-)
 def test_train_reads_the_export(cli_export, tmp_path):
+  """The CLI run's parameters are exactly those of replaying the loader's batches of the
+  export's train split through the training step: a run that simulated its batches, read
+  another split or other records would end elsewhere."""
+  from qdjax import train
+  from qdjax.benchmarks.train import load_config
+
+  data_dir = cli_export[0]
   workdir = tmp_path / "train"
   result = run_script(
     "train.py",
     "--config=experiments/configs/tiny.py",
     "--config.data=tfds",
-    f"--config.tfds_data_dir={cli_export[0]}",
+    f"--config.tfds_data_dir={data_dir}",
     f"--workdir={workdir}",
   )
   assert result.returncode == 0, result.stderr[-3000:]
   record = json.loads((workdir / "result.json").read_text())
-  assert record["frames_seen"] == 6 * 8  # tiny: 6 steps of 8 frames, all from the export
+  config = load_config("tiny")
+  assert record["frames_seen"] == config.num_steps * config.batch_size
   assert set(record["auc"]) == {"1", "2", "3"}
+
+  experiment = train.build(config)
+  state = experiment.state
+  batches = loader.iterate_batches(
+    data_dir, "qd2pm/paper", "train", config.batch_size, config.seed, start_step=0
+  )
+  for _ in range(config.num_steps):
+    batch = next(batches)
+    state, _ = experiment.train_step_on_batch(
+      state, batch["images"], batch["keypoints"], batch["present"]
+    )
+  trained = jax.tree.leaves(train.final_params(workdir))
+  replayed = jax.tree.leaves(jax.device_get(state["model"]).to_pure_dict())
+  for a, b in zip(trained, replayed, strict=True):
+    np.testing.assert_array_equal(a, b)
