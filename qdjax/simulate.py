@@ -354,13 +354,18 @@ def _render_noise_free(key, params: Params):
   return frame, k_noise
 
 
-def render_batch(keys, params: Params) -> Frame:
+def render_batch(keys, params: Params, *, per_frame: bool = False) -> Frame:
   """One frame per key: a Frame whose arrays lead with [len(keys)].
 
   The physics is vmapped frame by frame; the detector sees the whole batch at once, so
   its data-dependent choices are made once per batch (see ``qdjax.detector``).
+
+  Args:
+    keys: [n] PRNG keys.
+    params: shared by every frame, or, with ``per_frame``, every leaf leading with [n]:
+      frame i is drawn with the values ``params`` holds at i (static fields are shared).
   """
-  frames, noise_keys = jax.vmap(_render_noise_free, (0, None))(keys, params)
+  frames, noise_keys = jax.vmap(_render_noise_free, (0, 0 if per_frame else None))(keys, params)
   return frames.replace(counts=detector.record_batch(noise_keys, frames.expected, params))
 
 

@@ -57,6 +57,7 @@ from tqdm.auto import tqdm
 
 from qdjax import cli, data, io, metrics, presets, simulate
 from qdjax import model as model_lib
+from qdjax import prior as prior_lib
 
 PREDICT_CHUNK = 512
 
@@ -165,8 +166,10 @@ def check_config(config, num_devices: int) -> None:
     raise ValueError(f"config.warmup_steps must be >= 0, got {config.warmup_steps}")
   if config.validation_size < 1:
     raise ValueError(f"config.validation_size must be >= 1, got {config.validation_size}")
-  if config.data not in ("simulate", "tfds"):
-    raise ValueError(f"config.data must be 'simulate' or 'tfds', got {config.data!r}")
+  if config.data not in ("simulate", "tfds", "prior"):
+    raise ValueError(f"config.data must be 'simulate', 'tfds' or 'prior', got {config.data!r}")
+  if config.data == "prior" and "prior" not in config:
+    raise ValueError("config.data='prior' needs a config.prior block (qdjax.prior.config())")
   for split in validation_splits(config):
     if split not in data.SPLITS or split.startswith("test"):
       raise ValueError(f"config.validation_splits: {split!r} is not a validation split")
@@ -205,6 +208,7 @@ class Experiment:
   simulate_step: Callable
   predict: Callable
   num_params: int
+  prior: prior_lib.Prior | None = None
 
   @property
   def replicated(self) -> NamedSharding:
@@ -215,13 +219,15 @@ class Experiment:
     return NamedSharding(self.mesh, P("data"))
 
 
-def _sgd_step(state, images, keypoints, present, graphs, loss_settings):
+def _sgd_step(state, images, keypoints, present, graphs, loss_settings, presence_scale=1.0):
   train_graph, _, opt_graph = graphs
   model = nnx.merge(train_graph, state["model"])
   optimizer = nnx.merge(opt_graph, state["opt"])
 
   def loss_fn(model):
-    return model_lib.loss(model(images), keypoints, present, **dict(loss_settings))
+    total, parts = model_lib.loss(model(images), keypoints, present, **dict(loss_settings))
+    # The presence term sums over pixels: rescaled, so large frames do not take larger steps.
+    return total + (presence_scale - 1.0) * parts["presence"], parts
 
   (loss, parts), grads = nnx.value_and_grad(loss_fn, has_aux=True)(model)
   optimizer.update(model, grads)
@@ -244,6 +250,21 @@ def _simulated_step(
   replicated, batch_sharding = shardings
   batch = _draw(sim_params, data_key, step, batch_size, batch_sharding)
   state, metrics = _sgd_step(state, *batch, graphs, loss_settings)
+  return jax.lax.with_sharding_constraint((state, metrics), replicated)
+
+
+@functools.partial(jax.jit, static_argnums=(4, 5, 6, 7, 8, 9), donate_argnums=0)
+def _prior_step(
+  state, base_params, data_key, step, graphs, loss_settings, prior, size, batch_size, shardings
+):
+  """One SGD step on batch ``step`` drawn from ``prior`` at frame size ``size``."""
+  replicated, batch_sharding = shardings
+  frames = prior_lib.draw(jax.random.fold_in(data_key, step), prior, base_params, *size, batch_size)
+  batch = jax.lax.with_sharding_constraint(
+    (frames.counts, frames.keypoints, frames.present), batch_sharding
+  )
+  scale = prior.reference_area / (size[0] * size[1])
+  state, metrics = _sgd_step(state, *batch, graphs, loss_settings, scale)
   return jax.lax.with_sharding_constraint((state, metrics), replicated)
 
 
@@ -290,8 +311,24 @@ def build(config, mesh: jax.sharding.Mesh | None = None) -> Experiment:
   loss_settings = tuple(sorted(config.loss.items()))
   decode_settings = tuple(sorted(config.decode.items()))
   batch_size = config.batch_size
+  prior = prior_lib.from_config(config.prior) if config.data == "prior" else None
 
   def train_step(state, step):
+    if prior is not None:  # each frame size is its own compiled step
+      size = prior.frame_size(step)
+      step = jnp.asarray(step, jnp.int32)
+      return _prior_step(
+        state,
+        sim_params,
+        data_key,
+        step,
+        graphs,
+        loss_settings,
+        prior,
+        size,
+        batch_size,
+        shardings,
+      )
     step = jnp.asarray(step, jnp.int32)
     return _simulated_step(
       state, sim_params, data_key, step, graphs, loss_settings, batch_size, shardings
@@ -320,6 +357,7 @@ def build(config, mesh: jax.sharding.Mesh | None = None) -> Experiment:
     simulate_step=simulate_step,
     predict=predict,
     num_params=num_params,
+    prior=prior,
   )
 
 
@@ -502,7 +540,10 @@ def train_and_evaluate(config, workdir, *, stop_after: int | None = None) -> dic
   checkpoints = _manager(workdir / "checkpoints", config.keep_checkpoints)
   best = _manager(workdir / "best", 1)
   state = experiment.state
-  sim_record = json.loads(json.dumps(experiment.sim_params.to_dict()))
+  sim_record = experiment.sim_params.to_dict()
+  if experiment.prior is not None:  # the base geometry, and the per-frame distribution
+    sim_record["prior"] = experiment.prior.to_dict()
+  sim_record = json.loads(json.dumps(sim_record))
   meta = {
     "step": 0,
     "best_score": -1.0,
@@ -533,7 +574,7 @@ def train_and_evaluate(config, workdir, *, stop_after: int | None = None) -> dic
       {
         "command": shlex.join(sys.argv),
         "seed": config.seed,
-        "sim_params": experiment.sim_params.to_dict(),
+        "sim_params": sim_record,
         "preset": experiment.preset.to_dict(),
       },
       indent=2,
