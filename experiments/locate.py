@@ -11,12 +11,19 @@ chunks of --chunk frames: memory is bounded by one chunk.
 
 from absl import app, flags
 
-from qdjax import cli
+from qdjax import cli, inference
 from qdjax import locate as locate_lib
 
 _METHOD = flags.DEFINE_enum("method", "model", list(locate_lib.METHODS), "Localisation method.")
 _WORKDIR = flags.DEFINE_string(
-  "workdir", None, "Training workdir of a model; default: the pretrained model shipped."
+  "workdir", None, "Training workdir of a model; default: a model shipped with qdjax (--model)."
+)
+_MODEL = flags.DEFINE_enum(
+  "model",
+  None,
+  list(inference.MODELS),
+  "Shipped model for --method=model: 'general' (many photon levels, Poisson and PMT, whole "
+  "fields) or 'paper' (the study's preset only); default: general where shipped, else paper.",
 )
 _INPUT = flags.DEFINE_string("input", None, "Frames: .npy, .npz or .tif.", required=True)
 _OUTPUT = flags.DEFINE_string("output", None, "CSV to write.", required=True)
@@ -28,7 +35,7 @@ _PLOT = flags.DEFINE_bool("plot", False, "Also draw detections on the first fram
 @cli.one_line_errors
 def main(argv):
   cli.check_no_extra_args(argv)
-  locator = locate_lib.make_locator(_METHOD.value, _WORKDIR.value)
+  locator = locate_lib.make_locator(_METHOD.value, _WORKDIR.value, model=_MODEL.value)
   output = _OUTPUT.value
   plot = (output.rsplit(".", 1)[0] + ".png") if _PLOT.value else None
   n = locate_lib.locate_file(

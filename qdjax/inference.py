@@ -1,6 +1,7 @@
 """A trained detector, ready to use: no training code and no network needed.
 
-    locator = inference.load()              # the pretrained weights shipped in the package
+    locator = inference.load()              # the default shipped model (see default_model)
+    locator = inference.load(model="paper") # a shipped model by name
     locator = inference.load("workdirs/x")  # the best checkpoint of a training run
     per_frame = locator(images)             # images [n, h, w] (any h, w): list of [k, 3]
 
@@ -9,11 +10,14 @@ coordinates (the centre of pixel (row 0, column 0) is (0, 0); x = column), sorte
 descending score. The model is fully convolutional, so frames of any size are run as
 they are (no padding or resizing by the caller); one call takes frames of one size.
 
-The shipped model lives in ``qdjax/pretrained/paper/``: ``weights.npz`` (the model's
+Shipped models live in ``qdjax/pretrained/<name>/``: ``weights.npz`` (the model's
 ``nnx.State`` as flat arrays named by their path, readable by NumPy alone) and
 ``config.json`` (model and decoding settings, the preset it was trained on, and the
-command and seed that trained it). ``export_pretrained`` writes that directory from a
-training workdir.
+command and seed that trained it). ``export_pretrained`` writes such a directory from a
+training workdir. Two names are known: ``general`` (trained over ``qdjax.prior``: many
+photon levels, Poisson and PMT frames, 0 to several QDs, several frame sizes) and
+``paper`` (the ``paper`` preset only). ``general`` is the default wherever its weights are
+shipped, ``paper`` otherwise.
 """
 
 from __future__ import annotations
@@ -32,7 +36,10 @@ from flax import nnx
 from qdjax import io
 from qdjax import model as model_lib
 
-PRETRAINED_DIR = Path(__file__).parent / "pretrained" / "paper"
+PRETRAINED_ROOT = Path(__file__).parent / "pretrained"
+PRETRAINED_DIR = PRETRAINED_ROOT / "paper"
+# Shipped model names, the preferred default first.
+MODELS = ("general", "paper")
 WEIGHTS = "weights.npz"
 CONFIG = "config.json"
 DECODE_SETTINGS = (
@@ -208,10 +215,36 @@ def _model_config(config: dict) -> dict:
   return dict(config["model"])
 
 
-def load(workdir=None, *, min_score: float = 0.0, chunk: int = 1024, **decode) -> Locator:
-  """A ``Locator`` for the pretrained weights shipped in ``qdjax/pretrained/paper/``
-  (``workdir=None``), a directory written by ``export_pretrained``, or a training workdir
-  (its best validation checkpoint).
+def pretrained_dir(model: str) -> Path:
+  """The directory of the shipped model called ``model`` (one of ``MODELS``).
+
+  Raises:
+    ValueError: an unknown name.
+  """
+  if model not in MODELS:
+    raise ValueError(f"unknown model {model!r}; shipped models: {', '.join(MODELS)}")
+  return PRETRAINED_ROOT / model
+
+
+def default_model() -> str:
+  """The first of ``MODELS`` whose weights are shipped (``general``, else ``paper``)."""
+  for name in MODELS:
+    if (PRETRAINED_ROOT / name / WEIGHTS).is_file():
+      return name
+  return MODELS[-1]
+
+
+def load(
+  workdir=None,
+  *,
+  model: str | None = None,
+  min_score: float = 0.0,
+  chunk: int = 1024,
+  **decode,
+) -> Locator:
+  """A ``Locator`` for a shipped model (``workdir=None``: ``model``, default
+  ``default_model()``), a directory written by ``export_pretrained``, or a training
+  workdir (its best validation checkpoint).
 
   ``decode`` overrides the stored decoding settings (``max_detections``, ``nms_window``,
   ``score_window``, ``score_radius``; see ``model.decode``).
@@ -220,7 +253,12 @@ def load(workdir=None, *, min_score: float = 0.0, chunk: int = 1024, **decode) -
     FileNotFoundError: no such directory or checkpoint, or no shipped weights yet.
     ValueError: corrupt or mismatched weights.
   """
-  directory = PRETRAINED_DIR if workdir is None else Path(workdir)
+  if workdir is not None and model is not None:
+    raise ValueError("give a workdir or a shipped model name, not both")
+  if workdir is None:
+    directory = pretrained_dir(default_model() if model is None else model)
+  else:
+    directory = Path(workdir)
   if (directory / WEIGHTS).is_file():
     info = _read_json(directory / CONFIG)
     try:

@@ -20,24 +20,32 @@ METHODS = ("model", "trackpy", "mle")
 Locator = Callable[[np.ndarray], list]
 
 
-def make_locator(method: str, workdir: str | None = None, preset: str = "paper") -> Locator:
+def make_locator(
+  method: str, workdir: str | None = None, preset: str = "paper", model: str | None = None
+) -> Locator:
   """A callable ``images [n, h, w] -> list of [k, 3] (x, y, score)`` per frame.
 
   Args:
-    method: 'model' (the Flax detector: from ``workdir``, or the pretrained weights shipped
-      with qdjax when ``workdir`` is None), 'trackpy' (the settings chosen on validation data
-      for ``preset``), or 'mle' (Poisson maximum-likelihood Gaussian fit).
+    method: 'model' (the Flax detector: from ``workdir``, or a model shipped with qdjax),
+      'trackpy' (the settings chosen on validation data for ``preset``), or 'mle' (Poisson
+      maximum-likelihood Gaussian fit).
     workdir: a training workdir, for 'model' only.
     preset: whose tuned trackpy settings to use.
+    model: a shipped model's name (``inference.MODELS``), for 'model' without ``workdir``;
+      default ``inference.default_model()``: 'general' where shipped, else 'paper'.
   """
   if method not in METHODS:
     raise ValueError(f"unknown method {method!r}; use one of {', '.join(METHODS)}")
   if workdir is not None and method != "model":
     raise ValueError(f"--workdir is for --method=model, not {method}")
+  if model is not None and method != "model":
+    raise ValueError(f"--model is for --method=model, not {method}")
+  if model is not None and workdir is not None:
+    raise ValueError(f"give --model={model} or --workdir, not both")
   if method == "model":
     from qdjax import inference
 
-    return inference.load(workdir)
+    return inference.load(workdir, model=model)
   from qdjax import baselines, presets
 
   return baselines.make(method, preset=presets.get(preset))

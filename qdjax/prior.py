@@ -97,13 +97,13 @@ class Prior:
   diffusion_um2_s: tuple[float, float] = (0.05, 20.0)
   sigma_xy_um: tuple[float, float] = (0.17, 0.26)
   sigma_z_um: tuple[float, float] = (0.5, 0.8)
-  pixel_size_um: tuple[float, float] = (0.09, 0.15)
+  pixel_size_um: tuple[float, float] = (0.09, 0.22)
   z_range_um: tuple[float, float] = (0.2, 0.6)
   margin_px: tuple[float, float] = (0.0, 2.0)
   pmt_fraction: float = 0.5
   pmt_alpha: tuple[float, float] = (0.25, 0.8)
   pmt_dark_sigma: tuple[float, float] = (2.0, 20.0)
-  pmt_offset: tuple[float, float] = (0.0, 100.0)
+  pmt_offset: tuple[float, float] = (-10.0, 100.0)
   frame_sizes: tuple[tuple[int, int], ...] = ((24, 25), (32, 32), (48, 48), (64, 64))
   particles_per_px: float = 1 / 400
   min_max_particles: int = 2
@@ -145,7 +145,7 @@ def check(prior: Prior) -> None:
       raise ValueError(f"prior.{name} must be finite, got {value!r}")
     if hi < lo:
       raise ValueError(f"prior.{name} must have lo <= hi, got {value!r}")
-    if lo < 0 or (name in _POSITIVE and lo <= 0):
+    if (lo < 0 and name != "pmt_offset") or (name in _POSITIVE and lo <= 0):
       bound = "> 0" if name in _POSITIVE else ">= 0"
       raise ValueError(f"prior.{name} must be {bound}, got {value!r}")
   if not 0 <= prior.pmt_fraction <= 1:

@@ -171,7 +171,8 @@ def check_config(config, num_devices: int) -> None:
   if config.data == "prior" and "prior" not in config:
     raise ValueError("config.data='prior' needs a config.prior block (qdjax.prior.config())")
   for split in validation_splits(config):
-    if split not in data.SPLITS or split.startswith("test"):
+    name = split.split(":")[-1]  # 'preset:split' validates on another preset's frames
+    if name not in data.SPLITS or name.startswith("test") or split.count(":") > 1:
       raise ValueError(f"config.validation_splits: {split!r} is not a validation split")
 
 
@@ -376,9 +377,18 @@ def predict_lists(predict: Callable, model_state, images: np.ndarray, chunk: int
 
 def validation_sets(config, experiment: Experiment) -> dict[str, dict[str, np.ndarray]]:
   """The fixed validation frames: each split from its own derived seed
-  (``data.split_seed(config.validation_seed, split)``), never from the training key."""
+  (``data.split_seed(config.validation_seed, split)``), never from the training key.
+  A split named 'preset:split' is that preset's split (without ``config.overrides``)."""
   sets = {}
   for split in validation_splits(config):
+    if ":" in split:  # another preset's split, e.g. 'invivo:val_d1', at its own values
+      preset_name, name = split.split(":")
+      params = data.split_params(presets.get(preset_name), name)
+      frames = data.generate(
+        params, config.validation_size, data.split_seed(config.validation_seed, name)
+      )
+      sets[split] = {k: frames[k] for k in ("images", "keypoints", "present")}
+      continue
     if split in ("validation", "train"):
       params = experiment.sim_params  # the training distribution, incl. a --diffusion choice
     else:
