@@ -34,7 +34,7 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 
-from qdjax import simulate
+from qdjax import detector, simulate
 
 # Value ranges drawn log-uniform (scale parameters); the others are uniform.
 LOG_UNIFORM = (
@@ -261,11 +261,9 @@ def frame_params(
   from ``base`` (broadcast) otherwise; the QD count is 0 .. ``max_particles``."""
   n = values["peak_photons"].shape[0]
   params = jax.tree.map(lambda x: jnp.broadcast_to(x, (n,) + jnp.shape(x)), base)
-  drawn = {name: values[name] for name in _PHYSICS}
+  drawn = {name: values[name] for name in _PHYSICS + _PMT}
   d = values["diffusion_um2_s"]
   drawn["diffusion_um2_s"] = jnp.stack([d, d], axis=-1)  # lo == hi: exactly this D
-  if detector_name == "pmt":
-    drawn.update({name: values[name] for name in _PMT})
   return params.replace(
     height=height,
     width=width,
@@ -280,7 +278,8 @@ def draw(key, prior: Prior, base: simulate.Params, height: int, width: int, num_
   ``prior`` static).
 
   The first ``num_frames - round(num_frames * pmt_fraction)`` frames are Poisson photon
-  counts, the rest PMT output.
+  counts, the rest PMT output (``is_pmt``). The physics of all frames is one vmapped
+  render; only the detector differs.
 
   Returns:
     ``simulate.Frame`` with arrays leading [num_frames] and ``max_particles(height,
@@ -289,18 +288,15 @@ def draw(key, prior: Prior, base: simulate.Params, height: int, width: int, num_
   k_values, k_frames = jax.random.split(key)
   values = sample_values(k_values, prior, num_frames)
   keys = jax.random.split(k_frames, num_frames)
-  num_pmt = round(num_frames * prior.pmt_fraction)
-  cut = num_frames - num_pmt
-  most = prior.max_particles(height, width)
-  parts = []
-  for name, lo, hi in (("poisson", 0, cut), ("pmt", cut, num_frames)):
-    if hi > lo:
-      part = {k: v[lo:hi] for k, v in values.items()}
-      params = frame_params(part, base, height, width, most, name)
-      parts.append(simulate.render_batch(keys[lo:hi], params, per_frame=True))
-  if len(parts) == 1:
-    return parts[0]
-  return jax.tree.map(lambda *xs: jnp.concatenate(xs), *parts)
+  params = frame_params(values, base, height, width, prior.max_particles(height, width), "pmt")
+  frames, noise_keys = simulate.render_noise_free_batch(keys, params, per_frame=True)
+  cut = num_frames - round(num_frames * prior.pmt_fraction)
+  counts = []
+  for name, part in (("poisson", slice(0, cut)), ("pmt", slice(cut, num_frames))):
+    if part.stop > part.start:
+      sub = jax.tree.map(lambda x, part=part: x[part], params).replace(detector=name)
+      counts.append(detector.record_batch(noise_keys[part], frames.expected[part], sub))
+  return frames.replace(counts=jnp.concatenate(counts) if len(counts) > 1 else counts[0])
 
 
 @functools.partial(jax.jit, static_argnums=(1, 3, 4, 5))

@@ -365,8 +365,14 @@ def render_batch(keys, params: Params, *, per_frame: bool = False) -> Frame:
     params: shared by every frame, or, with ``per_frame``, every leaf leading with [n]:
       frame i is drawn with the values ``params`` holds at i (static fields are shared).
   """
-  frames, noise_keys = jax.vmap(_render_noise_free, (0, 0 if per_frame else None))(keys, params)
+  frames, noise_keys = render_noise_free_batch(keys, params, per_frame=per_frame)
   return frames.replace(counts=detector.record_batch(noise_keys, frames.expected, params))
+
+
+def render_noise_free_batch(keys, params: Params, *, per_frame: bool = False):
+  """``render_batch`` before the detector: (Frame with ``counts`` None, [n] keys that
+  ``detector.record_batch`` draws the counts from)."""
+  return jax.vmap(_render_noise_free, (0, 0 if per_frame else None))(keys, params)
 
 
 def render(key, params: Params) -> Frame:

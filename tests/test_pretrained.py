@@ -20,7 +20,7 @@ AUC_FLOOR_3PX = {"test_d1": 0.80, "test_d2": 0.65, "test_d3": 0.45}
 
 @pytest.fixture(scope="module")
 def locator():
-  return inference.load()
+  return inference.load(model="paper")
 
 
 def test_shipped_directory_records_its_provenance():
