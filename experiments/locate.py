@@ -18,13 +18,7 @@ _METHOD = flags.DEFINE_enum("method", "model", list(locate_lib.METHODS), "Locali
 _WORKDIR = flags.DEFINE_string(
   "workdir", None, "Training workdir of a model; default: a model shipped with qdjax (--model)."
 )
-_MODEL = flags.DEFINE_enum(
-  "model",
-  None,
-  list(inference.MODELS),
-  "Shipped model for --method=model: 'general' (many photon levels, Poisson and PMT, whole "
-  "fields) or 'paper' (the study's preset only); default: general where shipped, else paper.",
-)
+_MODEL = flags.DEFINE_enum("model", None, list(inference.MODELS), locate_lib.MODEL_HELP)
 _INPUT = flags.DEFINE_string("input", None, "Frames: .npy, .npz or .tif.", required=True)
 _OUTPUT = flags.DEFINE_string("output", None, "CSV to write.", required=True)
 _MIN_SCORE = flags.DEFINE_float("min_score", None, "Drop detections scoring below this.")

@@ -16,7 +16,7 @@ D_msd_um2_s. Writes --output (frame,x,y,score,particle; px, the centre of pixel 
 
 from absl import app, flags
 
-from qdjax import cli, presets
+from qdjax import cli, inference, presets
 from qdjax import locate as locate_lib
 from qdjax import track as track_lib
 
@@ -29,8 +29,9 @@ _FRAME_INTERVAL = flags.DEFINE_float(
 )
 _METHOD = flags.DEFINE_enum("method", "model", list(locate_lib.METHODS), "Localisation method.")
 _WORKDIR = flags.DEFINE_string(
-  "workdir", None, "Training workdir of a model; default: the pretrained model shipped."
+  "workdir", None, "Training workdir of a model; default: a model shipped with qdjax (--model)."
 )
+_MODEL = flags.DEFINE_enum("model", None, list(inference.MODELS), locate_lib.MODEL_HELP)
 _OUTPUT = flags.DEFINE_string("output", None, "Tracks CSV to write.", required=True)
 _DIFFUSION_OUTPUT = flags.DEFINE_string(
   "diffusion_output", None, "Per-track diffusion CSV to write.", required=True
@@ -48,7 +49,9 @@ _PLOT = flags.DEFINE_bool("plot", False, "Also draw tracks and MSD curves (<outp
 def main(argv):
   cli.check_no_extra_args(argv)
   preset = presets.get(_PRESET.value)
-  locator = locate_lib.make_locator(_METHOD.value, _WORKDIR.value, preset=_PRESET.value)
+  locator = locate_lib.make_locator(
+    _METHOD.value, _WORKDIR.value, preset=_PRESET.value, model=_MODEL.value
+  )
   plot = (_OUTPUT.value.rsplit(".", 1)[0] + ".png") if _PLOT.value else None
   summary = track_lib.track_file(
     _INPUT.value,

@@ -16,6 +16,12 @@ from tqdm.auto import tqdm
 from qdjax import io, plotting
 
 METHODS = ("model", "trackpy", "mle")
+# The --model flag's help, shared by the scripts that take it.
+MODEL_HELP = (
+  "Shipped model for --method=model: 'general' (many photon levels, Poisson and PMT frames, "
+  "whole fields) or 'paper' (the study's preset only); default: general where shipped, else "
+  "paper."
+)
 
 Locator = Callable[[np.ndarray], list]
 

@@ -75,7 +75,8 @@ class Prior:
       that does not follow the QD's brightness.
     diffusion_um2_s: (lo, hi) D, log-uniform.
     sigma_xy_um, sigma_z_um: (lo, hi) PSF standard deviations, uniform.
-    pixel_size_um: (lo, hi) uniform; with sigma_xy it sets the spot's width in pixels.
+    pixel_size_um: (lo, hi) uniform; with sigma_xy it sets the spot's width in pixels
+      (sigma_xy / a from 0.8 to 2.9 px: the ``paper`` preset's 2 px, in vivo's 1.0-1.5).
     z_range_um: (lo, hi) uniform: a frame's QDs start at z ~ U(-z_range, z_range).
     margin_px: (lo, hi) uniform start margin from the frame's edge.
     pmt_fraction: the share of each batch recorded by the PMT (the rest: Poisson photons).
@@ -83,7 +84,10 @@ class Prior:
     pmt_dark_sigma: (lo, hi) dark noise standard deviation, output units, log-uniform.
     pmt_offset: (lo, hi) dark offset, output units, uniform.
     frame_sizes: ((h, w), ...): step s uses ``frame_sizes[s % len(frame_sizes)]``; repeat a
-      size to give it more steps.
+      size to give it more steps. Each size is one more compilation of the training step
+      (tens of seconds), so the default is two: the study's crops and a 64 x 64 field
+      (the detector is fully convolutional and local; the field teaches several QDs, edges
+      and a per-frame normalisation over mostly background).
     particles_per_px: a frame of area h * w holds 0 .. max(min_max_particles,
       round(h * w * particles_per_px)) QDs, uniform.
     min_max_particles: the smallest upper bound of the QD count.
@@ -104,7 +108,7 @@ class Prior:
   pmt_alpha: tuple[float, float] = (0.25, 0.8)
   pmt_dark_sigma: tuple[float, float] = (2.0, 20.0)
   pmt_offset: tuple[float, float] = (-10.0, 100.0)
-  frame_sizes: tuple[tuple[int, int], ...] = ((24, 25), (32, 32), (48, 48), (64, 64))
+  frame_sizes: tuple[tuple[int, int], ...] = ((24, 25), (64, 64))
   particles_per_px: float = 1 / 400
   min_max_particles: int = 2
   reference_area: int = 600
@@ -200,7 +204,7 @@ def config():
   block.pmt_alpha = defaults.pmt_alpha  # PMT Gamma rate (gain 3/alpha), log-uniform
   block.pmt_dark_sigma = defaults.pmt_dark_sigma  # PMT dark noise sd, output units
   block.pmt_offset = defaults.pmt_offset  # PMT dark offset, output units, uniform
-  block.frame_sizes = "24x25,32x32,48x48,64x64"  # HxW cycled by step (repeat to weight)
+  block.frame_sizes = "24x25,64x64"  # HxW cycled by step (repeat one to weight it)
   block.particles_per_px = defaults.particles_per_px  # max QDs per frame per px of area
   block.min_max_particles = defaults.min_max_particles  # a frame may hold at least 0..this
   block.reference_area = defaults.reference_area  # presence loss scaled by this / (h*w)

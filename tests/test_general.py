@@ -7,12 +7,14 @@ import jax
 import numpy as np
 import pytest
 
-from qdjax import inference, presets
+from qdjax import inference, presets, train
 from qdjax import locate as locate_lib
 from qdjax import prior as prior_lib
+from qdjax.benchmarks.train import load_config
 
-# Two small sizes, so each compiles fast; 2 QD slots at 12 x 13, 3 at 20 x 18.
+# Small frames, so the one compiled draw is fast; 2 QD slots at 12 x 13.
 PRIOR = prior_lib.Prior(frame_sizes=((12, 13), (20, 18)), particles_per_px=1 / 120)
+SIZE = (12, 13)
 FRAMES = 48
 
 
@@ -23,16 +25,13 @@ def base():
 
 @pytest.fixture(scope="module")
 def batches(base):
-  """Two draws of step 3 and one of step 4, per size; and the values drawn for step 3."""
+  """Step 3 drawn twice, step 4, and the values drawn for step 3."""
   key = jax.random.key(11)
-  out = {}
-  for h, w in PRIOR.frame_sizes:
-    draw = lambda step, h=h, w=w: jax.device_get(
-      prior_lib.simulate_batch(jax.random.fold_in(key, step), PRIOR, base, h, w, FRAMES)
-    )
-    values = prior_lib.sample_values(jax.random.split(jax.random.fold_in(key, 3))[0], PRIOR, FRAMES)
-    out[(h, w)] = (draw(3), draw(3), draw(4), jax.device_get(values))
-  return out
+  draw = lambda step: jax.device_get(
+    prior_lib.simulate_batch(jax.random.fold_in(key, step), PRIOR, base, *SIZE, FRAMES)
+  )
+  values = prior_lib.sample_values(jax.random.split(jax.random.fold_in(key, 3))[0], PRIOR, FRAMES)
+  return draw(3), draw(3), draw(4), jax.device_get(values)
 
 
 def test_values_stay_in_their_ranges_with_the_stated_distributions():
@@ -63,46 +62,58 @@ def test_values_stay_in_their_ranges_with_the_stated_distributions():
   assert PRIOR.background_ratio[0] < 0.05 and ratio < PRIOR.background_ratio[1]
 
 
-def test_a_batch_depends_only_on_its_step_and_has_the_sizes_shapes(batches):
-  for (h, w), (first, again, other, _) in batches.items():
-    slots = PRIOR.max_particles(h, w)
-    assert first.counts.shape == (FRAMES, h, w)
-    assert first.keypoints.shape == (FRAMES, slots, 2)
-    for name in ("counts", "keypoints", "present", "diffusion"):
-      np.testing.assert_array_equal(getattr(first, name), getattr(again, name))
-    assert not np.array_equal(first.counts, other.counts)
-    # 0 .. slots QDs per frame: empty frames and full ones both occur.
-    counts = first.present.sum(axis=1)
-    assert counts.min() == 0 and counts.max() == slots, counts
-    x, y = first.keypoints[..., 0], first.keypoints[..., 1]
-    assert np.all(np.isnan(x[~first.present]))
-    inside = (x >= -0.5) & (x <= w - 0.5) & (y >= -0.5) & (y <= h - 0.5)
-    assert np.all(inside[first.present])
+def test_a_batch_depends_only_on_its_step_and_each_size_has_its_shapes(base, batches):
+  first, again, other, _ = batches
+  for name in ("counts", "keypoints", "present", "diffusion"):
+    np.testing.assert_array_equal(getattr(first, name), getattr(again, name))
+  assert not np.array_equal(first.counts, other.counts)
+  h, w = SIZE
+  slots = PRIOR.max_particles(h, w)
+  # 0 .. slots QDs per frame: empty frames and full ones both occur.
+  counts = first.present.sum(axis=1)
+  assert counts.min() == 0 and counts.max() == slots, counts
+  x, y = first.keypoints[..., 0], first.keypoints[..., 1]
+  assert np.all(np.isnan(x[~first.present]))
+  inside = (x >= -0.5) & (x <= w - 0.5) & (y >= -0.5) & (y <= h - 0.5)
+  assert np.all(inside[first.present])
+  # Steps cycle through the sizes; a larger frame holds more QD slots.
+  assert [PRIOR.frame_size(s) for s in range(3)] == [(12, 13), (20, 18), (12, 13)]
+  for size in PRIOR.frame_sizes:
+    shapes = jax.eval_shape(
+      lambda key, size=size: prior_lib.draw(key, PRIOR, base, *size, FRAMES), jax.random.key(0)
+    )
+    assert shapes.counts.shape == (FRAMES, *size)
+    assert shapes.keypoints.shape == (FRAMES, PRIOR.max_particles(*size), 2)
+  assert PRIOR.max_particles(20, 18) == 3 > slots == 2
 
 
 def test_each_frame_is_drawn_with_its_own_values_and_detector(batches):
   pmt = np.asarray(prior_lib.is_pmt(PRIOR, FRAMES))
   assert 0 < pmt.sum() < FRAMES
-  for frames, _, _, values in batches.values():
-    np.testing.assert_allclose(frames.diffusion, values["diffusion_um2_s"], rtol=1e-6)
-    # Far from every QD the expected image is the frame's own background B.
-    floor = frames.expected.min(axis=(1, 2))
-    close = np.isclose(floor, values["background_photons"], rtol=1e-3, atol=1e-3)
-    assert close.mean() > 0.9, (floor, values["background_photons"])
-    counts = frames.counts.reshape(FRAMES, -1)
-    expected = frames.expected.reshape(FRAMES, -1)
-    # Poisson frames are photon counts; PMT frames are offset + 3 e / alpha on average,
-    # with variance 12 e / alpha^2 + dark^2 per pixel (SPEC 7).
-    assert np.all(counts[~pmt] == np.round(counts[~pmt]))
-    alpha, dark, offset = (
-      values[k][pmt, None] for k in ("pmt_alpha", "pmt_dark_sigma", "pmt_offset")
-    )
-    mean = offset + 3 * expected[pmt] / alpha
-    var = 12 * expected[pmt] / alpha**2 + dark**2
-    z = (counts[pmt] - mean).sum(axis=1) / np.sqrt(var.sum(axis=1))
-    assert np.all(np.abs(z) < 5), z
-    z_poisson = (counts[~pmt] - expected[~pmt]).sum(axis=1) / np.sqrt(expected[~pmt].sum(axis=1))
-    assert np.all(np.abs(z_poisson) < 5), z_poisson
+  frames, _, _, values = batches
+  np.testing.assert_allclose(frames.diffusion, values["diffusion_um2_s"], rtol=1e-6)
+  # Far from every QD the expected image is the frame's own background B.
+  floor = frames.expected.min(axis=(1, 2))
+  close = np.isclose(floor, values["background_photons"], rtol=1e-3, atol=1e-3)
+  assert close.mean() > 0.9, (floor, values["background_photons"])
+  counts = frames.counts.reshape(FRAMES, -1)
+  expected = frames.expected.reshape(FRAMES, -1)
+  # Poisson frames are photon counts; PMT frames are offset + 3 e / alpha on average, with
+  # variance 12 e / alpha^2 + dark^2 per pixel (SPEC 7), each with its own frame's values.
+  assert np.all(counts[~pmt] == np.round(counts[~pmt]))
+  assert not np.all(counts[pmt] == np.round(counts[pmt]))
+  alpha, dark, offset = (
+    values[k][pmt, None] for k in ("pmt_alpha", "pmt_dark_sigma", "pmt_offset")
+  )
+  mean = offset + 3 * expected[pmt] / alpha
+  var = 12 * expected[pmt] / alpha**2 + dark**2
+  z = (counts[pmt] - mean).sum(axis=1) / np.sqrt(var.sum(axis=1))
+  assert np.all(np.abs(z) < 5), z
+  z_poisson = (counts[~pmt] - expected[~pmt]).sum(axis=1) / np.sqrt(expected[~pmt].sum(axis=1))
+  assert np.all(np.abs(z_poisson) < 5), z_poisson
+  # Frames are bright and dim: the photon levels span the prior's range.
+  peak = values["peak_photons"]
+  assert peak.min() < 3 and peak.max() > 15, peak
 
 
 def test_bad_prior_values_are_one_line_errors():
@@ -119,31 +130,31 @@ def test_bad_prior_values_are_one_line_errors():
   assert prior_lib.from_config(prior_lib.config()) == prior_lib.Prior()
 
 
-# The GPU run's command (experiments/configs/general.py, then export_pretrained), shrunk.
-TINY = [
-  "--config=experiments/configs/general.py",
-  "--config.model.name=tiny",
-  "--config.num_steps=2",
-  "--config.batch_size=8",
-  "--config.warmup_steps=1",
-  "--config.validation_size=8",
-  "--config.log_every=1",
-  "--config.eval_every=2",
-  "--config.checkpoint_every=2",
-  "--config.prior.frame_sizes=12x13,16x16",
-  "--config.progress=False",
-]
-
-
-def test_general_config_trains_exports_and_locates_end_to_end(tmp_path, script):
+def test_general_config_trains_exports_and_locates_end_to_end(tmp_path):
+  """experiments/configs/general.py, then export_pretrained and load: the GPU run, shrunk."""
+  config = load_config("general")
+  for name, value in {
+    "num_steps": 2,
+    "batch_size": 8,
+    "warmup_steps": 1,
+    "validation_size": 8,
+    "validation_splits": "val_d1,invivo:val_d1",
+    "log_every": 1,
+    "eval_every": 2,
+    "checkpoint_every": 2,
+    "progress": False,
+  }.items():
+    config[name] = value
+  config.model.name = "tiny"
+  config.prior.frame_sizes = "12x13"
   workdir = tmp_path / "general"
-  result = script("train.py", *TINY, f"--workdir={workdir}")
-  assert result.returncode == 0, result.stderr
+  result = train.train_and_evaluate(config, workdir)
+  assert set(result["auc_by_split"]) == {"val_d1", "invivo:val_d1"}
   records = [json.loads(line) for line in (workdir / "metrics.jsonl").read_text().splitlines()]
   assert [r["step"] for r in records if "loss" in r] == [1, 2]
   assert all(np.isfinite(r["loss"]) for r in records if "loss" in r)
   run = json.loads((workdir / "run.json").read_text())
-  assert run["sim_params"]["prior"]["frame_sizes"] == [[12, 13], [16, 16]]
+  assert run["sim_params"]["prior"]["frame_sizes"] == [[12, 13]]
   shipped = inference.export_pretrained(workdir, tmp_path / "shipped")
   info = json.loads((shipped / inference.CONFIG).read_text())
   assert info["training_config"]["data"] == "prior"
