@@ -3,6 +3,7 @@ r"""Throughput benchmarks; prints and writes JSON.
   python experiments/bench.py --what=simulate --output=bench_simulate.json
   python experiments/bench.py --what=train
   python experiments/bench.py --what=locate
+  python experiments/bench.py --what=diffusion   # per-track D accuracy of whole pipelines
 
 Timings are medians of repeats; ratios are measured side by side in the same run.
 """
@@ -14,7 +15,9 @@ from absl import app, flags
 
 from qdjax import cli, io
 
-_WHAT = flags.DEFINE_enum("what", "simulate", ["simulate", "train", "locate"], "What to measure.")
+_WHAT = flags.DEFINE_enum(
+  "what", "simulate", ["simulate", "train", "locate", "diffusion"], "What to measure."
+)
 _OUTPUT = flags.DEFINE_string("output", None, "JSON output path (default: bench_<what>.json).")
 _REPEATS = flags.DEFINE_integer(
   "repeats", 5, "Timed repeats per measurement (median).", lower_bound=1

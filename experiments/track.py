@@ -41,6 +41,9 @@ _MAX_DIFFUSION = flags.DEFINE_float(
 )
 _MEMORY = flags.DEFINE_integer("memory", 3, "Frames a track may skip (blinks).", lower_bound=0)
 _MIN_FRAMES = flags.DEFINE_integer("min_frames", 5, "Shortest track given a D.", lower_bound=3)
+_MIN_SCORE = flags.DEFINE_float(
+  "min_score", None, "Drop detections scoring below this (trackpy: mass) before linking."
+)
 _CHUNK = flags.DEFINE_integer("chunk", 256, "Frames per chunk (bounds memory).", lower_bound=1)
 _PLOT = flags.DEFINE_bool("plot", False, "Also draw tracks and MSD curves (<output>.png).")
 
@@ -64,6 +67,7 @@ def main(argv):
     memory=_MEMORY.value,
     min_frames=_MIN_FRAMES.value,
     chunk=_CHUNK.value,
+    min_score=_MIN_SCORE.value,
     plot_path=plot,
   )
   ens = summary["ensemble"]

@@ -244,6 +244,7 @@ def track_file(
   memory: int = 3,
   min_frames: int = 5,
   chunk: int = 256,
+  min_score: float | None = None,
   plot_path: str | None = None,
   progress: bool = True,
 ) -> dict:
@@ -260,6 +261,7 @@ def track_file(
     memory: frames a track may skip (blinks, misses).
     min_frames: shortest track that gets a D.
     chunk: frames per localiser call (bounds memory).
+    min_score: drop detections scoring below this before linking.
     plot_path: PNG of the tracks over the mean frame and their MSD curves.
 
   Returns:
@@ -284,6 +286,8 @@ def track_file(
     raise ValueError(f"max_diffusion must be a positive number, got {max_diffusion}")
   reach = search_range_px(max_diffusion, analysis.frame_interval_s, analysis.pixel_size_um)
   detections, mean_frame = detect(frames, locator, chunk, progress)
+  if min_score is not None:
+    detections = detections[detections["score"] >= min_score].reset_index(drop=True)
   tracks = link(detections, reach, memory)
   table = estimate(tracks, analysis)
   io.write_csv(tracks_path, tracks, {"x": "%.4f", "y": "%.4f", "score": "%.6g"})
