@@ -1,4 +1,4 @@
-r"""Fit the paper preset's N, B, D1 and D2 to the study's TrackPy row (SPEC section 2).
+r"""Fit the paper preset's N, B, D1 and D2 to the study's TrackPy row (docs/spec.md, section 2).
 
   python experiments/calibrate.py
   python experiments/calibrate.py --output=/tmp/paper.json --config.fine_budget_s=60

@@ -4,7 +4,7 @@ r"""The paper's table reproduced: trackpy, MLE and the model on the study-sized 
   python experiments/evaluate.py --methods=trackpy,mle --scale=0.05 --output_dir=/tmp/ev
   python experiments/evaluate.py --workdir=workdirs/run1
 
-Prints the SPEC section-3 table (the study's rows beside ours) and a localisation table
+Prints the section-3 table of docs/spec.md (the study's rows beside ours) and a localisation table
 (RMSE, bias, Jaccard, RMSE over the Cramer-Rao bound), and writes table.md, table.json
 and pr_curves.png into --output_dir.
 """

@@ -11,14 +11,14 @@ chunks of --chunk frames: memory is bounded by one chunk.
 
 from absl import app, flags
 
-from qdjax import cli, inference
+from qdjax import cli, inference, locator, presets
 from qdjax import locate as locate_lib
 
-_METHOD = flags.DEFINE_enum("method", "model", list(locate_lib.METHODS), "Localisation method.")
+_METHOD = flags.DEFINE_enum("method", "model", list(locator.METHODS), "Localisation method.")
 _WORKDIR = flags.DEFINE_string(
   "workdir", None, "Training workdir of a model; default: a model shipped with qdjax (--model)."
 )
-_MODEL = flags.DEFINE_enum("model", None, list(inference.MODELS), locate_lib.MODEL_HELP)
+_MODEL = flags.DEFINE_enum("model", None, list(inference.MODELS), locator.MODEL_HELP)
 _INPUT = flags.DEFINE_string("input", None, "Frames: .npy, .npz or .tif.", required=True)
 _OUTPUT = flags.DEFINE_string("output", None, "CSV to write.", required=True)
 _MIN_SCORE = flags.DEFINE_float("min_score", None, "Drop detections scoring below this.")
@@ -29,13 +29,15 @@ _PLOT = flags.DEFINE_bool("plot", False, "Also draw detections on the first fram
 @cli.one_line_errors
 def main(argv):
   cli.check_no_extra_args(argv)
-  locator = locate_lib.make_locator(_METHOD.value, _WORKDIR.value, model=_MODEL.value)
+  locate = locator.make(
+    _METHOD.value, workdir=_WORKDIR.value, model=_MODEL.value, preset=presets.get("paper")
+  )
   output = _OUTPUT.value
   plot = (output.rsplit(".", 1)[0] + ".png") if _PLOT.value else None
   n = locate_lib.locate_file(
     _INPUT.value,
     output,
-    locator,
+    locate,
     chunk=_CHUNK.value,
     min_score=float("-inf") if _MIN_SCORE.value is None else _MIN_SCORE.value,
     plot_path=plot,

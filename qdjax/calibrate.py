@@ -1,4 +1,6 @@
-"""Fits the ``paper`` preset so that qdjax's trackpy row matches the study's (SPEC section 2).
+"""Fits the ``paper`` preset so that qdjax's trackpy row matches the study's.
+
+The calibration of docs/spec.md, section 2.
 
 The fitted values are N (``peak_photons``), B (``background_photons``), D1 and D2, with
 D3 = 10 D1. The objective is the largest absolute gap, over the nine cells (three regimes
@@ -17,13 +19,13 @@ The search runs coarse to fine:
    interpolated linearly in log D, so every (D1, D2) on a fine grid with
    D1 <= D2 <= D3 is scored without new runs.
 2. **Fine.** A (1+1) evolution strategy in log N, log B, log D1, log D2 at the full
-   validation size, from the best of the top coarse candidates and SPEC's first probe
-   (N=3, B=4, D=0.3/1.5/3). Every trial moves all coordinates at once, which a worst-cell
-   objective needs: its valleys run diagonally (raising D1 lowers the epsilon-1 cell
-   that is too high and the epsilon-3 cell that is too low together), and a search along
-   one axis at a time stalled in them.
+   validation size, from the best of the top coarse candidates and the first probe of
+   docs/spec.md, section 2 (N=3, B=4, D=0.3/1.5/3). Every trial moves all coordinates at
+   once, which a worst-cell objective needs: its valleys run diagonally (raising D1 lowers
+   the epsilon-1 cell that is too high and the epsilon-3 cell that is too low together),
+   and a search along one axis at a time stalled in them.
 3. **Freed.** Only if the fine fit misses the target: the same search with ``margin_px``,
-   ``z_range_um`` and ``sigma_z_um`` freed as well (SPEC section 2 allows these, since the
+   ``z_range_um`` and ``sigma_z_um`` freed as well (docs/spec.md, section 2, allows these, since the
    study never states them). A value counts as freed only if the best fit moved it.
 
 trackpy's settings are tuned on the validation frames: at every coarse candidate and at
@@ -58,7 +60,7 @@ from qdjax.evaluate import STUDY
 
 STUDY_TRACKPY = np.asarray(STUDY["TrackPy"], np.float64)  # [3 regimes, 3 epsilons]
 
-# The values SPEC section 2 lets the fit free, at the first probe's values (sigma_z by the
+# The values docs/spec.md, section 2, lets the fit free, at the first probe's values (sigma_z by the
 # reconstruction rule). A calibration starts from these, never from an earlier fit.
 FREEABLE_START = {"margin_px": 2.0, "z_range_um": 0.3, "sigma_z_um": 0.6}
 D3_OVER_D1 = 10.0
@@ -76,7 +78,7 @@ class Candidate:
 
   Attributes:
     point: sorted ((name, value), ...): ``peak_photons``, ``background_photons``, ``d1``,
-      ``d2`` and any freed SPEC value.
+      ``d2`` and any freed value.
   """
 
   point: tuple[tuple[str, float], ...]
@@ -93,7 +95,7 @@ class Candidate:
 
   @property
   def values(self) -> dict[str, float]:
-    """SPEC-named simulation values (everything but the diffusion coefficients)."""
+    """The simulation values, named as in docs/spec.md (all but the diffusion coefficients)."""
     return {k: v for k, v in self.point if k not in ("d1", "d2")}
 
   @property
@@ -385,7 +387,7 @@ def calibrate(config, output: str | None, command: str, progress: bool = True) -
 
   coarse = coarse_search(scores, config, progress)
   logging.info("coarse stage: %.0f s", time.monotonic() - start_time)
-  # The fine search starts from the best coarse candidates and SPEC's first probe, scored
+  # The fine search starts from the best coarse candidates and the spec's first probe, scored
   # at the fine size with the diameter tuned; it then keeps that diameter (3x fewer
   # trackpy runs per trial), which the full-grid tuning at the end checks.
   starts = [c for _, c in coarse[: config.fine_starts]]
@@ -436,7 +438,7 @@ def calibrate(config, output: str | None, command: str, progress: bool = True) -
       "freed",
     )
     history += history_freed
-    # Freeing must beat the sampling noise of a cell (about 0.02 at 666 frames), or SPEC's
+    # Freeing must beat the sampling noise of a cell (about 0.02 at 666 frames), or the preset's
     # values stay: a 1 % nudge of the margin that shifts the worst cell by 0.005 is not a
     # fit, just another draw of the same frames.
     if best_freed.max_abs_gap < best.max_abs_gap - config.free_min_gain:
@@ -449,7 +451,7 @@ def calibrate(config, output: str | None, command: str, progress: bool = True) -
           "max_abs_gap": best_freed.key[0],
         }
       )
-    # Only values that moved from SPEC's are reported as freed.
+    # Only values that moved from the preset's are reported as freed.
     freed = [
       name
       for name, value in FREEABLE_START.items()
@@ -459,7 +461,7 @@ def calibrate(config, output: str | None, command: str, progress: bool = True) -
   # Check the restricted trackpy tuning against the full grid at the final point.
   candidate = best.candidate
   values = {k: v for k, v in candidate.values.items() if k not in FREEABLE_START or k in freed}
-  # Score exactly what is written: freeable values that did not move are SPEC's anyway.
+  # Score exactly what is written: freeable values that did not move are the preset's anyway.
   sets = [
     scores.frames(candidate.values, d, k + 1, fine_size) for k, d in enumerate(candidate.regimes)
   ]

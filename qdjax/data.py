@@ -7,13 +7,13 @@ frame for frame. Training does not use this module: it simulates on the device.
 
 from __future__ import annotations
 
+import functools
 import json
 
-import jax
 import numpy as np
 from tqdm.auto import tqdm
 
-from qdjax import simulate
+from qdjax import chunks, simulate
 
 
 def generate(
@@ -27,7 +27,8 @@ def generate(
 ) -> dict[str, np.ndarray]:
   """Frames ``start .. start+num_images-1`` of the dataset with this seed, as NumPy arrays.
 
-  Chunks have a fixed size (the last is padded and trimmed) so one compilation serves all.
+  Frames are drawn in chunks of ``chunk`` (the last one padded and trimmed), so one
+  compilation serves a whole dataset.
 
   Returns:
     dict with images [n, h, w] f32, expected [n, h, w] f32, keypoints [n, P, 2] f32 (NaN
@@ -35,44 +36,27 @@ def generate(
   """
   if num_images < 0:
     raise ValueError(f"num_images must be >= 0, got {num_images}")
-  chunk = max(1, min(chunk, num_images))
-  parts = []
-  bar = tqdm(
-    total=num_images,
-    unit="frame",
-    disable=not progress,
-    desc=progress if isinstance(progress, str) else "simulate",
-  )
-  for offset in range(0, num_images, chunk):
-    indices = np.arange(start + offset, start + offset + chunk)
-    frames = jax.device_get(simulate.simulate_indices(seed, params, indices))
-    keep = min(chunk, num_images - offset)
-    parts.append(jax.tree.map(lambda x, keep=keep: np.asarray(x)[:keep], frames))
-    bar.update(keep)
-  bar.close()
-  h, w, p = params.height, params.width, params.max_particles
-  if not parts:
-    return {
-      "images": np.zeros((0, h, w), np.float32),
-      "expected": np.zeros((0, h, w), np.float32),
-      "keypoints": np.zeros((0, p, 2), np.float32),
-      "present": np.zeros((0, p), bool),
-      "z": np.zeros((0, p), np.float32),
-      "diffusion": np.zeros((0,), np.float32),
-    }
-  cat = lambda name: np.concatenate([getattr(f, name) for f in parts])
+  desc = progress if isinstance(progress, str) else "simulate"
+  with tqdm(total=num_images, unit="frame", disable=not progress, desc=desc) as bar:
+    frames = chunks.map_chunks(
+      functools.partial(simulate.simulate_indices, seed, params),
+      np.arange(start, start + num_images),
+      chunk,
+      powers_of_two=False,  # a dataset is drawn once: no rows wasted on padding
+      progress=bar,
+    )
   return {
-    "images": cat("counts").astype(np.float32),
-    "expected": cat("expected").astype(np.float32),
-    "keypoints": cat("keypoints").astype(np.float32),
-    "present": cat("present").astype(bool),
-    "z": cat("z").astype(np.float32),
-    "diffusion": cat("diffusion").astype(np.float32),
+    "images": frames.counts.astype(np.float32),
+    "expected": frames.expected.astype(np.float32),
+    "keypoints": frames.keypoints.astype(np.float32),
+    "present": frames.present.astype(bool),
+    "z": frames.z.astype(np.float32),
+    "diffusion": frames.diffusion.astype(np.float32),
   }
 
 
 def params_record(params: simulate.Params, preset=None) -> dict:
-  """The ``params`` JSON of SPEC section 6: every section-1 value, plus the preset's
+  """The ``params`` JSON of docs/spec.md, section 6: every section-1 value, plus the preset's
   regimes, train_diffusion, epsilons_px and provenance."""
   record = params.to_dict()
   if preset is not None:

@@ -1,4 +1,6 @@
-"""The paper's table, reproduced: every method on the study-sized test sets (SPEC 3-5).
+"""The paper's table, reproduced: every method on the study-sized test sets.
+
+Sections 3-5 of docs/spec.md.
 
 ``run(config)`` draws the three test splits (``data.load_split(preset, 'test_dk')``:
 2570 / 2410 / 1870 frames at scale 1, fixed seeds), runs each method on them, and scores
@@ -7,8 +9,8 @@ section-3 table (Markdown and JSON, the study's rows beside ours), the localisat
 (RMSE and bias of matched detections, Jaccard at the best-F1 threshold, RMSE over the
 Cramer-Rao bound) and the precision-recall curves.
 
-A method is a callable ``images [n, h, w] float32 -> list of n arrays [k, 3] (x, y,
-score)``: ``baselines.make('trackpy' | 'mle')`` or ``inference.load(workdir)``. trackpy's
+A method is a ``qdjax.locator.Locator``, built by ``locator.make``: ``images [n, h, w]
+float32 -> list of n arrays [k, 3] (x, y, score)``. trackpy's
 settings are tuned on the val_d1..3 splits (or taken from the calibration, which tuned
 them on the same splits), never on a test split.
 """
@@ -16,7 +18,6 @@ them on the same splits), never on a test split.
 from __future__ import annotations
 
 import dataclasses
-import inspect
 import json
 import time
 from pathlib import Path
@@ -24,14 +25,13 @@ from pathlib import Path
 import numpy as np
 from tqdm.auto import tqdm
 
-from qdjax import data, io, metrics, presets
+from qdjax import data, io, locator, metrics, presets
 
-# The study's table (SPEC section 3): AUC per regime (D1, D2, D3) at epsilon 1, 2, 3 px.
+# The study's table (docs/spec.md, section 3): AUC per regime (D1, D2, D3) at epsilon 1, 2, 3 px.
 STUDY = {
   "TrackPy": ((0.06, 0.42, 0.73), (0.04, 0.30, 0.61), (0.02, 0.19, 0.47)),
   "Keypoint R-CNN (paper)": ((0.48, 0.91, 0.99), (0.41, 0.87, 0.98), (0.26, 0.72, 0.92)),
 }
-METHODS = ("trackpy", "mle", "model")
 REGIMES = (1, 2, 3)
 
 
@@ -129,7 +129,7 @@ class Evaluation:
     return [f"D{k} e{e:g}" for k in REGIMES for e in self.epsilons_px]
 
   def table_markdown(self) -> str:
-    """The SPEC section-3 table, the study's rows first."""
+    """The section-3 table of docs/spec.md, the study's rows first."""
     head = "| method | " + " | ".join(self.columns()) + " |"
     lines = [head, "|---|" + "---|" * len(self.columns())]
     for name, rows in STUDY.items():
@@ -217,18 +217,15 @@ def parse_methods(text) -> list[str]:
   """'trackpy,mle' -> ['trackpy', 'mle'], checking every name."""
   names = [m.strip() for m in (text.split(",") if isinstance(text, str) else text) if m.strip()]
   if not names:
-    raise ValueError("--methods is empty; give some of: " + ", ".join(METHODS))
-  for name in names:
-    if name not in METHODS:
-      raise ValueError(f"unknown method {name!r}; known: {', '.join(METHODS)}")
-  return list(dict.fromkeys(names))
+    raise ValueError("--methods is empty; give some of: " + ", ".join(locator.METHODS))
+  return list(dict.fromkeys(locator.check_method(name) for name in names))
 
 
 def load_model(workdir):
   """The detector from ``workdir`` (None: the shipped weights), or (None, notice).
 
   Returns:
-    (callable or None, notice or None).
+    (locator or None, notice or None).
 
   Raises:
     FileNotFoundError: ``workdir`` was given and does not exist.
@@ -236,15 +233,7 @@ def load_model(workdir):
   if workdir and not Path(workdir).is_dir():
     raise FileNotFoundError(f"--workdir does not exist: {workdir}")
   try:
-    from qdjax import inference
-  except ImportError:
-    if workdir:
-      raise ValueError(
-        f"--workdir={workdir} given but qdjax.inference is not available yet"
-      ) from None
-    return None, "skipping model: qdjax.inference is not available yet (no --workdir)"
-  try:
-    return inference.load(workdir=workdir or None), None
+    return locator.make("model", workdir=workdir or None), None
   except FileNotFoundError as e:
     if workdir:
       raise
@@ -281,21 +270,21 @@ def trackpy_settings(config, preset, progress=True):
 
 
 def make_methods(config, preset, progress=True):
-  """name -> callable for the configured methods, settings and notices.
+  """name -> locator for the configured methods, settings and notices.
 
   Returns:
-    (dict of callables, trackpy settings record or None, list of notices).
+    (dict of ``locator.Locator``, trackpy settings record or None, list of notices).
   """
-  from qdjax import baselines
-
   methods, notices, tp_record = {}, [], None
   for name in parse_methods(config.methods):
     if name == "trackpy":
       settings, source = trackpy_settings(config, preset, progress)
       tp_record = {**settings.to_dict(), "source": source}
-      methods[name] = baselines.make("trackpy", settings=settings, workers=config.trackpy_workers)
+      methods[name] = locator.make(
+        "trackpy", trackpy_settings=settings, workers=config.trackpy_workers
+      )
     elif name == "mle":
-      methods[name] = baselines.make("mle", score=config.mle_score)
+      methods[name] = locator.make("mle", score=config.mle_score)
     else:
       model, notice = load_model(config.workdir)
       if model is None:
@@ -303,19 +292,6 @@ def make_methods(config, preset, progress=True):
       else:
         methods[name] = model
   return methods, tp_record, notices
-
-
-def _locate(method, images, bar):
-  """Calls a method, passing the progress bar only to methods that take one."""
-  try:
-    takes_progress = "progress" in inspect.signature(method).parameters
-  except (TypeError, ValueError):
-    takes_progress = False
-  if takes_progress:
-    return method(images, progress=bar)
-  out = method(images)
-  bar.update(len(images))
-  return out
 
 
 def _check_detections(name, detections, n):
@@ -356,7 +332,7 @@ def run(config, progress: bool = True) -> Evaluation:
     for name, method in methods.items():
       bar = tqdm(total=n, desc=f"{name} on test_d{k}", unit="frame", disable=not progress)
       start = time.perf_counter()
-      detections = _check_detections(name, _locate(method, test["images"], bar), n)
+      detections = _check_detections(name, method(test["images"], progress=bar), n)
       seconds = time.perf_counter() - start
       bar.close()
       eps_reports = tuple(

@@ -5,10 +5,11 @@
     locator = inference.load("workdirs/x")  # the best checkpoint of a training run
     per_frame = locator(images)             # images [n, h, w] (any h, w): list of [k, 3]
 
-Each element of ``per_frame`` holds one frame's detections as rows (x, y, score) in SPEC
-coordinates (the centre of pixel (row 0, column 0) is (0, 0); x = column), sorted by
-descending score. The model is fully convolutional, so frames of any size are run as
-they are (no padding or resizing by the caller); one call takes frames of one size.
+Each element of ``per_frame`` holds one frame's detections as rows (x, y, score) in the
+coordinates of docs/spec.md, section 1 (the centre of pixel (row 0, column 0) is (0, 0);
+x = column), sorted by descending score. The model is fully convolutional, so frames of
+any size are run as they are (no padding or resizing by the caller); one call takes frames
+of one size.
 
 Shipped models live in ``qdjax/pretrained/<name>/``: ``weights.npz`` (the model's
 ``nnx.State`` as flat arrays named by their path, readable by NumPy alone) and
@@ -23,17 +24,17 @@ shipped, ``paper`` otherwise.
 from __future__ import annotations
 
 import json
-import math
+import zipfile
+import zlib
 from pathlib import Path
 from typing import Any
 
 import jax
 import jax.numpy as jnp
 import numpy as np
-import orbax.checkpoint as ocp
 from flax import nnx
 
-from qdjax import io
+from qdjax import checkpoint, chunks, io
 from qdjax import model as model_lib
 
 PRETRAINED_ROOT = Path(__file__).parent / "pretrained"
@@ -92,41 +93,6 @@ def _read_json(path: Path) -> dict:
     raise ValueError(f"{path} is not valid JSON ({e})") from None
 
 
-def _restore_best(workdir: Path, abstract_state) -> tuple[dict, dict]:
-  """The model state (pure dict) and validation record of a workdir's best checkpoint.
-
-  Raises:
-    FileNotFoundError: no best checkpoint.
-    ValueError: a corrupt checkpoint, or one of another model.
-  """
-  directory = (workdir / "best").absolute()
-  if not directory.is_dir():
-    raise FileNotFoundError(f"no best checkpoint in {workdir} (expected {directory})")
-  manager = ocp.CheckpointManager(directory, options=ocp.CheckpointManagerOptions(create=False))
-  step = manager.latest_step()
-  if step is None:
-    raise FileNotFoundError(f"no best checkpoint in {directory}")
-  device = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
-  target = jax.tree.map(
-    lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=device),
-    abstract_state.to_pure_dict(),
-  )
-  try:
-    restored = manager.restore(
-      step,
-      args=ocp.args.Composite(model=ocp.args.StandardRestore(target), meta=ocp.args.JsonRestore()),
-    )
-  except Exception as e:  # Orbax/TensorStore raise many types on a damaged directory
-    detail = str(e).strip().splitlines()[0][:200] if str(e).strip() else ""
-    raise ValueError(
-      f"checkpoint {directory}/{step} is corrupt or does not match its config.json "
-      f"({type(e).__name__}: {detail})"
-    ) from None
-  finally:
-    manager.close()
-  return restored["model"], restored["meta"]
-
-
 class Locator:
   """Callable detector: frames in, per-frame (x, y, score) arrays out.
 
@@ -170,10 +136,12 @@ class Locator:
 
     self._run = run
 
-  def detect(self, images, min_score: float | None = None) -> dict[str, np.ndarray]:
+  def detect(self, images, min_score: float | None = None, progress=None) -> dict[str, np.ndarray]:
     """Fixed-size detections of [n, h, w] frames: dict of [n, k] NumPy arrays
-    ``x``, ``y``, ``score``, ``valid`` (see ``model.decode``). A flat frame (all pixels
-    equal) has no valid detections."""
+    ``x``, ``y``, ``score``, ``valid`` (see ``model.decode``). Frames run in chunks of at
+    most ``chunk``, short stacks padded to a power of two so that calls of many lengths
+    share a few compilations; ``progress`` (a tqdm-like bar) advances by frames. A flat frame
+    (all pixels equal) has no valid detections."""
     images = np.asarray(images, np.float32)
     if images.ndim == 2:
       images = images[None]
@@ -184,31 +152,21 @@ class Locator:
     if not np.isfinite(images).all():
       raise ValueError("frames contain NaN or infinite pixels")
     threshold = jnp.float32(self.min_score if min_score is None else min_score)
-    parts = []
-    for start in range(0, len(images), self.chunk):
-      block = images[start : start + self.chunk]
-      n = len(block)
-      # Pad to a power of two (at most ``chunk``) so a stream of odd-sized calls reuses a
-      # few compilations instead of compiling one per length.
-      size = min(self.chunk, max(8, 1 << math.ceil(math.log2(n))))
-      if size > n:
-        block = np.concatenate([block, np.repeat(block[-1:], size - n, axis=0)])
-      out = jax.device_get(self._run(self._state, block, threshold))
-      parts.append({k: np.asarray(v)[:n] for k, v in out.items()})
-    if not parts:
-      k = self.decode_settings["max_detections"]
-      empty = np.zeros((0, k), np.float32)
-      return {"x": empty, "y": empty, "score": empty, "valid": empty.astype(bool)}
-    out = {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
+
+    def run(block):
+      return self._run(self._state, block, threshold)
+
+    out = chunks.map_chunks(run, images, self.chunk, progress=progress)
     # A frame without contrast (every pixel equal; any 1 x 1 frame) says nothing about where
     # a QD is: whatever the network scores there comes from its zero padding, not the data.
     flat = images.min(axis=(1, 2)) == images.max(axis=(1, 2))
     out["valid"] = out["valid"] & ~flat[:, None]
     return out
 
-  def __call__(self, images, min_score: float | None = None) -> list[np.ndarray]:
-    """[n, h, w] (or [h, w]) frames -> list of n float32 arrays [k_i, 3] (x, y, score)."""
-    return model_lib.to_lists(self.detect(images, min_score))
+  def __call__(self, images, progress=None, *, min_score: float | None = None) -> list[np.ndarray]:
+    """[n, h, w] (or [h, w]) frames -> list of n float32 arrays [k_i, 3] (x, y, score); a
+    ``qdjax.locator.Locator``."""
+    return model_lib.to_lists(self.detect(images, min_score, progress))
 
 
 def _model_config(config: dict) -> dict:
@@ -264,7 +222,7 @@ def load(
     try:
       with np.load(directory / WEIGHTS, allow_pickle=False) as f:
         weights = _unflatten({name: f[name] for name in f.files})
-    except Exception as e:  # zipfile/numpy errors on a damaged file
+    except (OSError, ValueError, EOFError, zipfile.BadZipFile, zlib.error) as e:  # damaged
       raise ValueError(f"cannot read {directory / WEIGHTS} ({type(e).__name__}: {e})") from None
     settings = {**info["decode"], **decode}
     return Locator(info["model"], settings, weights, min_score, chunk, info)
@@ -278,7 +236,7 @@ def load(
     raise FileNotFoundError(f"no such workdir: {directory}")
   config = _read_json(directory / "config.json")
   _, abstract_state = _abstract_model(_model_config(config))
-  weights, record = _restore_best(directory, abstract_state)
+  weights, record = checkpoint.restore_best(directory, abstract_state)
   info = {"workdir": str(directory), "config": config, "validation": record}
   settings = {**config["decode"], **decode}
   return Locator(_model_config(config), settings, weights, min_score, chunk, info)
@@ -301,7 +259,7 @@ def export_pretrained(workdir, out_dir=PRETRAINED_DIR, *, command: str | None = 
   config = _read_json(workdir / "config.json")
   model_config = _model_config(config)
   _, abstract_state = _abstract_model(model_config)
-  weights, record = _restore_best(workdir, abstract_state)
+  weights, record = checkpoint.restore_best(workdir, abstract_state)
   if command is None and (workdir / "run.json").is_file():
     command = _read_json(workdir / "run.json").get("command")
   result = _read_json(workdir / "result.json") if (workdir / "result.json").is_file() else None

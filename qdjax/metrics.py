@@ -1,4 +1,4 @@
-"""The one metric implementation used for every method (SPEC section 4).
+"""The one metric implementation used for every method (docs/spec.md, section 4).
 
 Detections are pooled over frames, sorted by score and greedily matched: a detection is a
 true positive if an unmatched ground truth of its own frame lies within L2 distance
@@ -27,7 +27,7 @@ class Detections:
 
   Attributes:
     frame: [m] int frame index of each detection.
-    xy: [m, 2] (x, y) px, SPEC coordinates.
+    xy: [m, 2] (x, y) px, docs/spec.md coordinates.
     score: [m] higher is more confident.
   """
 
@@ -69,7 +69,7 @@ class Matching:
 
 
 def match(detections: Detections, keypoints, present, epsilon: float) -> Matching:
-  """Greedy score-ordered matching (SPEC section 4).
+  """Greedy score-ordered matching (docs/spec.md, section 4).
 
   Args:
     detections: Detections; frame indices index ``keypoints``.

@@ -3,7 +3,7 @@
     net = model.create("small", rngs=nnx.Rngs(0))
     outputs = net(images)                  # images: [n, h, w] raw photon counts, any h, w
     found = model.decode(outputs, max_detections=4)
-    per_frame = model.to_lists(found)      # list of [k, 3] (x, y, score), SPEC coordinates
+    per_frame = model.to_lists(found)      # list of [k, 3] (x, y, score), docs/spec.md coordinates
 
 Design, and the measurements behind it ("mean AUC" = mean over the nine cells val_d1..3 x
 epsilon 1, 2, 3 px; 64k training frames unless stated):
@@ -236,7 +236,7 @@ class KeypointNet(nnx.Module):
 
 
 # Presets. ``tiny`` is for tests; ``small`` is the default; the others trade speed for
-# capacity (frames/s and AUCs in the issue-3 note).
+# capacity (their frames/s and AUCs: the design notes above, and ``bench.py --what=train``).
 PRESETS = {
   "tiny": functools.partial(
     KeypointNet,
@@ -406,7 +406,7 @@ def decode(
     min_score: candidates below this score are marked invalid.
 
   Returns:
-    dict of [n, k] arrays ``x``, ``y`` (px, SPEC coordinates), ``score`` and ``valid``
+    dict of [n, k] arrays ``x``, ``y`` (px, docs/spec.md coordinates), ``score`` and ``valid``
     (bool), sorted by score per frame.
   """
   logits, offsets = outputs["logits"], outputs["offsets"]

@@ -89,3 +89,30 @@ def tracks_figure(mean_frame, tracks, table, analysis, path, max_tracks: int = 3
   fig.tight_layout()
   io.save_figure(fig, path, dpi=110)
   plt.close(fig)
+
+
+def training_curves(records: list[dict], path) -> None:
+  """Training loss and validation AUC (per epsilon) against step, as a PNG.
+
+  Args:
+    records: a training run's metrics.jsonl records (``loss`` and ``val_auc`` entries).
+    path: PNG to write (atomically).
+  """
+  train = [r for r in records if "loss" in r]
+  val = [r for r in records if "val_auc" in r]
+  fig, (ax_loss, ax_auc) = plt.subplots(1, 2, figsize=(10, 3.8))
+  if train:
+    ax_loss.plot([r["step"] for r in train], [r["loss"] for r in train], lw=1)
+    ax_loss.set_yscale("log")
+  ax_loss.set(xlabel="step", ylabel="training loss", title="loss")
+  for eps in val[0]["val_auc"] if val else []:
+    steps = [r["step"] for r in val]
+    ax_auc.plot(steps, [r["val_auc"][eps] for r in val], marker="o", ms=3, label=f"eps {eps} px")
+  if val:
+    ax_auc.legend(fontsize=8)
+  ax_auc.set(
+    xlabel="step", ylabel="validation AUC", title="validation (pooled splits)", ylim=(0, 1)
+  )
+  fig.tight_layout()
+  io.save_figure(fig, path, dpi=100)
+  plt.close(fig)

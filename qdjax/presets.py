@@ -1,14 +1,15 @@
-"""Named, frozen parameter sets with one line of provenance per value (SPEC sections 2, 7).
+"""Named, frozen parameter sets with one line of provenance per value (docs/spec.md,
+sections 2 and 7).
 
 Anywhere a preset name is accepted, a path to a JSON *preset file* is accepted too
 (``get('microscope.json')``; see ``load_file`` for its keys).
 
 The ``paper`` preset reconstructs the 2023 study. Values the study states are fixed;
-values it omits follow SPEC's reconstruction rule. The fitted values (N, B, D1, D2 and
-any freed start-range or sigma_z) come from ``experiments/calibrate.py``, which writes
-``qdjax/calibration/<preset>.json``; when that file exists its values and provenance
-override the first-probe defaults below, so a new calibration drops in without a code
-change.
+values it omits follow the reconstruction rule of docs/spec.md, section 2. The fitted
+values (N, B, D1, D2 and any freed start-range or sigma_z) come from
+``experiments/calibrate.py``, which writes ``qdjax/calibration/<preset>.json``; when that
+file exists its values and provenance override the first-probe defaults below, so a new
+calibration drops in without a code change.
 """
 
 from __future__ import annotations
@@ -32,7 +33,7 @@ class Preset:
 
   Attributes:
     name: preset name.
-    values: SPEC-named simulation values (without ``diffusion_um2_s``).
+    values: spec-named simulation values (without ``diffusion_um2_s``).
     regimes: D1, D2, D3 in um^2/s, the three test experiments.
     train_diffusion: (lo, hi) um^2/s, log-uniform range for training.
     epsilons_px: the metric's distance thresholds.
@@ -56,7 +57,7 @@ class Preset:
     Args:
       diffusion: D in um^2/s, or a (lo, hi) log-uniform range. Default: the training range.
       regime: 1, 2 or 3 takes that experiment's D (instead of ``diffusion``).
-      **overrides: any SPEC-named value.
+      **overrides: any spec-named value.
     """
     if regime is not None:
       if diffusion is not None:
@@ -101,23 +102,24 @@ def _paper() -> Preset:
   provenance = {
     "height": "stated: 24 px tall (paper 4.1)",
     "width": "stated: 25 px wide (paper 4.1)",
-    "pixel_size_um": "reconstructed: 0.1 um (SPEC 2 rule; the value was lost in conversion)",
+    "pixel_size_um": "reconstructed: 0.1 um (spec section 2 rule; the value was lost in "
+    "conversion)",
     "dwell_s": "stated: 2 per pixel, unit inferred as us (paper 4.6.1)",
     "retrace_s": "stated: 1.1 ms (paper 4.6.1)",
     "substeps": "numerical: K=1 with the exact erf integral over the beam sweep; a QD moves "
     "<= 4 nm per 2 us dwell at D=3, so K=1 matches K=64 (tests/test_simulate.py)",
-    "sigma_xy_um": "reconstructed: 0.2 um (SPEC 2 rule; measured in vivo, Kutuzov 2018)",
-    "sigma_z_um": "reconstructed: 0.6 um (SPEC 2 rule)",
-    "peak_photons": "first probe (SPEC 2): N=3, pending calibrate.py",
-    "background_photons": "first probe (SPEC 2): B=4, pending calibrate.py",
-    "margin_px": "first probe (SPEC 2): 2 px, not stated by the study",
-    "z_range_um": "first probe (SPEC 2): +-0.3 um, not stated by the study",
+    "sigma_xy_um": "reconstructed: 0.2 um (spec section 2 rule; measured in vivo, Kutuzov 2018)",
+    "sigma_z_um": "reconstructed: 0.6 um (spec section 2 rule)",
+    "peak_photons": "first probe (spec section 2): N=3, pending calibrate.py",
+    "background_photons": "first probe (spec section 2): B=4, pending calibrate.py",
+    "margin_px": "first probe (spec section 2): 2 px, not stated by the study",
+    "z_range_um": "first probe (spec section 2): +-0.3 um, not stated by the study",
     "num_particles": "stated: exactly 1 QD per image (paper 4.1)",
     "detector": "stated: Poisson shot noise, PMT excess and read noise neglected (paper 3)",
-    "regimes": "first probe (SPEC 2): D1=0.3, D2=1.5, D3=10*D1 (ratio stated), pending "
+    "regimes": "first probe (spec section 2): D1=0.3, D2=1.5, D3=10*D1 (ratio stated), pending "
     "calibrate.py",
     "train_diffusion": "derived: log-uniform over [D1/2, 2*D3], covering the three regimes",
-    "epsilons_px": "reconstructed: 1, 2, 3 px = 0.1, 0.2, 0.3 um (SPEC 2 rule)",
+    "epsilons_px": "reconstructed: 1, 2, 3 px = 0.1, 0.2, 0.3 um (spec section 2 rule)",
     "split_sizes": "stated: 29838 train, tests 2570/2410/1870 (paper 4.1); validation ours",
     "pmt_alpha": "unused (Poisson detector); default: sl2pm's calibration, 0.44 per a.u.",
     "pmt_dark_sigma": "unused (Poisson detector); default: sl2pm's calibration, 8.1 a.u.",
@@ -206,7 +208,7 @@ def _invivo() -> Preset:
 
 
 def config_overrides(overrides, preset: Preset) -> dict[str, Any]:
-  """SPEC-named values from a config's ``overrides`` block (None keeps the preset's);
+  """spec-named values from a config's ``overrides`` block (None keeps the preset's);
   ``min_particles``/``max_particles`` combine into ``num_particles``."""
   values = {k: v for k, v in overrides.items() if v is not None}
   lo = values.pop("min_particles", None)
@@ -220,7 +222,7 @@ def config_overrides(overrides, preset: Preset) -> dict[str, Any]:
 def overrides_config():
   """The ``overrides`` block of the simulate and train configs.
 
-  Every SPEC-named value a run may set, each None (keep the preset's) until given, e.g.
+  Every spec-named value a run may set, each None (keep the preset's) until given, e.g.
   ``--config.overrides.peak_photons=5``.
   """
   from ml_collections import config_dict

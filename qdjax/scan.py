@@ -1,6 +1,6 @@
 """The beam raster of a laser-scanning microscope: when and where each pixel is recorded.
 
-Conventions (SPEC section 1):
+Conventions (docs/spec.md, section 1):
   * Row r (y, slow axis) starts at ``t_r = r * (width * dwell + retrace)``.
   * Pixel (r, c) is recorded during ``[t_r + c * dwell, t_r + (c + 1) * dwell)``.
   * During that dwell the beam sweeps at constant speed from ``x = (c - 1/2) a`` to

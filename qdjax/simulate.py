@@ -1,4 +1,4 @@
-"""Two-photon raster-scan frames of diffusing quantum dots (SPEC section 1).
+"""Two-photon raster-scan frames of diffusing quantum dots (docs/spec.md, section 1).
 
 Pure functions, keys first, in the style of jax-md:
 
@@ -31,7 +31,7 @@ _SQRT2 = math.sqrt(2.0)
 
 @struct.dataclass
 class Params:
-  """Everything that defines a simulated frame. Names follow SPEC section 1.
+  """Everything that defines a simulated frame. Names follow docs/spec.md, section 1.
 
   Geometry and particle counts are static (they set array shapes); every physical value
   is a traced leaf, so ``jax.grad`` can reach it. Build with ``make_params``, which
@@ -66,8 +66,8 @@ class Params:
     return self.num_particles[1]
 
   def to_dict(self) -> dict[str, Any]:
-    """Plain-Python values, named as in SPEC sections 1 and 7 (for JSON); the ``pmt_*``
-    values only when the detector is the PMT."""
+    """Plain-Python values, named as in docs/spec.md, sections 1 and 7 (for JSON); the
+    ``pmt_*`` values only when the detector is the PMT."""
     out = {}
     for f in dataclasses.fields(self):
       if f.name in PMT_FIELDS and self.detector != "pmt":
@@ -105,7 +105,7 @@ _FINITE = ("pmt_offset",)
 
 
 def make_params(**values) -> Params:
-  """Validated ``Params`` from SPEC-named values.
+  """Validated ``Params`` from spec-named values.
 
   ``diffusion_um2_s`` may be a number or a (lo, hi) pair. Unknown names are an error.
 
@@ -153,7 +153,7 @@ def make_params(**values) -> Params:
 
 
 def check_params(values: Mapping[str, Any]) -> None:
-  """Raises ValueError naming the first invalid value in a SPEC-named mapping."""
+  """Raises ValueError naming the first invalid value in a spec-named mapping."""
 
   def finite(name, v):
     try:
@@ -289,8 +289,9 @@ def expected_image(positions, active, params: Params):
 
   The QD is held at its sample position for each of the K slices of a dwell, and the
   Gaussian is integrated exactly over the beam's sweep across that slice (an erf
-  difference). With K -> infinity this is the SPEC's sampled mean; at finite K it is more
-  accurate, since the beam moves a full pixel per dwell while a QD moves nanometres.
+  difference). With K -> infinity this is the sampled mean of docs/spec.md, section 1; at
+  finite K it is more accurate, since the beam moves a full pixel per dwell while a QD
+  moves nanometres.
 
   Args:
     positions: [P, h, w, K, 3] um.

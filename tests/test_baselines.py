@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from qdjax import baselines, data, metrics, presets
+from qdjax import data, locator, metrics, presets
 from qdjax.baselines import mle
 from qdjax.baselines import trackpy as trackpy_baseline
 
@@ -30,7 +30,7 @@ def brightest(per_frame):
 
 def test_trackpy_is_sub_pixel_on_a_bright_static_spot():
   _, frames = static_frames(24, 1, 200.0, 1.0)
-  per_frame = baselines.make("trackpy", settings={"diameter": 9}, workers=1)(frames["images"])
+  per_frame = locator.make("trackpy", trackpy_settings={"diameter": 9}, workers=1)(frames["images"])
   assert all(d.shape == (1, 3) for d in per_frame)
   error = brightest(per_frame) - frames["keypoints"][:, 0]
   # Pixel-level rounding would give errors up to 0.5 px and an rms near 0.3 px.
@@ -132,6 +132,6 @@ def test_mle_returns_nothing_for_degenerate_fits():
   assert all(d.shape == (0, 3) for d in mle.Locator()(images))
   assert mle.Locator()(np.zeros((0, 24, 25), np.float32)) == []
   with pytest.raises(ValueError, match="score"):
-    baselines.make("mle", score="mass")
-  with pytest.raises(ValueError, match="unknown baseline"):
-    baselines.make("sl2pm")
+    locator.make("mle", score="mass")
+  with pytest.raises(ValueError, match="unknown method"):
+    locator.make("sl2pm")

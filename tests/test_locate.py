@@ -82,7 +82,7 @@ class FakeLocator:
   def __init__(self):
     self.calls = []
 
-  def __call__(self, images):
+  def __call__(self, images, progress=None):
     self.calls.append(len(images))
     out = []
     for image in images:
@@ -90,6 +90,8 @@ class FakeLocator:
       h, w = image.shape
       value = image[r, c]
       out.append(np.array([[0.0, 0.0, -1.0], [c, r, value], [w - 1, h - 1, value / 2]]))
+    if progress is not None:
+      progress.update(len(images))
     return out
 
 

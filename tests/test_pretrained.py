@@ -13,7 +13,7 @@ pytestmark = pytest.mark.skipif(
   not (inference.PRETRAINED_DIR / inference.WEIGHTS).exists(), reason="no shipped weights"
 )
 
-# Well below the measured values (issue-6 note: AUC at 3 px on test_d1..3), so that only a
+# Well below the measured values (results/paper_table.md: AUC at 3 px on test_d1..3), so that only a
 # broken model, decoder or coordinate convention fails.
 AUC_FLOOR_3PX = {"test_d1": 0.80, "test_d2": 0.65, "test_d3": 0.45}
 

@@ -146,7 +146,7 @@ def test_out_of_focus_dims_by_the_axial_gaussian():
 
 
 def test_exact_sweep_at_k1_equals_large_k_point_sampling():
-  """The SPEC's mean over K beam samples converges to the exact sweep integral."""
+  """The sampled mean over K beam samples converges to the exact sweep integral."""
   p = params(height=12, width=12, substeps=1)
   x0, y0 = 0.537, 0.612
   lam = simulate.expected_image(static_positions(p, (x0, y0)), jnp.array([True]), p)

@@ -18,7 +18,7 @@ def get_config():
   config.coarse_scale = 0.25  # coarse-stage frames per regime, fraction of a val_d* split
   config.coarse_d1_points = 25  # D1 values scored by interpolation per (N, B)
   config.coarse_d2_points = 13  # D2 values in [D1, 10 D1] scored per D1
-  config.fine_starts = 2  # best coarse candidates scored as starts (with SPEC's first probe)
+  config.fine_starts = 2  # best coarse candidates scored as starts (and the spec's first probe)
   config.fine_scale = 1.0  # fine-stage frames per regime, fraction of a val_d* split
   config.fine_budget_s = 540.0  # wall-time budget of the fine search, s
   config.target = 0.10  # max |gap| to reach; above it margin/z_range/sigma_z are freed

@@ -23,7 +23,7 @@ def get_config():
 
   # Simulation values that replace the preset's (None: keep), e.g. a microscope's own N and
   # B; used for training and validation frames alike.
-  config.overrides = presets.overrides_config()  # SPEC-named values; None keeps the preset's
+  config.overrides = presets.overrides_config()  # spec-named values; None keeps the preset's
 
   config.model = config_dict.ConfigDict()
   config.model.name = "small"  # preset in qdjax.model.PRESETS

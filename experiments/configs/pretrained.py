@@ -1,4 +1,4 @@
-"""The shipped model (qdjax/pretrained/paper): 300k simulated frames, the issue-6 budget.
+"""The shipped model (qdjax/pretrained/paper): 300k simulated frames.
 
     python experiments/train.py --config=experiments/configs/pretrained.py \
         --workdir=workdirs/pretrained

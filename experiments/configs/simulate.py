@@ -1,6 +1,6 @@
 """Settings of experiments/simulate.py: a preset and optional overrides of its values.
 
-Override any SPEC-named value, e.g. ``--config.overrides.peak_photons=5``. Unset (None)
+Override any spec-named value, e.g. ``--config.overrides.peak_photons=5``. Unset (None)
 overrides keep the preset's value.
 """
 
@@ -12,5 +12,5 @@ from qdjax import presets
 def get_config():
   config = config_dict.ConfigDict()
   config.preset = "paper"  # named parameter set (qdjax.presets)
-  config.overrides = presets.overrides_config()  # SPEC-named values, None keeps the preset's
+  config.overrides = presets.overrides_config()  # spec-named values, None keeps the preset's
   return config

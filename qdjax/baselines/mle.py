@@ -5,7 +5,7 @@ The model is the anisotropic, rotated Gaussian of the sl2pm package,
     lambda(x, y) = b + A exp(-u^2 / (2 sx^2) - v^2 / (2 sy^2)),
     u = cos(t) (x - x0) + sin(t) (y - y0),   v = -sin(t) (x - x0) + cos(t) (y - y0),
 
-at pixel centres (SPEC coordinates), with counts ~ Poisson(lambda). The seven parameters
+at pixel centres (docs/spec.md coordinates), with counts ~ Poisson(lambda). The seven parameters
 (b, A, x0, y0, sx, sy, t) are fitted in an unconstrained parameterisation: log b, log A,
 x0, y0 as they are, sx and sy squashed by a sigmoid into [sigma_min, sigma_max] px, and
 t free (the model is periodic in it). The fit is Levenberg-Marquardt with Fisher scoring:
@@ -48,6 +48,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from qdjax import chunks
+
 # Measured with experiments/evaluate-style validation sets; see the module docstring.
 SCORE_CHOICE = "llr"
 SCORES = ("llr", "snr")
@@ -62,7 +64,7 @@ class Config:
     sigma_px: the start's spot width and the smoothing width, px.
     sigma_min, sigma_max: bounds of sx and sy, px.
     iterations: Levenberg-Marquardt steps (fixed, for one compiled loop).
-    chunk: frames per compiled call (the last chunk is padded).
+    chunk: the most frames per compiled call.
     score: 'llr' (log-likelihood ratio vs flat background) or 'snr' (A / SE(A)).
   """
 
@@ -258,45 +260,35 @@ class FitResult:
   valid: jax.Array
 
 
-@functools.partial(jax.jit, static_argnums=1)
+@functools.partial(jax.jit, static_argnames="config")
 def _fit_batch(images, config: Config) -> FitResult:
   return jax.vmap(lambda image: _fit_one(image, config))(images)
 
 
-def fit(images, config: Config = Config()) -> FitResult:
+def fit(images, config: Config = Config(), progress=None) -> FitResult:
   """Fits every frame of ``images`` [n, h, w]; returns host (NumPy) arrays.
 
-  Frames go through in fixed-size chunks (the last one padded); fewer frames than a
-  chunk are padded to the next power of two, so calls of many sizes share a few
-  compiled programs.
+  Frames go through in chunks of ``config.chunk`` (see ``chunks.map_chunks``), so calls
+  of many sizes share a few compiled programs; ``progress`` advances by frames.
   """
   images = np.asarray(images, np.float32)
   if images.ndim != 3:
     raise ValueError(f"images must be [n, h, w], got shape {images.shape}")
-  n = len(images)
-  chunk = min(config.chunk, 1 << max(n - 1, 1).bit_length())
-  parts = []
-  for start in range(0, n, chunk):
-    block = images[start : start + chunk]
-    pad = chunk - len(block)
-    if pad:
-      block = np.concatenate([block, np.repeat(block[-1:], pad, axis=0)])
-    result = jax.device_get(_fit_batch(jnp.asarray(block), config))
-    parts.append(jax.tree.map(lambda x, keep=chunk - pad: np.asarray(x)[:keep], result))
-  if not parts:
-    empty = np.zeros((0,), np.float32)
-    return FitResult(np.zeros((0, 7), np.float32), empty, empty, empty, np.zeros((0,), bool))
-  return jax.tree.map(lambda *xs: np.concatenate(xs), *parts)
+  return chunks.map_chunks(
+    functools.partial(_fit_batch, config=config), images, config.chunk, progress=progress
+  )
 
 
 class Locator:
-  """``Locator(config)(images) -> list of [k, 3] (x, y, score)``, k = 0 or 1 per frame."""
+  """``Locator(config)(images) -> list of [k, 3] (x, y, score)``, k = 0 or 1 per frame; a
+  ``qdjax.locator.Locator``."""
 
   def __init__(self, config: Config = Config()):
     self.config = config
 
   def __call__(self, images, progress=None) -> list[np.ndarray]:
-    result = fit(images, self.config)
+    """images: [n, h, w] -> n arrays [k, 3] of (x, y, score), k = 0 or 1."""
+    result = fit(images, self.config, progress)
     score = result.llr if self.config.score == "llr" else result.snr
     out = []
     for params, s, ok in zip(result.params, score, result.valid, strict=True):
@@ -304,6 +296,4 @@ class Locator:
         out.append(np.array([[params[2], params[3], s]], np.float64))
       else:
         out.append(np.zeros((0, 3)))
-    if progress is not None:
-      progress.update(len(out))
     return out

@@ -148,7 +148,7 @@ def locate_frames(
     progress: optional tqdm-like bar, advanced by frames.
 
   Returns:
-    list of n arrays [k, 3] (x, y, mass), SPEC px coordinates (trackpy's own).
+    list of n arrays [k, 3] (x, y, mass), docs/spec.md px coordinates (trackpy's own).
   """
   images = np.asarray(images, np.float32)
   if images.ndim != 3:
@@ -178,7 +178,8 @@ def locate_frames(
 
 
 class Locator:
-  """trackpy with fixed settings: ``Locator(settings)(images) -> list of [k, 3]``."""
+  """trackpy with fixed settings: ``Locator(settings)(images) -> list of [k, 3]``; a
+  ``qdjax.locator.Locator``."""
 
   def __init__(self, settings: Settings | None = None, workers: int | None = None):
     self.settings = settings or Settings()

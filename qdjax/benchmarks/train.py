@@ -1,7 +1,7 @@
 """Training and inference throughput: ``python experiments/bench.py --what=train``.
 
 Measured side by side, interleaved in one loop so a busy shared CPU affects all alike:
-  - the jitted batch simulation alone (``Experiment.simulate_step``),
+  - the jitted batch simulation alone (``Experiment.draw_batch``),
   - the whole training step (simulation + forward + backward + SGD, ``train_step``),
   - the SGD step on a ready batch (``train_step_on_batch``),
 and inference (forward + decode) on fixed 512-frame chunks. All at the default config
@@ -45,7 +45,7 @@ def run(repeats: int = 5, quick: bool = False) -> dict:
   experiment = train.build(config)
   batch = config.batch_size
   state = experiment.state
-  fixed = jax.device_get(experiment.simulate_step(0))
+  fixed = experiment.draw_batch(0)
 
   holder = {"state": state}
 
@@ -54,17 +54,17 @@ def run(repeats: int = 5, quick: bool = False) -> dict:
     return out
 
   def step_on_batch():
-    holder["state"], out = experiment.train_step_on_batch(holder["state"], *fixed)
+    holder["state"], out = experiment.train_step_on_batch(holder["state"], fixed)
     return out
 
   # Warm up (compile) each, then interleave the timed calls.
-  for fn in (lambda: experiment.simulate_step(1), lambda: step(1), step_on_batch):
+  for fn in (lambda: experiment.draw_batch(1), lambda: step(1), step_on_batch):
     jax.block_until_ready(fn())
   inner = 2 if quick else 10  # steps per timing, to average out dispatch jitter
   sim, full, sgd = [], [], []
   for r in range(repeats):
     base = 1000 + r * inner
-    sim.append(_timed(lambda b=base: [experiment.simulate_step(b + i) for i in range(inner)]))
+    sim.append(_timed(lambda b=base: [experiment.draw_batch(b + i) for i in range(inner)]))
     full.append(_timed(lambda b=base: [step(b + i) for i in range(inner)]))
     sgd.append(_timed(lambda: [step_on_batch() for _ in range(inner)]))
   sim_s, full_s, sgd_s = (statistics.median(t) / inner for t in (sim, full, sgd))

@@ -68,7 +68,7 @@ def generation_record(preset_name: str, seed: int, scale: float, with_expected: 
   """Everything that determines the export's content, as stored in its metadata.
 
   Returns:
-    dict with ``preset``, ``seed``, ``scale``, ``with_expected``, ``params`` (SPEC
+    dict with ``preset``, ``seed``, ``scale``, ``with_expected``, ``params`` (docs/spec.md,
     section-1 values, regimes, training range, epsilons and provenance, as in
     ``simulate.py``'s ``params`` JSON), and ``splits``: per split its ``seed``,
     ``num_examples`` and ``diffusion_um2_s``.
