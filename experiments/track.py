@@ -16,8 +16,7 @@ D_msd_um2_s. Writes --output (frame,x,y,score,particle; px, the centre of pixel 
 
 from absl import app, flags
 
-from qdjax import cli, inference, presets
-from qdjax import locate as locate_lib
+from qdjax import cli, inference, locator, presets
 from qdjax import track as track_lib
 
 _INPUT = flags.DEFINE_string("input", None, "Movie: .npy, .npz or .tif, (T, H, W).", required=True)
@@ -27,11 +26,11 @@ _PRESET = flags.DEFINE_string(
 _FRAME_INTERVAL = flags.DEFINE_float(
   "frame_interval_s", None, "Seconds between frame starts; default H * (W * dwell + retrace)."
 )
-_METHOD = flags.DEFINE_enum("method", "model", list(locate_lib.METHODS), "Localisation method.")
+_METHOD = flags.DEFINE_enum("method", "model", list(locator.METHODS), "Localisation method.")
 _WORKDIR = flags.DEFINE_string(
   "workdir", None, "Training workdir of a model; default: a model shipped with qdjax (--model)."
 )
-_MODEL = flags.DEFINE_enum("model", None, list(inference.MODELS), locate_lib.MODEL_HELP)
+_MODEL = flags.DEFINE_enum("model", None, list(inference.MODELS), locator.MODEL_HELP)
 _OUTPUT = flags.DEFINE_string("output", None, "Tracks CSV to write.", required=True)
 _DIFFUSION_OUTPUT = flags.DEFINE_string(
   "diffusion_output", None, "Per-track diffusion CSV to write.", required=True
@@ -52,15 +51,15 @@ _PLOT = flags.DEFINE_bool("plot", False, "Also draw tracks and MSD curves (<outp
 def main(argv):
   cli.check_no_extra_args(argv)
   preset = presets.get(_PRESET.value)
-  locator = locate_lib.make_locator(
-    _METHOD.value, _WORKDIR.value, preset=_PRESET.value, model=_MODEL.value
+  locate = locator.make(
+    _METHOD.value, workdir=_WORKDIR.value, model=_MODEL.value, preset=preset
   )
   plot = (_OUTPUT.value.rsplit(".", 1)[0] + ".png") if _PLOT.value else None
   summary = track_lib.track_file(
     _INPUT.value,
     _OUTPUT.value,
     _DIFFUSION_OUTPUT.value,
-    locator,
+    locate,
     preset,
     frame_interval_s=_FRAME_INTERVAL.value,
     max_diffusion=_MAX_DIFFUSION.value,

@@ -1,10 +1,10 @@
-"""Tracks and per-track diffusion coefficients from a movie (SPEC section 8).
+"""Tracks and per-track diffusion coefficients from a movie (docs/spec.md, section 8).
 
-    locator = locate.make_locator("model")
-    result = track.track_file("movie.tif", "tracks.csv", "diffusion.csv", locator, preset)
+    locate = locator.make("model")
+    result = track.track_file("movie.tif", "tracks.csv", "diffusion.csv", locate, preset)
 
-The pipeline: any localiser (``qdjax.locate.Locator``: frames in, per-frame [k, 3] x, y,
-score out) runs on chunks of the movie, so memory is bounded by one chunk; the
+The pipeline: any localiser (a ``qdjax.locator.Locator``: frames in, per-frame [k, 3] x,
+y, score out) runs on chunks of the movie, so memory is bounded by one chunk; the
 detections are linked by ``trackpy.link``, with a search range set by the largest D
 expected and the frame interval, and ``memory`` frames to bridge a blink or a missed
 detection; each track's D comes from the covariance-based estimator (CVE) of
@@ -23,7 +23,7 @@ import numpy as np
 import pandas as pd
 from tqdm.auto import tqdm
 
-from qdjax import diffusion, io, locate
+from qdjax import diffusion, io, locator
 
 TRACK_COLUMNS = ["frame", "x", "y", "score", "particle"]
 DIFFUSION_COLUMNS = [
@@ -60,7 +60,7 @@ def search_range_px(
   return float(math.sqrt(variance) * math.sqrt(-2 * math.log1p(-quantile)))
 
 
-def detect(frames, locator: locate.Locator, chunk: int = 256, progress: bool = False):
+def detect(frames, locate: locator.Locator, chunk: int = 256, progress: bool = False):
   """Detections of every frame, streamed in chunks.
 
   Returns:
@@ -73,10 +73,9 @@ def detect(frames, locator: locate.Locator, chunk: int = 256, progress: bool = F
   with tqdm(total=len(frames), unit="frame", disable=not progress, desc="locate") as bar:
     for start, block in io.iter_chunks(frames, chunk):
       total = block.sum(0, dtype=np.float64) + (0 if total is None else total)
-      for offset, found in enumerate(locator(block)):
+      for offset, found in enumerate(locate(block, progress=bar)):
         found = np.asarray(found, np.float64).reshape(-1, 3)
         rows.append(np.column_stack([np.full(len(found), start + offset), found]))
-      bar.update(len(block))
   table = np.concatenate(rows) if rows else np.zeros((0, 4))
   detections = pd.DataFrame(table, columns=["frame", "x", "y", "score"])
   detections["frame"] = detections["frame"].astype(int)
@@ -236,7 +235,7 @@ def track_file(
   input_path: str,
   tracks_path: str,
   diffusion_path: str,
-  locator: locate.Locator,
+  locate: locator.Locator,
   preset,
   *,
   frame_interval_s: float | None = None,
@@ -254,7 +253,7 @@ def track_file(
     input_path: .npy, .npz (``images``) or .tif movie, (T, H, W) with T >= 2.
     tracks_path: CSV ``frame,x,y,score,particle``.
     diffusion_path: CSV ``particle,n_frames,D_um2_s,D_se_um2_s,sigma_um,D_msd_um2_s``.
-    locator: any localiser.
+    locate: any localiser (``qdjax.locator.Locator``).
     preset: the microscope (pixel size, dwell, retrace, sigma_xy) and its D range.
     frame_interval_s: default ``height * (width * dwell + retrace)``.
     max_diffusion: largest D to link for (default: the top of the preset's range).
@@ -285,7 +284,7 @@ def track_file(
   if not math.isfinite(max_diffusion) or max_diffusion <= 0:
     raise ValueError(f"max_diffusion must be a positive number, got {max_diffusion}")
   reach = search_range_px(max_diffusion, analysis.frame_interval_s, analysis.pixel_size_um)
-  detections, mean_frame = detect(frames, locator, chunk, progress)
+  detections, mean_frame = detect(frames, locate, chunk, progress)
   if min_score is not None:
     detections = detections[detections["score"] >= min_score].reset_index(drop=True)
   tracks = link(detections, reach, memory)

@@ -37,6 +37,22 @@ def assert_one_line_error(result: subprocess.CompletedProcess, *needles: str) ->
     assert needle in error_lines[0], (needle, error_lines[0])
 
 
+def checkpoint_params(workdir) -> list:
+  """The model parameters of a training workdir's latest checkpoint, as NumPy arrays, read
+  with Orbax alone (as any user of the written checkpoint would)."""
+  import jax
+  import numpy as np
+  import orbax.checkpoint as ocp
+
+  manager = ocp.CheckpointManager((Path(workdir) / "checkpoints").absolute())
+  restored = manager.restore(
+    manager.latest_step(),
+    args=ocp.args.Composite(state=ocp.args.StandardRestore(), meta=ocp.args.JsonRestore()),
+  )
+  manager.close()
+  return jax.tree.leaves(jax.tree.map(np.asarray, restored["state"]["model"]))
+
+
 @pytest.fixture
 def script():
   return run_script

@@ -9,7 +9,7 @@ import jax
 import numpy as np
 import pytest
 import tensorflow_datasets as tfds
-from conftest import assert_one_line_error, run_script
+from conftest import assert_one_line_error, checkpoint_params, run_script
 
 from qdjax import data, presets
 from qdjax.datasets import SPLITS, export, loader
@@ -189,7 +189,7 @@ def test_train_reads_the_export(cli_export, tmp_path):
   """The CLI run's parameters are exactly those of replaying the loader's batches of the
   export's train split through the training step: a run that simulated its batches, read
   another split or other records would end elsewhere."""
-  from qdjax import train
+  from qdjax import sources, train
   from qdjax.benchmarks.train import load_config
 
   data_dir = cli_export[0]
@@ -214,10 +214,9 @@ def test_train_reads_the_export(cli_export, tmp_path):
   )
   for _ in range(config.num_steps):
     batch = next(batches)
-    state, _ = experiment.train_step_on_batch(
-      state, batch["images"], batch["keypoints"], batch["present"]
-    )
-  trained = jax.tree.leaves(train.final_params(workdir))
+    batch = sources.Batch(batch["images"], batch["keypoints"], batch["present"])
+    state, _ = experiment.train_step_on_batch(state, batch)
+  trained = checkpoint_params(workdir)
   replayed = jax.tree.leaves(jax.device_get(state["model"]).to_pure_dict())
   for a, b in zip(trained, replayed, strict=True):
     np.testing.assert_array_equal(a, b)

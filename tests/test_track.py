@@ -144,7 +144,7 @@ def test_track_script_end_to_end(script, tmp_path, suffix):
 
 def test_track_bad_inputs(script, tmp_path):
   preset = presets.get("paper")
-  locator = lambda images: [np.zeros((0, 3))] * len(images)  # noqa: E731
+  locator = lambda images, progress=None: [np.zeros((0, 3))] * len(images)  # noqa: E731
   out, table = str(tmp_path / "t.csv"), str(tmp_path / "d.csv")
   np.save(tmp_path / "one.npy", np.ones((1, 16, 16), np.float32))
   np.save(tmp_path / "flat.npy", np.ones((16, 16), np.float32))

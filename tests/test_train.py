@@ -10,11 +10,9 @@ import sys
 import time
 from pathlib import Path
 
-import jax
 import numpy as np
-import orbax.checkpoint as ocp
 import pytest
-from conftest import assert_one_line_error
+from conftest import assert_one_line_error, checkpoint_params
 
 from qdjax import inference, train, validation
 from qdjax.benchmarks.train import load_config
@@ -59,17 +57,6 @@ def reference(tmp_path_factory):
   workdir = tmp_path_factory.mktemp("reference")
   result = train.train_and_evaluate(tiny_config(), workdir)
   return workdir, result
-
-
-def params_of(workdir):
-  """The model parameters of the workdir's latest checkpoint, as NumPy arrays."""
-  manager = ocp.CheckpointManager((Path(workdir) / "checkpoints").absolute())
-  restored = manager.restore(
-    manager.latest_step(),
-    args=ocp.args.Composite(state=ocp.args.StandardRestore(), meta=ocp.args.JsonRestore()),
-  )
-  manager.close()
-  return jax.tree.leaves(jax.tree.map(np.asarray, restored["state"]["model"]))
 
 
 def test_one_step_lowers_the_loss_on_a_fixed_batch():
@@ -144,7 +131,7 @@ def test_resume_from_an_earlier_checkpoint_gives_the_same_parameters(reference, 
     (tmp_path / name).unlink()
   result = train.train_and_evaluate(tiny_config(), tmp_path)
   assert result == ref_result
-  for a, b in zip(params_of(ref_dir), params_of(tmp_path), strict=True):
+  for a, b in zip(checkpoint_params(ref_dir), checkpoint_params(tmp_path), strict=True):
     np.testing.assert_array_equal(a, b)
   steps = [json.loads(line)["step"] for line in (tmp_path / "metrics.jsonl").open()]
   assert steps == sorted(set(steps)) and steps[-1] == last
@@ -171,7 +158,7 @@ def test_cli_killed_and_restarted_matches_an_uninterrupted_run(reference, tmp_pa
   assert result["frames_seen"] == OVERRIDES["num_steps"] * 8
   assert result["auc"] == ref_result["auc"]
   assert (workdir / "curves.png").stat().st_size > 0
-  for a, b in zip(params_of(ref_dir), params_of(workdir), strict=True):
+  for a, b in zip(checkpoint_params(ref_dir), checkpoint_params(workdir), strict=True):
     np.testing.assert_array_equal(a, b)
 
 
