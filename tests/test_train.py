@@ -48,7 +48,7 @@ def cli_command(workdir, *extra):
 
 
 def run_cli(args, **kwargs):
-  return subprocess.run(args, cwd=ROOT, capture_output=True, text=True, timeout=300, **kwargs)
+  return subprocess.run(args, cwd=ROOT, capture_output=True, text=True, timeout=900, **kwargs)
 
 
 @pytest.fixture(scope="module")
@@ -141,14 +141,17 @@ def test_cli_killed_and_restarted_matches_an_uninterrupted_run(reference, tmp_pa
   ref_dir, ref_result = reference
   workdir = tmp_path / "run"
   command = cli_command(workdir)
-  proc = subprocess.Popen(command, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-  deadline = time.monotonic() + 240
-  # Kill as soon as the first checkpoint is final (Orbax renames it into place).
-  while not (workdir / "checkpoints" / "4").is_dir() and proc.poll() is None:
-    assert time.monotonic() < deadline
-    time.sleep(0.02)
-  proc.send_signal(signal.SIGKILL)
-  proc.wait()
+  proc = subprocess.Popen(command, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+  # Generous: on a shared, busy CPU the first compilation alone can take minutes.
+  deadline = time.monotonic() + 600
+  try:
+    # Kill as soon as the first checkpoint is final (Orbax renames it into place).
+    while not (workdir / "checkpoints" / "4").is_dir() and proc.poll() is None:
+      assert time.monotonic() < deadline, "no first checkpoint in time"
+      time.sleep(0.02)
+  finally:
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
   assert not (workdir / "result.json").exists()  # killed part-way, not after the end
   done = run_cli(command)
   assert done.returncode == 0, done.stderr
