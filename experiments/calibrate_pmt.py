@@ -4,7 +4,7 @@ r"""Calibrate a photomultiplier from uniform frames; writes its alpha, gain, dar
 
 --input: .npy, .npz (``images``) or .tif stack of frames of a uniform fluorescent sample,
 one frame per laser power; a frame with the laser off may be among them (it gives the
-dark offset). The PMT model (sl2pm's; SPEC section 7): a frame of mean photon level e has
+dark offset). The PMT model (sl2pm's; docs/spec.md, section 7): a frame of mean photon level e has
 mean offset + 3e/alpha and variance (4/alpha)(mean - offset) + dark_sigma^2, a line that
 is fitted by weighted least squares. The output JSON holds alpha (per output unit),
 gain = 3/alpha (output units per photon), dark_sigma, offset, their standard errors, the

@@ -1,7 +1,7 @@
 """Detector models: expected photons lambda -> recorded counts.
 
 The paper's model is shot noise alone, ``counts ~ Poisson(lambda)`` (``detector='poisson'``).
-``detector='pmt'`` is the photomultiplier of SPEC section 7 (the model of the sl2pm
+``detector='pmt'`` is the photomultiplier of docs/spec.md, section 7 (the model of the sl2pm
 package): n ~ Poisson(lambda) photons reach the photocathode, each gives a pulse
 ~ Gamma(3, rate alpha), so n photons give Gamma(3n, alpha) (0 when n = 0), and Gaussian
 dark noise N(offset, dark_sigma^2) is added to every pixel. A uniform frame of mean photon
@@ -111,7 +111,7 @@ def pmt_batch(keys, expected, alpha, dark_sigma, offset):
 
 
 def pmt_moments(photons, alpha, dark_sigma, offset):
-  """Mean and variance of PMT output at a mean photon level (SPEC section 7)."""
+  """Mean and variance of PMT output at a mean photon level (docs/spec.md, section 7)."""
   return offset + 3.0 * photons / alpha, 12.0 * photons / alpha**2 + dark_sigma**2
 
 

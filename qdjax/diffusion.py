@@ -73,7 +73,7 @@ def raster_blur_coefficient(
   Args:
     params: frame Params (height, width, substeps, dwell, retrace, sigma_xy, pixel size).
     frame_interval_s: dt between frames.
-    window: 'centroid': uniform weight over all recorded samples (the SPEC ground truth);
+    window: 'centroid': uniform weight over all recorded samples (the spec's ground truth);
       closed form ``(H W dwell + retrace (H^2 - 1)/H) / (6 dt)`` for K -> infinity.
       'local': each line weighted by the share of the QD's photons it records,
       ``exp(-(r - y)^2 / (2 (sigma_xy / a)^2))``, the weighting of a centroid-like

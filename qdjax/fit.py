@@ -1,4 +1,4 @@
-"""The simulator fitted to a user's microscope (SPEC section 7).
+"""The simulator fitted to a user's microscope (docs/spec.md, section 7).
 
 ``calibrate_pmt``: the photomultiplier's alpha (gain 3/alpha), dark noise and offset from
 a stack of uniform frames, by the mean-variance line of the PMT model in
@@ -116,7 +116,7 @@ def calibrate_pmt(
   offset: float | None = None,
   saturation: float | None = None,
 ) -> PmtCalibration:
-  """Fits the PMT's mean-variance line to uniform frames (SPEC section 7).
+  """Fits the PMT's mean-variance line to uniform frames (docs/spec.md, section 7).
 
   Each frame is one laser power over a uniform sample. Under the PMT model a frame of
   mean photon level e has mean ``offset + 3e/alpha`` and variance

@@ -1,4 +1,6 @@
-"""Movies: frames recorded back to back, each QD on one continuous 3D path (SPEC section 8).
+"""Movies: frames recorded back to back, each QD on one continuous 3D path.
+
+Section 8 of docs/spec.md.
 
     params = movie.make_params(presets.get("paper").sim_params(diffusion=0.5), num_frames=50)
     movies = movie.simulate_movies(jax.random.key(0), params, 8)   # [8, 50, h, w] counts
@@ -20,7 +22,7 @@ once per line: a QD emits for a whole line or not at all.
 
 Ground truth per frame and QD (the QD's identity is its index): the trajectory centroid of
 the frame's recorded samples, its z centroid, the fraction of lines it was on, and
-``present``: the QD exists, its centroid lies inside the frame (SPEC section 1) and it was
+``present``: the QD exists, its centroid lies inside the frame (docs/spec.md, section 1) and it was
 on for at least half of the frame's lines. Everything is a pure function of the key,
 vmapped over movies; the same key gives the same movie in any batch.
 """
@@ -281,7 +283,7 @@ def as_arrays(one: Movie, params: MovieParams) -> dict:
 
 
 def params_record(params: MovieParams, preset=None) -> dict:
-  """The frame's ``params`` record (SPEC section 6) plus the movie's timing and blinking."""
+  """The frame's ``params`` record (docs/spec.md, section 6), the movie's timing, blinking."""
   from qdjax import data
 
   record = data.params_record(params.frame, preset)

@@ -154,8 +154,8 @@ def _calibrated(name: str, values: dict, regimes, provenance: dict) -> Preset:
   )
 
 
-# In vivo QD frames (SPEC section 9): a fitted spot of total T = 90-160 photons and standard
-# deviation 1.0-1.5 px (blur included) on a background of 0.6-1.2 photons per pixel.
+# In vivo QD frames (docs/spec.md, section 9): a fitted spot of total T = 90-160 photons and
+# standard deviation 1.0-1.5 px (blur included) on a background of 0.6-1.2 photons per pixel.
 INVIVO_SPOT_TOTAL = (90.0, 160.0)
 INVIVO_SPOT_SD_PX = (1.0, 1.5)
 INVIVO_BACKGROUND = (0.6, 1.2)
@@ -185,15 +185,15 @@ def _invivo() -> Preset:
   provenance = {
     **{k: f"as paper: {paper.provenance[k]}" for k in paper.provenance},
     "pixel_size_um": f"derived: {pixel:g} um, so that the PSF (sxy {sigma_xy} um) is the "
-    f"least blurred in vivo spot's sd, {INVIVO_SPOT_SD_PX[0]} px (SPEC 9: 1.0-1.5 px); at "
+    f"least blurred in vivo spot's sd, {INVIVO_SPOT_SD_PX[0]} px (spec section 9: 1.0-1.5 px); at "
     "the paper's 0.1 um a static spot would be 2 px wide, wider than any in vivo spot",
     "peak_photons": f"derived: N = T / (2 pi (sxy/a)^2) = {peak:g} with T = {total:g}, the "
     f"middle of the in vivo spot totals {INVIVO_SPOT_TOTAL[0]:g}-{INVIVO_SPOT_TOTAL[1]:g} "
-    "photons (SPEC 9); blurred to sd 1.0-1.5 px its amplitude is ~9-20 photons, as the "
+    "photons (spec section 9); blurred to sd 1.0-1.5 px its amplitude is ~9-20 photons, as the "
     "in vivo 11-16",
     "background_photons": f"measured: {background:g}, the middle of the in vivo "
-    f"{INVIVO_BACKGROUND[0]:g}-{INVIVO_BACKGROUND[1]:g} photons per pixel (SPEC 9)",
-    "detector": "measured: in vivo frames are PMT output (sl2pm, SPEC 7 and 9)",
+    f"{INVIVO_BACKGROUND[0]:g}-{INVIVO_BACKGROUND[1]:g} photons per pixel (spec section 9)",
+    "detector": "measured: in vivo frames are PMT output (sl2pm, spec sections 7 and 9)",
     "pmt_alpha": "measured: 0.44 per a.u., sl2pm's calibration stack (gain 3/alpha = 6.8 a.u. "
     "per photon; experiments/calibrate_pmt.py on tests/data/sl2pm agrees); sl2pm's in vivo "
     "QD tutorial used 0.452",
@@ -242,7 +242,7 @@ def overrides_config():
   overrides.z_range_um = config_dict.placeholder(float)  # start z in [-z, z], um
   overrides.min_particles = config_dict.placeholder(int)  # fewest QDs per frame
   overrides.max_particles = config_dict.placeholder(int)  # most QDs per frame
-  overrides.detector = config_dict.placeholder(str)  # 'poisson' or 'pmt' (SPEC 7)
+  overrides.detector = config_dict.placeholder(str)  # 'poisson' or 'pmt' (spec section 7)
   overrides.pmt_alpha = config_dict.placeholder(float)  # PMT Gamma rate, 1/output unit
   overrides.pmt_dark_sigma = config_dict.placeholder(float)  # PMT dark-noise sd, output units
   overrides.pmt_offset = config_dict.placeholder(float)  # PMT dark-noise mean, output units
@@ -272,7 +272,7 @@ def get(name: str) -> Preset:
 
 # --- preset files ---------------------------------------------------------------------
 
-# The SPEC-named values a preset file may set (sections 1 and 7), and its other keys.
+# The spec-named values a preset file may set (sections 1 and 7), and its other keys.
 FILE_VALUES = tuple(
   f.name for f in dataclasses.fields(simulate.Params) if f.name != "diffusion_um2_s"
 )
@@ -308,9 +308,9 @@ def _positive_numbers(path, key, value, count=None) -> tuple[float, ...]:
 
 
 def load_file(path) -> Preset:
-  """A preset from a JSON file (SPEC section 7).
+  """A preset from a JSON file (docs/spec.md, section 7).
 
-  Keys: any SPEC-named value of sections 1 and 7 (``peak_photons``, ``pmt_alpha``, ...),
+  Keys: any spec-named value of sections 1 and 7 (``peak_photons``, ``pmt_alpha``, ...),
   and optionally ``diffusion_um2_s``, ``regimes``, ``train_diffusion``, ``epsilons_px``,
   ``provenance``, ``standard_errors``, ``fit``, ``preset`` (a name) and ``base`` (a named
   preset, default ``paper``, whose values and provenance fill in what the file leaves
@@ -336,7 +336,7 @@ def load_file(path) -> Preset:
   if unknown:
     raise _file_error(
       path,
-      f"unknown key {unknown[0]!r}; known: SPEC-named values ({', '.join(FILE_VALUES)}) "
+      f"unknown key {unknown[0]!r}; known: spec-named values ({', '.join(FILE_VALUES)}) "
       f"and {', '.join(FILE_EXTRAS)}",
     )
   base_name = record.get("base", "paper")

@@ -49,7 +49,7 @@ class Params:
   z_range_um: Any
   # (lo, hi); lo == hi is a single D, otherwise D ~ log-uniform on [lo, hi] per frame.
   diffusion_um2_s: Any
-  # The PMT of SPEC section 7, used when detector == 'pmt': Gamma rate per output unit
+  # The PMT of docs/spec.md, section 7, used when detector == 'pmt': Gamma rate per output unit
   # (gain 3/alpha), dark-noise sd and mean in output units. Defaults: sl2pm's calibration.
   pmt_alpha: Any = 0.44
   pmt_dark_sigma: Any = 8.1

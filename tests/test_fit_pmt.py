@@ -1,5 +1,5 @@
-"""PMT calibration (SPEC section 7): the real sl2pm stack, simulated stacks with known truth,
-robustness and bad input."""
+"""PMT calibration (docs/spec.md, section 7): the real sl2pm stack, simulated stacks with
+known truth, robustness and bad input."""
 
 import json
 import math

@@ -1,4 +1,4 @@
-"""The photomultiplier detector (SPEC section 7) against its closed-form moments."""
+"""The photomultiplier detector (docs/spec.md, section 7) against its closed-form moments."""
 
 import math
 

@@ -1,4 +1,4 @@
-"""Preset files (SPEC section 7) and the ``invivo`` preset (SPEC section 9)."""
+"""Preset files (docs/spec.md, section 7) and the ``invivo`` preset (docs/spec.md, section 9)."""
 
 import json
 
@@ -114,7 +114,7 @@ def test_simulate_script_takes_a_preset_file(tmp_path, script):
 
 
 def test_invivo_preset_reproduces_the_in_vivo_spot():
-  """SPEC 9: a static in-focus QD gives a spot of sd ~1 px and 90-160 photons over a
+  """spec section 9: a static in-focus QD gives a spot of sd ~1 px and 90-160 photons over a
   0.6-1.2 photon background, recorded through the PMT."""
   preset = presets.get("invivo")
   for name in ("pixel_size_um", "peak_photons", "background_photons", "pmt_alpha", "regimes"):

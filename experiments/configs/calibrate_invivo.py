@@ -1,5 +1,5 @@
 """Settings of experiments/calibrate.py for the ``invivo`` preset: N, B and the PMT are
-measured (SPEC section 9), so only D1 and D2 (D3 = 10 D1) are fitted to the study's
+measured (docs/spec.md, section 9), so only D1 and D2 (D3 = 10 D1) are fitted to the study's
 TrackPy row at these photon levels.
 
   python experiments/calibrate.py --config=experiments/configs/calibrate_invivo.py
