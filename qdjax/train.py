@@ -412,10 +412,8 @@ def train_and_evaluate(config, workdir) -> dict[str, Any]:
       record = {}
       last = step == config.num_steps
       if step % config.log_every == 0 or last:
-        values = {
-          k: float(np.mean([m[k] for m in jax.device_get(interval)], dtype=np.float64))
-          for k in interval[0]
-        }
+        host = jax.device_get(interval)  # one transfer for the whole interval
+        values = {k: float(np.mean([m[k] for m in host], dtype=np.float64)) for k in host[0]}
         interval = []
         now = time.perf_counter()
         rate = (step - tick_step) * config.batch_size / max(now - tick, 1e-9)
