@@ -51,9 +51,7 @@ _PLOT = flags.DEFINE_bool("plot", False, "Also draw tracks and MSD curves (<outp
 def main(argv):
   cli.check_no_extra_args(argv)
   preset = presets.get(_PRESET.value)
-  locate = locator.make(
-    _METHOD.value, workdir=_WORKDIR.value, model=_MODEL.value, preset=preset
-  )
+  locate = locator.make(_METHOD.value, workdir=_WORKDIR.value, model=_MODEL.value, preset=preset)
   plot = (_OUTPUT.value.rsplit(".", 1)[0] + ".png") if _PLOT.value else None
   summary = track_lib.track_file(
     _INPUT.value,

@@ -5,7 +5,7 @@ detector. Frames from a real microscope are brighter or dimmer, PMT-recorded and
 fields with several QDs. Here each training frame draws its own values from wide ranges:
 
 - peak photons N, log-uniform from dim (the ``paper`` preset's N = 2.4) to bright (in vivo
-  spots are 11 to 16 photons per pixel after blur, SPEC section 9), and the background
+  spots are 11 to 16 photons per pixel after blur, docs/spec.md, section 9), and the background
   B = N * ratio + extra, the ratio log-uniform from in vivo's ~0.05 to the paper's ~1;
 - the detector: Poisson photon counts, or PMT output (Gamma(3n, alpha) plus Gaussian dark
   noise and an offset) over a range of alpha and dark sigma around sl2pm's 0.44 and 8.1;

@@ -7,8 +7,7 @@ import jax
 import numpy as np
 import pytest
 
-from qdjax import inference, presets, train
-from qdjax import locate as locate_lib
+from qdjax import inference, locator, presets, train
 from qdjax import prior as prior_lib
 from qdjax.benchmarks.train import load_config
 
@@ -55,7 +54,7 @@ def test_values_stay_in_their_ranges_with_the_stated_distributions():
     values["peak_photons"] * values["background_ratio"] + values["background_extra"],
     rtol=1e-6,
   )
-  # The ranges cover the paper preset's photon levels and the in vivo ones (SPEC 9).
+  # The ranges cover the paper preset's photon levels and the in vivo ones (spec section 9).
   paper = presets.get("paper").values
   assert PRIOR.peak_photons[0] < paper["peak_photons"] < 20 < PRIOR.peak_photons[1]
   ratio = paper["background_photons"] / paper["peak_photons"]
@@ -99,7 +98,7 @@ def test_each_frame_is_drawn_with_its_own_values_and_detector(batches):
   counts = frames.counts.reshape(FRAMES, -1)
   expected = frames.expected.reshape(FRAMES, -1)
   # Poisson frames are photon counts; PMT frames are offset + 3 e / alpha on average, with
-  # variance 12 e / alpha^2 + dark^2 per pixel (SPEC 7), each with its own frame's values.
+  # variance 12 e / alpha^2 + dark^2 per pixel (spec section 7), each with its own frame's values.
   assert np.all(counts[~pmt] == np.round(counts[~pmt]))
   assert not np.all(counts[pmt] == np.round(counts[pmt]))
   alpha, dark, offset = (
@@ -158,9 +157,9 @@ def test_general_config_trains_exports_and_locates_end_to_end(tmp_path):
   shipped = inference.export_pretrained(workdir, tmp_path / "shipped")
   info = json.loads((shipped / inference.CONFIG).read_text())
   assert info["training_config"]["data"] == "prior"
-  locator = inference.load(shipped)
+  detector = inference.load(shipped)
   field = np.random.default_rng(0).poisson(2.0, (2, 40, 37)).astype(np.float32)
-  assert len(locator(field)) == 2
+  assert len(detector(field)) == 2
 
 
 def test_locate_picks_general_where_shipped_else_paper(tmp_path, monkeypatch, script):
@@ -173,9 +172,9 @@ def test_locate_picks_general_where_shipped_else_paper(tmp_path, monkeypatch, sc
   with pytest.raises(ValueError, match="'nope'"):
     inference.load(model="nope")
   with pytest.raises(ValueError, match="not both"):
-    locate_lib.make_locator("model", workdir=str(tmp_path), model="paper")
+    locator.make("model", workdir=str(tmp_path), model="paper")
   with pytest.raises(ValueError, match="--model is for --method=model"):
-    locate_lib.make_locator("trackpy", model="paper")
+    locator.make("trackpy", model="paper")
   result = script("locate.py", "--model=bogus", "--input=x.npy", f"--output={tmp_path / 'o.csv'}")
   assert result.returncode != 0 and "Traceback" not in result.stderr
   assert "bogus" in result.stderr

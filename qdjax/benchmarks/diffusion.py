@@ -1,6 +1,6 @@
 """Per-track D accuracy of whole pipelines on simulated movies (``bench.py --what=diffusion``).
 
-Movies: 64 x 64 px fields at the in vivo photon levels of the ``invivo`` preset (SPEC
+Movies: 64 x 64 px fields at the in vivo photon levels of the ``invivo`` preset (docs/spec.md,
 section 9), 12 QDs per field, 50 frames back to back, D = 0.1 to 2 um^2/s (one D per
 movie). Detector output is converted back to photons with the preset's PMT gain and
 offset, as a user would with ``calibrate_pmt.py``'s result.
@@ -61,7 +61,7 @@ def _preset():
 
 
 def frame_params(d: float):
-  """The benchmark's frame Params at D (invivo preset, or its SPEC-9 values on ``paper``)."""
+  """The benchmark's frame Params at D (invivo preset, or its section-9 values on ``paper``)."""
   preset = _preset()
   extra = dict(height=SIZE, width=SIZE, num_particles=QDS, sigma_z_um=1e3, margin_px=0.0)
   if preset is None:
@@ -93,13 +93,13 @@ def _threshold(locator, frames, keypoints, present) -> float:
 
 
 class _Thresholded:
-  """A localiser keeping detections scored >= threshold."""
+  """A localiser keeping detections scored >= threshold (a ``qdjax.locator.Locator``)."""
 
   def __init__(self, locator, threshold: float):
     self.locator, self.threshold = locator, float(threshold)
 
-  def __call__(self, images):
-    return [d[d[:, 2] >= self.threshold] for d in self.locator(images)]
+  def __call__(self, images, progress=None):
+    return [d[d[:, 2] >= self.threshold] for d in self.locator(images, progress)]
 
 
 def make_locators(validation, quick: bool):
@@ -287,7 +287,7 @@ def run(repeats: int = 1, quick: bool = False) -> dict:
     )
   return {
     "what": "diffusion",
-    "preset": "invivo" if _preset() is not None else "paper+SPEC9 photon levels",
+    "preset": "invivo" if _preset() is not None else "paper+spec section 9 photon levels",
     "field_px": [SIZE, SIZE],
     "qds_per_field": QDS,
     "frames": FRAMES,
