@@ -24,7 +24,6 @@ def get_config():
   config.data = "prior"  # per-frame draws from config.prior, simulated in the jitted step
   config.prior = prior.config()  # the distribution of training frames (qdjax.prior.Prior)
   config.model.name = "base"  # qdjax.model preset
-  config.decode.max_detections = 16  # detections per frame kept by decoding (whole fields)
   config.batch_size = 256  # frames per step (every step one frame size)
   config.num_steps = 8000  # SGD steps (~3-4 min of an H200 for base); frames = steps * batch
   config.learning_rate = 0.01  # peak SGD learning rate
