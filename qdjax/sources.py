@@ -7,6 +7,9 @@ batch is made on the device and never leaves it); a host source hands NumPy arra
 - ``simulate``: frames of the preset (or ``--diffusion``) simulated on the device.
 - ``prior``: every frame its own microscope and scene (``qdjax.prior``), frame sizes
   cycled by step.
+- ``noise_free``: as ``simulate``, but the detector sees the noise-free expected image
+  instead of the counts (the blur floor of docs/reproduction.md: what the raster scan's
+  motion blur alone leaves to find).
 - ``tfds``: batches of a TFDS export (``qdjax.datasets.loader``).
 
 A new source is a factory with the signature of ``simulated`` added to ``SOURCES``:
@@ -89,6 +92,19 @@ def simulated(config, *, sim_params: simulate.Params, data_key: jax.Array, **_) 
   return Source(draw, inputs=(sim_params, data_key))
 
 
+def noise_free(config, *, sim_params: simulate.Params, data_key: jax.Array, **_) -> Source:
+  """As ``simulated``, with the noise-free expected image as the batch's images."""
+  batch_size = config.batch_size
+
+  def draw(inputs, step, variant):
+    del variant  # one frame size
+    sim_params, data_key = inputs
+    frames = simulate.simulate_batch(jax.random.fold_in(data_key, step), sim_params, batch_size)
+    return Batch(frames.expected, frames.keypoints, frames.present)
+
+  return Source(draw, inputs=(sim_params, data_key), record={"images": "expected"})
+
+
 def prior(config, *, sim_params: simulate.Params, data_key: jax.Array, **_) -> Source:
   """Frames of ``qdjax.prior`` (``config.prior``) on the device, sized by the step: batch
   ``step`` from ``fold_in(data_key, step)``; dwell, retrace and substeps from the preset."""
@@ -141,7 +157,7 @@ def tfds(config, **_) -> Source:
   return Source(draw, on_device=False)
 
 
-SOURCES = {"simulate": simulated, "prior": prior, "tfds": tfds}
+SOURCES = {"simulate": simulated, "noise_free": noise_free, "prior": prior, "tfds": tfds}
 
 
 def make(

@@ -37,6 +37,9 @@ def validation_sets(
 ) -> dict[str, dict[str, np.ndarray]]:
   """The fixed validation frames: split -> {images, keypoints, present}.
 
+  With ``config.data='noise_free'`` the images are the noise-free expected images, as the
+  detector sees in training.
+
   Args:
     config: the training config (validation_splits, validation_size, validation_seed).
     preset: the simulation preset.
@@ -45,6 +48,7 @@ def validation_sets(
       'preset:split' is that preset's split, without ``overrides``.
     **overrides: simulation values that replace the preset's, as in training.
   """
+  image = "expected" if config.get("data") == "noise_free" else "images"
   sets = {}
   for split in splits(config):
     if ":" in split:  # another preset's split, e.g. 'invivo:val_d1', at its own values
@@ -53,7 +57,11 @@ def validation_sets(
       frames = data.generate(
         params, config.validation_size, data.split_seed(config.validation_seed, name)
       )
-      sets[split] = {k: frames[k] for k in ("images", "keypoints", "present")}
+      sets[split] = {
+        "images": frames[image],
+        "keypoints": frames["keypoints"],
+        "present": frames["present"],
+      }
       continue
     if split in ("validation", "train"):
       params = train_params
@@ -61,7 +69,11 @@ def validation_sets(
       params = data.split_params(preset, split, **overrides)
     seed = data.split_seed(config.validation_seed, split)
     frames = data.generate(params, config.validation_size, seed)
-    sets[split] = {k: frames[k] for k in ("images", "keypoints", "present")}
+    sets[split] = {
+      "images": frames[image],
+      "keypoints": frames["keypoints"],
+      "present": frames["present"],
+    }
   return sets
 
 

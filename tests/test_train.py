@@ -68,6 +68,27 @@ def test_one_step_lowers_the_loss_on_a_fixed_batch():
   assert float(after["loss"]) < float(before["loss"]) - 1e-3
 
 
+def test_noise_free_source_trains_and_validates_on_the_expected_image():
+  config = tiny_config()
+  config.data = "noise_free"
+  config.validation_size = 4
+  experiment = train.build(config)
+  images = np.asarray(experiment.draw_batch(1).images)
+  # The expected image B + N * (a PSF average in [0, 1]) of the same frames as 'simulate'
+  # draws, not integer counts.
+  config.data = "simulate"
+  counts = np.asarray(train.build(config).draw_batch(1).images)
+  assert np.all(images >= experiment.sim_params.background_photons - 1e-4)
+  assert np.any(np.abs(images - np.round(images)) > 1e-3)
+  assert np.all(counts == np.round(counts))
+  # Shot noise around the same means: counts minus expected average out.
+  assert abs(float(np.mean(counts - images))) < 5 * np.sqrt(np.mean(images) / counts.size)
+  config.data = "noise_free"
+  sets = validation.validation_sets(config, experiment.preset, experiment.sim_params)
+  for frames in sets.values():
+    assert np.any(np.abs(frames["images"] - np.round(frames["images"])) > 1e-3)
+
+
 def test_config_overrides_reach_training_and_validation_frames():
   config = tiny_config()
   config.overrides.peak_photons = 20.0

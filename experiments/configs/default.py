@@ -16,7 +16,7 @@ def get_config():
   config.preset = "paper"  # simulation preset (qdjax.presets)
   config.diffusion = config_dict.placeholder(str)  # D um^2/s, or lo:hi; None: preset's range
   config.seed = 0  # key(seed) -> init key, data key
-  config.data = "simulate"  # 'simulate' (on the device) or 'tfds' (qdjax.datasets.loader)
+  config.data = "simulate"  # qdjax.sources: simulate, noise_free, prior (device) or tfds
   config.tfds_data_dir = config_dict.placeholder(str)  # data=tfds: TFDS data directory
   config.tfds_name = "qd2pm/paper"  # data=tfds: dataset name/config
   config.tfds_split = "train"  # data=tfds: split to train on

@@ -1,0 +1,67 @@
+r"""The reproduction map: trackpy, MLE, a model and the blur floor over (N, D).
+
+  python experiments/reproduction.py --blur_floor_workdir=workdirs/blur_floor
+  python experiments/reproduction.py --methods=model --workdir=workdirs/general
+  python experiments/reproduction.py --methods=model --model=paper   # a shipped model
+  python experiments/reproduction.py --methods=          # redraw from the saved results
+
+Every cell uses the preset's geometry, timing and PSF (24 x 25 frames, one QD) at a photon
+level N with background B = N/15 (the in vivo ratio), plus the preset's own (N, B), and a
+diffusion coefficient D. Each method's AUCs are saved as <output_dir>/<method>.json;
+methods not rerun are kept, so one method can be rerun alone. Then summary.md, auc.png and
+reproduction.png are written from all saved methods of the same grid.
+"""
+
+from pathlib import Path
+
+from absl import app, flags
+from ml_collections import config_flags
+
+from qdjax import cli, locator, reproduction
+
+_CONFIG = config_flags.DEFINE_config_file(
+  "config", "experiments/configs/reproduction.py", "Map config file.", lock_config=True
+)
+_METHODS = flags.DEFINE_string(
+  "methods",
+  None,
+  "Comma-separated methods to (re)measure: trackpy, mle, model, blur_floor; empty: only "
+  "redraw from the saved results. Overrides config.",
+)
+_WORKDIR = flags.DEFINE_string(
+  "workdir", None, "Training directory of the model column (default: the pretrained model)."
+)
+_MODEL = flags.DEFINE_string("model", None, locator.MODEL_HELP)
+_BLUR_FLOOR_WORKDIR = flags.DEFINE_string(
+  "blur_floor_workdir", None, "Training directory of the noise-free detector (blur_floor)."
+)
+_OUTPUT_DIR = flags.DEFINE_string("output_dir", None, "Output directory; overrides config.")
+
+
+@cli.one_line_errors
+def main(argv):
+  cli.check_no_extra_args(argv)
+  config = _CONFIG.value
+  with config.unlocked():
+    for name, flag in (
+      ("methods", _METHODS),
+      ("workdir", _WORKDIR),
+      ("model", _MODEL),
+      ("blur_floor_workdir", _BLUR_FLOOR_WORKDIR),
+      ("output_dir", _OUTPUT_DIR),
+    ):
+      if flag.value is not None:
+        config[name] = flag.value
+  reproduction.parse_methods(config.methods)
+  output_dir = Path(config.output_dir)
+  if output_dir.exists() and not output_dir.is_dir():
+    raise NotADirectoryError(f"--output_dir is not a directory: {output_dir}")
+  output_dir.mkdir(parents=True, exist_ok=True)
+  results = reproduction.run(config)
+  print(reproduction.summary_markdown(results))
+  for path in reproduction.write_report(results, output_dir).values():
+    print(f"wrote {path}")
+
+
+if __name__ == "__main__":
+  app.run(main)

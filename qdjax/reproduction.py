@@ -1,0 +1,795 @@
+"""The reproduction map: where on (photon level, D) the study's two rows can both hold.
+
+The study states its frame geometry and timing but not its photon level N, background B
+or diffusion coefficients. The ``paper`` preset fits N, B, D1 and D2 to the study's
+TrackPy row; this module asks the wider question on a grid instead. At every grid cell
+(N, B(N), D), at the preset's geometry, timing, PSF and one QD per 24 x 25 frame, it
+measures the AUC at each epsilon (``qdjax.metrics``, the one metric) of:
+
+- ``trackpy``: ``trackpy.locate`` with its diameter tuned per cell on that cell's own
+  validation frames (never on its test frames): a well-tuned trackpy;
+- ``mle``: the Poisson maximum-likelihood Gaussian fit;
+- ``model``: a trained detector (the shipped one, or any training workdir);
+- ``blur_floor``: a detector trained and tested on the noise-free expected images, so
+  only the motion blur of the raster scan separates a frame from its trajectory centroid.
+  The detector normalises each frame by its median and mean absolute deviation, which
+  removes N and B from a noise-free image exactly, so the floor depends on D alone and is
+  measured once per D.
+
+**B(N), the in vivo rule.** In vivo 2PM frames of one QD (SPEC section 9) have a spot
+amplitude of 11 to 16 photons per pixel over a background of 0.6 to 1.2: B/N = 0.9/13.5 =
+1/15 at the midpoints. The map keeps that ratio, B = N / 15, at every N, and adds the
+``paper`` preset's own (N, B) (its fit to the TrackPy row, B = N) as one more level.
+
+**Frames.** Every cell draws its test frames from one seed and its validation frames
+from another, the same seeds at every cell (common random numbers: the start positions,
+path increments and detector uniforms are shared, only scaled by D, N and B), so
+neighbouring cells differ by their parameters rather than by sampling noise.
+
+**Saving and merging.** Each method's cells are written to ``<output_dir>/<method>.json``
+with the grid they were measured on. ``run`` measures the methods it is asked for and
+``load_results`` gathers whatever is saved, so one method (e.g. the model, with a new
+workdir) can be rerun alone and the map redrawn from all of them.
+
+**Reading the map against the study.** For each of the study's rows (TrackPy, Keypoint
+R-CNN) and regimes k = 1, 2, 3, a cell reproduces row k when every epsilon's AUC lies
+within ``tolerance`` of the study's: twice the combined standard error of the two AUCs
+(binomial, from the numbers of ground truths, ``auc_standard_error``) plus the study's
+rounding to two digits. ``fit_rows`` then searches, per photon level, D1 <= D2 <= D3 on
+the map's D axis (AUC interpolated linearly in log D) for the smallest worst-cell gap to
+the TrackPy row, with D3 = 10 D1 as the study states and with D3 free.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import time
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+from tqdm.auto import tqdm
+
+from qdjax import data, io, metrics, presets
+from qdjax import locator as locator_lib
+from qdjax.evaluate import STUDY
+
+METHODS = ("trackpy", "mle", "model", "blur_floor")
+# Methods whose AUC does not depend on the photon level (measured at one level per D).
+LEVEL_FREE = ("blur_floor",)
+ROWS = {"TrackPy": "TrackPy", "network": "Keypoint R-CNN (paper)"}
+STUDY_TEST_FRAMES = (2570, 2410, 1870)  # the study's test sets, one QD per frame
+STUDY_ROUNDING = 0.005  # the study's table has two digits
+
+# In vivo (SPEC section 9): spot amplitude 11-16 photons, background 0.6-1.2 photons.
+IN_VIVO_PEAK_PHOTONS = (11.0, 16.0)
+IN_VIVO_BACKGROUND_PHOTONS = (0.6, 1.2)
+IN_VIVO_BACKGROUND_PER_PEAK = float(np.mean(IN_VIVO_BACKGROUND_PHOTONS)) / float(
+  np.mean(IN_VIVO_PEAK_PHOTONS)
+)
+
+# Role seeds (user seed * 100 + this): disjoint from qdjax.data's splits (0-7).
+_TEST_SEED, _VALIDATION_SEED = 90, 91
+
+
+def in_vivo_background(peak_photons: float) -> float:
+  """B(N) at the in vivo background-to-amplitude ratio (0.9 / 13.5 = 1/15), photons/pixel."""
+  if not (math.isfinite(peak_photons) and peak_photons > 0):
+    raise ValueError(f"peak_photons must be a positive number, got {peak_photons}")
+  return float(peak_photons) * IN_VIVO_BACKGROUND_PER_PEAK
+
+
+def implied_sigma_px(auc: float, epsilon: float) -> float:
+  """Per-axis sigma of isotropic Gaussian errors that puts a fraction ``auc`` within epsilon.
+
+  A detector that finds every QD once, with errors N(0, sigma^2) per axis and a score
+  that ranks the closer ones first, has AUC ~ P(r <= eps) = 1 - exp(-eps^2 / 2 sigma^2).
+  The study's network row gives 0.87, 0.97 and 1.29 px at epsilon 1 (D1, D2, D3).
+  """
+  if not 0 < auc < 1:
+    return float("nan") if auc <= 0 else 0.0
+  return float(epsilon / math.sqrt(-2.0 * math.log1p(-auc)))
+
+
+def auc_standard_error(auc, num_ground_truth) -> np.ndarray:
+  """Binomial standard error of an AUC over ``num_ground_truth`` QDs, sqrt(A (1-A) / n).
+
+  Exact for a detector with one detection per frame and a perfect ranking (the AUC is
+  then the fraction found); a fair scale otherwise (checked against a bootstrap over
+  frames in tests/test_reproduction.py).
+  """
+  auc = np.clip(np.asarray(auc, np.float64), 0.0, 1.0)
+  return np.sqrt(auc * (1.0 - auc) / np.maximum(np.asarray(num_ground_truth, np.float64), 1.0))
+
+
+@dataclasses.dataclass(frozen=True)
+class Grid:
+  """The map's axes.
+
+  Attributes:
+    preset: name of the preset whose geometry, timing and PSF every cell uses.
+    levels: ((N, B), ...) photon levels: peak photons per dwell, background per pixel.
+    diffusion: D values, um^2/s, ascending.
+    epsilons: match radii, px.
+    test_frames: test frames per cell.
+    validation_frames: validation frames per cell (trackpy's tuning).
+    seed: user seed.
+  """
+
+  preset: str
+  levels: tuple[tuple[float, float], ...]
+  diffusion: tuple[float, ...]
+  epsilons: tuple[float, ...]
+  test_frames: int
+  validation_frames: int
+  seed: int
+
+  def __post_init__(self):
+    if not self.levels or not self.diffusion:
+      raise ValueError("the grid needs at least one photon level and one D")
+    for n, b in self.levels:
+      if not (math.isfinite(n) and n > 0 and math.isfinite(b) and b >= 0):
+        raise ValueError(f"bad photon level N={n}, B={b}: need N > 0, B >= 0")
+    for d in self.diffusion:
+      if not (math.isfinite(d) and d > 0):
+        raise ValueError(f"diffusion values must be > 0, got {d}")
+    if list(self.diffusion) != sorted(self.diffusion):
+      raise ValueError(f"diffusion values must be ascending, got {list(self.diffusion)}")
+    if self.test_frames < 1 or self.validation_frames < 1:
+      raise ValueError(
+        f"test_frames and validation_frames must be >= 1, got {self.test_frames}, "
+        f"{self.validation_frames}"
+      )
+    if self.seed < 0:
+      raise ValueError(f"seed must be >= 0, got {self.seed}")
+
+  def to_dict(self) -> dict:
+    return {
+      "preset": self.preset,
+      "levels": [list(level) for level in self.levels],
+      "diffusion": list(self.diffusion),
+      "epsilons": list(self.epsilons),
+      "test_frames": self.test_frames,
+      "validation_frames": self.validation_frames,
+      "seed": self.seed,
+    }
+
+  @classmethod
+  def from_dict(cls, record: dict) -> Grid:
+    return cls(
+      preset=record["preset"],
+      levels=tuple((float(n), float(b)) for n, b in record["levels"]),
+      diffusion=tuple(float(d) for d in record["diffusion"]),
+      epsilons=tuple(float(e) for e in record["epsilons"]),
+      test_frames=int(record["test_frames"]),
+      validation_frames=int(record["validation_frames"]),
+      seed=int(record["seed"]),
+    )
+
+  def params(self, level: int, d: int):
+    """simulate.Params of cell (level, d)."""
+    n, b = self.levels[level]
+    return presets.get(self.preset).sim_params(
+      diffusion=self.diffusion[d], peak_photons=n, background_photons=b
+    )
+
+  def frames(self, level: int, d: int, role: str) -> dict[str, np.ndarray]:
+    """The cell's 'test' or 'validation' frames (``data.generate``'s arrays)."""
+    offset = {"test": _TEST_SEED, "validation": _VALIDATION_SEED}[role]
+    size = self.test_frames if role == "test" else self.validation_frames
+    # One frame count for both roles: the simulator compiles once per count, which costs
+    # far more than drawing the extra frames.
+    count = max(self.test_frames, self.validation_frames)
+    frames = data.generate(self.params(level, d), count, self.seed * 100 + offset)
+    return {k: v[:size] for k, v in frames.items()}
+
+
+def make_grid(config) -> Grid:
+  """The Grid of a reproduction config: N values with B = N/15, plus the preset's own level."""
+  preset = presets.get(config.preset)
+  peaks = [float(n) for n in config.peak_photons]
+  levels = [(n, round(in_vivo_background(n), 4)) for n in peaks]
+  if config.preset_level:
+    level = (float(preset.values["peak_photons"]), float(preset.values["background_photons"]))
+    if level not in levels:
+      levels.append(level)
+  return Grid(
+    preset=preset.name,
+    levels=tuple(levels),
+    diffusion=tuple(float(d) for d in config.diffusion),
+    epsilons=tuple(float(e) for e in preset.epsilons_px),
+    test_frames=int(config.test_frames),
+    validation_frames=int(config.validation_frames),
+    seed=int(config.seed),
+  )
+
+
+def parse_methods(text) -> list[str]:
+  """'trackpy,model' -> ['trackpy', 'model'], checking every name ('' -> [])."""
+  names = [m.strip() for m in (text.split(",") if isinstance(text, str) else text) if m.strip()]
+  for name in names:
+    if name not in METHODS:
+      raise ValueError(f"unknown method {name!r}; known: {', '.join(METHODS)}")
+  return list(dict.fromkeys(names))
+
+
+def _cell_record(detections, frames, epsilons, level, d, grid, extra=None) -> dict:
+  reports = [
+    metrics.report(detections, frames["keypoints"], frames["present"], e) for e in epsilons
+  ]
+  rmse = reports[-1].localisation.rmse_px
+  n, b = grid.levels[level]
+  return {
+    "level": level,
+    "d": d,
+    "peak_photons": n,
+    "background_photons": b,
+    "diffusion_um2_s": grid.diffusion[d],
+    "auc": [round(r.auc, 4) for r in reports],
+    "ground_truths": reports[0].num_ground_truth,
+    "rmse_px": round(float(rmse), 4) if np.isfinite(rmse) else None,
+    **(extra or {}),
+  }
+
+
+def _trackpy_cell(grid, level, d, test, diameters, workers):
+  from qdjax.baselines import trackpy as trackpy_baseline
+
+  validation = grid.frames(level, d, "validation")
+  tuning = trackpy_baseline.tune(
+    [validation],
+    grid.epsilons,
+    trackpy_baseline.Grid(diameters=tuple(diameters), percentiles=(64.0,), minmasses=(0.0,)),
+    workers=workers,
+  )
+  locator = trackpy_baseline.Locator(tuning.settings, workers=workers)
+  return locator(test["images"]), {"trackpy_settings": tuning.settings.to_dict()}
+
+
+def measure(
+  grid: Grid,
+  method: str,
+  locator: locator_lib.Locator | None = None,
+  *,
+  trackpy_diameters: Sequence[int] = (5, 7, 9, 11),
+  trackpy_workers: int | None = 1,
+  progress: bool = True,
+) -> dict:
+  """One method over the grid: a JSON-ready record with one entry per cell.
+
+  Args:
+    grid: the map's axes.
+    method: one of ``METHODS``.
+    locator: ``images [n, h, w] -> list of [k, 3] (x, y, score)``: the detector for
+      'model' and 'blur_floor' (ignored by trackpy, which is tuned per cell, and optional
+      for 'mle').
+    trackpy_diameters: the diameters tuned over at each cell.
+    trackpy_workers: trackpy processes (1: in this process; the sets are small).
+    progress: show a progress bar.
+
+  Returns:
+    {"method", "grid", "cells": [...], "seconds"}; a cell holds its level and D indices and
+    values, the AUC per epsilon, the ground-truth count and the RMSE at the largest epsilon
+    (and trackpy's tuned settings).
+  """
+  if method not in METHODS:
+    raise ValueError(f"unknown method {method!r}; known: {', '.join(METHODS)}")
+  if method in ("model", "blur_floor") and locator is None:
+    raise ValueError(f"method {method} needs a locator (a trained detector)")
+  if method == "mle" and locator is None:
+    locator = locator_lib.make("mle")
+  levels = [0] if method in LEVEL_FREE else range(len(grid.levels))
+  cells = [(i, j) for i in levels for j in range(len(grid.diffusion))]
+  start = time.perf_counter()
+  records = []
+  for i, j in tqdm(cells, desc=f"map: {method}", unit="cell", disable=not progress):
+    test = grid.frames(i, j, "test")
+    extra = None
+    if method == "trackpy":
+      detections, extra = _trackpy_cell(grid, i, j, test, trackpy_diameters, trackpy_workers)
+    elif method == "blur_floor":
+      detections = locator(test["expected"])
+      # Beside the trained detector: how often the plain noise-free centroid is close.
+      background = grid.levels[i][1]
+      within = [round(centroid_within(test, background, e), 4) for e in grid.epsilons]
+      extra = {"centroid_within": within}
+    else:
+      detections = locator(test["images"])
+    records.append(_cell_record(detections, test, grid.epsilons, i, j, grid, extra))
+  return {
+    "method": method,
+    "grid": grid.to_dict(),
+    "level_free": method in LEVEL_FREE,
+    "cells": records,
+    "seconds": round(time.perf_counter() - start, 1),
+  }
+
+
+def save(record: dict, output_dir, source: str | None = None) -> Path:
+  """Writes ``<output_dir>/<method>.json`` atomically (``source``: where a model came from)."""
+  if source is not None:
+    record = {**record, "source": source}
+  path = Path(output_dir) / f"{record['method']}.json"
+  io.write_text(path, json.dumps(record, indent=1) + "\n")
+  return path
+
+
+@dataclasses.dataclass(frozen=True)
+class Results:
+  """The saved methods of one grid as arrays.
+
+  Attributes:
+    grid: the axes.
+    auc: method -> [levels, D, epsilons] AUC (a level-free method is broadcast over levels).
+    ground_truths: method -> [levels, D] number of QDs in the test frames.
+    records: method -> its saved record.
+    notices: one-line notes (files skipped because their grid differs).
+  """
+
+  grid: Grid
+  auc: dict[str, np.ndarray]
+  ground_truths: dict[str, np.ndarray]
+  records: dict[str, dict]
+  notices: tuple[str, ...] = ()
+
+  @property
+  def methods(self) -> list[str]:
+    return [m for m in METHODS if m in self.auc]
+
+
+def to_arrays(record: dict, grid: Grid) -> tuple[np.ndarray, np.ndarray]:
+  """[levels, D, eps] AUC and [levels, D] ground truths of one method's record."""
+  shape = (len(grid.levels), len(grid.diffusion))
+  auc = np.full(shape + (len(grid.epsilons),), np.nan)
+  truths = np.zeros(shape)
+  for cell in record["cells"]:
+    rows = slice(None) if record.get("level_free") else cell["level"]
+    auc[rows, cell["d"]] = cell["auc"]
+    truths[rows, cell["d"]] = cell["ground_truths"]
+  return auc, truths
+
+
+def load_results(output_dir, grid: Grid) -> Results:
+  """Every ``<output_dir>/<method>.json`` measured on ``grid`` (others are skipped, noted)."""
+  auc, truths, records, notices = {}, {}, {}, []
+  for method in METHODS:
+    path = Path(output_dir) / f"{method}.json"
+    if not path.is_file():
+      continue
+    try:
+      record = json.loads(path.read_text())
+      saved = Grid.from_dict(record["grid"])
+    except (ValueError, KeyError, TypeError) as e:
+      raise ValueError(f"unreadable map results {path}: {e}") from None
+    if saved != grid:
+      notices.append(f"skipped {path}: measured on another grid (rerun --methods={method})")
+      continue
+    auc[method], truths[method] = to_arrays(record, grid)
+    records[method] = record
+  return Results(grid, auc, truths, records, tuple(notices))
+
+
+def study_row(row: str) -> np.ndarray:
+  """[3 regimes, 3 epsilons] AUC of the study's 'TrackPy' or 'network' row."""
+  return np.asarray(STUDY[ROWS[row]], np.float64)
+
+
+def tolerance(auc, ground_truths, row: str) -> np.ndarray:
+  """Allowed |AUC - study| per cell: 2 x combined standard error + the study's rounding.
+
+  Args:
+    auc: [..., 3 regimes, 3 epsilons] ours (broadcast against the study's row).
+    ground_truths: [...] QDs behind each of our AUCs.
+    row: 'TrackPy' or 'network'.
+  """
+  study = study_row(row)
+  ours = auc_standard_error(auc, np.asarray(ground_truths)[..., None, None])
+  theirs = auc_standard_error(study, np.asarray(STUDY_TEST_FRAMES, np.float64)[:, None])
+  return 2.0 * np.sqrt(ours**2 + theirs**2) + STUDY_ROUNDING
+
+
+def row_gaps(results: Results, method: str, row: str) -> tuple[np.ndarray, np.ndarray]:
+  """Gap of every cell to each regime of a study row, and the matches.
+
+  Returns:
+    gap: [levels, D, 3 regimes, 3 eps] method's AUC minus the study's regime-k AUC.
+    match: [levels, D, 3 regimes] every epsilon within ``tolerance``.
+  """
+  auc = results.auc[method][:, :, None, :]  # [L, D, 1, E]
+  gap = auc - study_row(row)
+  tol = tolerance(np.broadcast_to(auc, gap.shape), results.ground_truths[method], row)
+  return gap, np.all(np.abs(gap) <= tol, axis=-1)
+
+
+def _interpolate_log_d(values, diffusion, d):
+  """values [D, ...] at d, linear in log D (None outside the grid's D range)."""
+  logs = np.log(np.asarray(diffusion))
+  if not logs[0] - 1e-9 <= math.log(d) <= logs[-1] + 1e-9:
+    return None
+  return np.stack(
+    [np.interp(math.log(d), logs, values[:, k]) for k in range(values.shape[1])], axis=0
+  )
+
+
+@dataclasses.dataclass(frozen=True)
+class RowFit:
+  """The best (D1, D2, D3) at one photon level for a method against a study row.
+
+  Attributes:
+    level: (N, B).
+    regimes: (D1, D2, D3) um^2/s.
+    max_abs_gap: worst |AUC - study| over the nine cells.
+    gap: [3, 3] AUC minus study.
+    ratio: D3 / D1.
+  """
+
+  level: tuple[float, float]
+  regimes: tuple[float, float, float]
+  max_abs_gap: float
+  gap: np.ndarray
+  ratio: float
+
+
+def fit_rows(
+  results: Results, method: str = "trackpy", row: str = "TrackPy", ratio: float | None = 10.0
+) -> list[RowFit]:
+  """Per photon level, the D1 <= D2 <= D3 that bring ``method`` closest to a study row.
+
+  D runs over a fine log grid inside the map's range (40 points per decade); AUCs between
+  map columns are interpolated linearly in log D. With ``ratio`` D3 = ratio * D1 (the
+  study's 10x); with None, D3 is free.
+  """
+  grid = results.grid
+  study = study_row(row)
+  lo, hi = math.log10(grid.diffusion[0]), math.log10(grid.diffusion[-1])
+  ds = np.logspace(lo, hi, int(round((hi - lo) * 40)) + 1)
+  fits = []
+  for level in range(len(grid.levels)):
+    table = results.auc[method][level]  # [D, E]
+    # Per regime k and candidate D: the worst epsilon's gap.
+    curves = np.stack([_interpolate_log_d(table, grid.diffusion, d) for d in ds])  # [M, E]
+    worst = np.max(np.abs(curves[:, None, :] - study[None]), axis=-1)  # [M, 3 regimes]
+    best = None
+    for a in range(len(ds)):
+      if ratio is None:
+        c_choices = range(a, len(ds))
+      else:
+        target = ratio * ds[a]
+        if target > ds[-1] * (1 + 1e-9):
+          break
+        c_choices = [int(np.argmin(np.abs(np.log(ds) - math.log(target))))]
+      for c in c_choices:
+        b = a + int(np.argmin(worst[a : c + 1, 1]))  # D2 between D1 and D3
+        score = max(worst[a, 0], worst[b, 1], worst[c, 2])
+        if best is None or score < best[0] - 1e-12:
+          best = (score, a, b, c)
+    if best is None:
+      continue
+    score, a, b, c = best
+    gap = np.stack([curves[a] - study[0], curves[b] - study[1], curves[c] - study[2]])
+    fits.append(
+      RowFit(
+        level=grid.levels[level],
+        regimes=(float(ds[a]), float(ds[b]), float(ds[c])),
+        max_abs_gap=float(score),
+        gap=gap,
+        ratio=float(ds[c] / ds[a]),
+      )
+    )
+  return fits
+
+
+def blur_floor_limits(results: Results, centroid: bool = False) -> list[float | None]:
+  """Per regime k: the largest map D at which the blur floor reaches the network row's
+  AUC (minus its tolerance) at every epsilon, or None if it never does.
+
+  Args:
+    centroid: judge by the fraction of noise-free image centroids within epsilon (the
+      AUC a centroid would score with a perfect ranking) instead of the trained
+      noise-free detector's AUC.
+  """
+  if "blur_floor" not in results.auc:
+    return [None, None, None]
+  floor = results.auc["blur_floor"][0]  # [D, E]
+  if centroid:
+    floor = np.asarray([c["centroid_within"] for c in results.records["blur_floor"]["cells"]])
+  study = study_row("network")
+  tol = tolerance(floor[:, None, :], results.ground_truths["blur_floor"][0], "network")
+  ok = np.all(floor[:, None, :] >= study[None] - tol, axis=-1)  # [D, 3]
+  out = []
+  for k in range(3):
+    reach = [d for d, good in zip(results.grid.diffusion, ok[:, k], strict=True) if good]
+    out.append(max(reach) if reach else None)
+  return out
+
+
+def _level_label(level) -> str:
+  n, b = level
+  return f"N={n:g}, B={b:.2g}"
+
+
+def plot_auc(results: Results, path) -> None:
+  """One heat map per method and epsilon: AUC over (photon level, D)."""
+  from qdjax import plotting
+
+  plt = plotting.plt
+  methods = results.methods
+  grid = results.grid
+  fig, axes = plt.subplots(
+    len(methods),
+    len(grid.epsilons),
+    figsize=(3.6 * len(grid.epsilons), 0.45 * len(grid.levels) * len(methods) + 1.6),
+    squeeze=False,
+  )
+  for r, method in enumerate(methods):
+    for c, eps in enumerate(grid.epsilons):
+      ax = axes[r, c]
+      values = results.auc[method][:, :, c]
+      if method in LEVEL_FREE:
+        values = values[:1]
+      ax.imshow(values, vmin=0, vmax=1, cmap="viridis", aspect="auto")
+      for (i, j), v in np.ndenumerate(values):
+        ax.text(
+          j, i, f"{v:.2f}", ha="center", va="center", fontsize=6, color="w" if v < 0.6 else "k"
+        )
+      ax.set_xticks(range(len(grid.diffusion)), [f"{d:g}" for d in grid.diffusion], fontsize=7)
+      labels = ["any N, B"] if method in LEVEL_FREE else [_level_label(x) for x in grid.levels]
+      ax.set_yticks(range(len(labels)), labels, fontsize=7)
+      ax.set_title(f"{method}, epsilon {eps:g} px", fontsize=9)
+      if r == len(methods) - 1:
+        ax.set_xlabel("D (um^2/s)", fontsize=8)
+  fig.tight_layout()
+  io.save_figure(fig, path, dpi=110)
+  plt.close(fig)
+
+
+def plot_reproduction(results: Results, path, network_method: str = "model") -> None:
+  """Where each study row is reproduced: worst-epsilon |gap| per regime, matches boxed.
+
+  Top: tuned trackpy against the study's TrackPy row. Bottom: ``network_method`` against
+  the study's network row, with the D beyond which even the blur floor cannot reach it.
+  """
+  from qdjax import plotting
+
+  plt = plotting.plt
+  grid = results.grid
+  panels = [("trackpy", "TrackPy")]
+  if network_method in results.auc:
+    panels.append((network_method, "network"))
+  fig, axes = plt.subplots(
+    len(panels), 3, figsize=(13, 0.5 * len(grid.levels) * len(panels) + 1.8), squeeze=False
+  )
+  limits = blur_floor_limits(results)
+  image = None
+  for r, (method, row) in enumerate(panels):
+    if method not in results.auc:
+      continue
+    gap, match = row_gaps(results, method, row)
+    worst = np.max(np.abs(gap), axis=-1)  # [L, D, 3]
+    for k in range(3):
+      ax = axes[r, k]
+      image = ax.imshow(worst[:, :, k], vmin=0, vmax=0.5, cmap="magma_r", aspect="auto")
+      for (i, j), v in np.ndenumerate(worst[:, :, k]):
+        ax.text(
+          j, i, f"{v:.2f}", ha="center", va="center", fontsize=6, color="w" if v > 0.3 else "k"
+        )
+        if match[i, j, k]:
+          ax.add_patch(plt.Rectangle((j - 0.5, i - 0.5), 1, 1, fill=False, ec="c", lw=2))
+      if row == "network" and limits[k] is not None:
+        x = grid.diffusion.index(limits[k]) + 0.5
+        ax.axvline(x, color="c", ls="--", lw=1.2)
+      ax.set_xticks(range(len(grid.diffusion)), [f"{d:g}" for d in grid.diffusion], fontsize=7)
+      labels = [_level_label(x) for x in grid.levels] if k == 0 else []
+      ax.set_yticks(range(len(grid.levels)), labels or [""] * len(grid.levels), fontsize=7)
+      who = "trackpy (tuned)" if method == "trackpy" else method
+      ax.set_title(f"{who} vs study {row} row, D{k + 1}", fontsize=9)
+      if r == len(panels) - 1:
+        ax.set_xlabel("D (um^2/s)", fontsize=8)
+  if image is not None:
+    fig.colorbar(image, ax=axes, shrink=0.8, label="worst-epsilon |AUC - study|")
+  fig.suptitle(
+    "Cyan box: all three epsilons within 2 standard errors of the study's row. "
+    "Dashed: largest D at which the blur floor still reaches the network row.",
+    fontsize=9,
+  )
+  io.save_figure(fig, path, dpi=110)
+  plt.close(fig)
+
+
+def summary_markdown(results: Results) -> str:
+  """The map's findings as Markdown: AUC tables, matches, row fits, blur-floor limits."""
+  grid = results.grid
+  lines = [
+    f"# Reproduction map (preset `{grid.preset}` geometry; {grid.test_frames} test frames "
+    f"per cell, seed {grid.seed})",
+    "",
+    "Photon levels: "
+    + "; ".join(_level_label(x) for x in grid.levels)
+    + ". B = N/15 (in vivo) except the preset's own fit.",
+    "",
+  ]
+  for method in results.methods:
+    record = results.records[method]
+    source = record.get("source")
+    lines += [
+      f"## {method}"
+      + (f" ({source})" if source else "")
+      + ": AUC at epsilon "
+      + ", ".join(f"{e:g}" for e in grid.epsilons)
+      + f" px ({record['seconds']:.0f} s)",
+      "",
+      "| N, B | " + " | ".join(f"D={d:g}" for d in grid.diffusion) + " |",
+      "|---|" + "---|" * len(grid.diffusion),
+    ]
+    levels = range(1) if method in LEVEL_FREE else range(len(grid.levels))
+    for i in levels:
+      label = "any" if method in LEVEL_FREE else _level_label(grid.levels[i])
+      cells = [
+        "/".join(f"{v:.2f}" for v in results.auc[method][i, j]) for j in range(len(grid.diffusion))
+      ]
+      lines.append(f"| {label} | " + " | ".join(cells) + " |")
+    lines.append("")
+  for method, row in (("trackpy", "TrackPy"), ("model", "network"), ("blur_floor", "network")):
+    if method not in results.auc:
+      continue
+    _, match = row_gaps(results, method, row)
+    lines.append(f"## Cells where {method} reproduces the study's {row} row")
+    lines.append("")
+    for k in range(3):
+      found = [
+        f"({_level_label(grid.levels[i])}, D={grid.diffusion[j]:g})"
+        for i, j in zip(*np.nonzero(match[:, :, k]), strict=True)
+        if method not in LEVEL_FREE or i == 0
+      ]
+      lines.append(f"- D{k + 1} row: " + (", ".join(found) if found else "none"))
+    lines.append("")
+  if "trackpy" in results.auc:
+    lines += ["## Best D1/D2/D3 per photon level, tuned trackpy vs the study's TrackPy row", ""]
+    lines += ["| N, B | D3 = 10 D1: D1/D2/D3 | max gap | D3 free: D1/D2/D3 | max gap |"]
+    lines += ["|---|---|---|---|---|"]
+    fixed = {f.level: f for f in fit_rows(results, ratio=10.0)}
+    free = {f.level: f for f in fit_rows(results, ratio=None)}
+    for level in grid.levels:
+      a, b = fixed.get(level), free.get(level)
+      cell_a = f"{'/'.join(f'{d:.2g}' for d in a.regimes)} | {a.max_abs_gap:.2f}" if a else "- | -"
+      cell_b = f"{'/'.join(f'{d:.2g}' for d in b.regimes)} | {b.max_abs_gap:.2f}" if b else "- | -"
+      lines.append(f"| {_level_label(level)} | {cell_a} | {cell_b} |")
+    lines.append("")
+  if "blur_floor" in results.auc:
+    limits = blur_floor_limits(results)
+    lines.append("## Blur floor against the study's network row")
+    lines.append("")
+    floor = results.auc["blur_floor"][0]
+    sigmas = [implied_sigma_px(a, grid.epsilons[0]) for a in floor[:, 0]]
+    centroid = [c.get("centroid_within") for c in results.records["blur_floor"]["cells"]]
+    if all(c is not None for c in centroid):
+      lines.append(
+        "Fraction of QDs whose noise-free image centroid (background removed) lies within "
+        "epsilon = "
+        + ", ".join(f"{e:g}" for e in grid.epsilons)
+        + " px: "
+        + "; ".join(
+          f"D={d:g}: " + "/".join(f"{v:.2f}" for v in c)
+          for d, c in zip(grid.diffusion, centroid, strict=True)
+        )
+        + "."
+      )
+      lines.append("")
+    lines.append(
+      "Per-axis sigma implied by the blur floor's epsilon-1 AUC: "
+      + ", ".join(f"D={d:g}: {s:.2f}" for d, s in zip(grid.diffusion, sigmas, strict=True))
+      + " px (the network row implies 0.87, 0.97, 1.29 px at D1, D2, D3)."
+    )
+    by_centroid = blur_floor_limits(results, centroid=True)
+    for k in range(3):
+      lim, lim_c = limits[k], by_centroid[k]
+      lines.append(
+        f"- network D{k + 1} row reached (within tolerance or above) by the noise-free "
+        "detector up to "
+        + (f"D = {lim:g}" if lim is not None else "no D of the map")
+        + ", by the noise-free centroid's fraction within epsilon up to "
+        + (f"D = {lim_c:g}" if lim_c is not None else "no D of the map")
+        + " um^2/s"
+      )
+    lines.append("")
+  lines += [f"note: {n}" for n in results.notices]
+  return "\n".join(lines) + "\n"
+
+
+def write_report(results: Results, output_dir) -> dict[str, Path]:
+  """summary.md, auc.png and reproduction.png into ``output_dir`` (atomically)."""
+  output_dir = Path(output_dir)
+  paths = {
+    "markdown": output_dir / "summary.md",
+    "auc_figure": output_dir / "auc.png",
+    "figure": output_dir / "reproduction.png",
+  }
+  io.write_text(paths["markdown"], summary_markdown(results))
+  if results.methods:
+    plot_auc(results, paths["auc_figure"])
+  if "trackpy" in results.auc:
+    plot_reproduction(results, paths["figure"])
+  return {k: p for k, p in paths.items() if p.exists()}
+
+
+def centroid_within(frames: dict, background: float, epsilon: float = 1.0) -> float:
+  """Fraction of present QDs whose noise-free image's centroid lies within ``epsilon`` px
+  of the trajectory centroid (one QD per frame).
+
+  The centroid is the intensity-weighted mean pixel of ``expected - background``: the
+  spot's photons only, as a perfectly background-subtracted, noise-free centroid.
+
+  Args:
+    frames: ``data.generate`` arrays (expected [n, h, w], keypoints [n, 1, 2], present).
+    background: B, photons per pixel.
+  """
+  spot = np.clip(frames["expected"].astype(np.float64) - background, 0.0, None)
+  h, w = spot.shape[1:]
+  mass = spot.sum(axis=(1, 2))
+  x = (spot * np.arange(w)[None, None, :]).sum(axis=(1, 2)) / mass
+  y = (spot * np.arange(h)[None, :, None]).sum(axis=(1, 2)) / mass
+  present = frames["present"][:, 0]
+  truth = frames["keypoints"][:, 0]
+  dist = np.hypot(x - truth[:, 0], y - truth[:, 1])[present]
+  return float(np.mean(dist <= epsilon))
+
+
+def make_locator(method: str, config) -> tuple[locator_lib.Locator | None, str | None]:
+  """The detector a method needs, and where it came from (None, None for trackpy/mle).
+
+  'model' is ``qdjax.locator.make('model', workdir=config.workdir, model=config.model)``: a
+  training workdir, or a model shipped with the package (``config.model``, by default
+  ``inference.default_model()``). 'blur_floor' needs ``config.blur_floor_workdir`` (a
+  detector trained with ``config.data='noise_free'``).
+  """
+  from qdjax import inference
+
+  if method == "model":
+    workdir, name = config.workdir or None, config.model or None
+    if workdir and not Path(workdir).is_dir():
+      raise FileNotFoundError(f"--workdir does not exist: {workdir}")
+    locator = locator_lib.make("model", workdir=workdir, model=name)
+    source = workdir or f"shipped model '{name or inference.default_model()}'"
+    return locator, source
+  if method == "blur_floor":
+    workdir = config.blur_floor_workdir
+    if not workdir:
+      raise ValueError(
+        "method blur_floor needs --blur_floor_workdir (train it with "
+        "experiments/configs/blur_floor.py)"
+      )
+    if not Path(workdir).is_dir():
+      raise FileNotFoundError(f"--blur_floor_workdir does not exist: {workdir}")
+    return locator_lib.make("model", workdir=workdir), workdir
+  return None, None
+
+
+def run(config, progress: bool = True) -> Results:
+  """Measures ``config.methods`` over the grid, saves each, and returns every saved method.
+
+  Methods already saved in ``config.output_dir`` for the same grid and not asked for are
+  kept, so ``--methods=model`` reruns the model alone and the map is drawn with the rest.
+
+  Args:
+    config: see experiments/configs/reproduction.py.
+    progress: show progress bars.
+  """
+  grid = make_grid(config)
+  methods = parse_methods(config.methods)
+  output_dir = Path(config.output_dir)
+  # Build every locator first: a bad workdir fails before any long computation.
+  locators = {m: make_locator(m, config) for m in methods}
+  for method in methods:
+    locator, source = locators[method]
+    record = measure(
+      grid,
+      method,
+      locator,
+      trackpy_diameters=tuple(config.trackpy_diameters),
+      trackpy_workers=config.trackpy_workers,
+      progress=progress,
+    )
+    save(record, output_dir, source)
+  return load_results(output_dir, grid)
