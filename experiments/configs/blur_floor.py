@@ -9,9 +9,10 @@ there (docs/reproduction.md). The detector normalises each frame by its median a
 absolute deviation, which removes N and B from a noise-free image exactly, so one model
 serves every photon level. The D range spans the reproduction map's (0.1 to 20 um^2/s).
 
-This is the CPU size (``small``, 64k frames; about 15 minutes on two shared cores). On a
-GPU, the shipped model's size: ``--config.model.name=base --config.num_steps=9375
---config.warmup_steps=300`` (300k frames).
+This is the CPU size (``small``, 64k frames: 1500 steps took 61 minutes on two heavily
+shared cores, so about 20 minutes on idle ones). On a GPU, the shipped model's size:
+``--config.model.name=base --config.num_steps=9375 --config.warmup_steps=300`` (300k
+frames).
 """
 
 import importlib.util
