@@ -58,7 +58,9 @@ class MovieParams:
 
 def default_frame_interval(params: simulate.Params) -> float:
   """``height * (width * dwell + retrace)``: frames back to back, no extra flyback."""
-  return params.height * float(scan.line_period(params.width, params.dwell_s, params.retrace_s))
+  from qdjax import diffusion
+
+  return diffusion.default_frame_interval(params)
 
 
 def frame_span(params: simulate.Params):

@@ -23,7 +23,7 @@ import numpy as np
 import pandas as pd
 from tqdm.auto import tqdm
 
-from qdjax import diffusion, io, locator
+from qdjax import diffusion, io, locator, movie
 
 TRACK_COLUMNS = ["frame", "x", "y", "score", "particle"]
 DIFFUSION_COLUMNS = [
@@ -215,8 +215,7 @@ def analysis_for(preset, height: int, width: int, frame_interval_s=None, **kwarg
   frame_interval_s = float(frame_interval_s)
   if not math.isfinite(frame_interval_s) or frame_interval_s <= 0:
     raise ValueError(f"frame_interval_s must be a positive number, got {frame_interval_s}")
-  recording = (height - 1) * (width * float(params.dwell_s) + float(params.retrace_s))
-  recording += width * float(params.dwell_s)
+  recording = float(movie.frame_span(params))
   if frame_interval_s < recording * (1 - 1e-6):
     raise ValueError(
       f"frame_interval_s={frame_interval_s} is shorter than the {recording:.6g} s a "
