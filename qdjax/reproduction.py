@@ -16,7 +16,7 @@ measures the AUC at each epsilon (``qdjax.metrics``, the one metric) of:
   removes N and B from a noise-free image exactly, so the floor depends on D alone and is
   measured once per D.
 
-**B(N), the in vivo rule.** In vivo 2PM frames of one QD (SPEC section 9) have a spot
+**B(N), the in vivo rule.** In vivo 2PM frames of one QD (docs/spec.md, section 9) have a spot
 amplitude of 11 to 16 photons per pixel over a background of 0.6 to 1.2: B/N = 0.9/13.5 =
 1/15 at the midpoints. The map keeps that ratio, B = N / 15, at every N, and adds the
 ``paper`` preset's own (N, B) (its fit to the TrackPy row, B = N) as one more level.
@@ -63,7 +63,7 @@ ROWS = {"TrackPy": "TrackPy", "network": "Keypoint R-CNN (paper)"}
 STUDY_TEST_FRAMES = (2570, 2410, 1870)  # the study's test sets, one QD per frame
 STUDY_ROUNDING = 0.005  # the study's table has two digits
 
-# In vivo (SPEC section 9): spot amplitude 11-16 photons, background 0.6-1.2 photons.
+# In vivo (docs/spec.md, section 9): spot amplitude 11-16 photons, background 0.6-1.2 photons.
 IN_VIVO_PEAK_PHOTONS = (11.0, 16.0)
 IN_VIVO_BACKGROUND_PHOTONS = (0.6, 1.2)
 IN_VIVO_BACKGROUND_PER_PEAK = float(np.mean(IN_VIVO_BACKGROUND_PHOTONS)) / float(

@@ -12,7 +12,7 @@ from qdjax.evaluate import STUDY
 
 
 def test_background_follows_the_in_vivo_ratio():
-  # SPEC 9: amplitude 11-16 photons over 0.6-1.2 photons of background, midpoints 13.5, 0.9.
+  # Spec section 9: amplitude 11-16 photons over 0.6-1.2 photons of background, midpoints 13.5, 0.9.
   assert reproduction.in_vivo_background(13.5) == pytest.approx(0.9)
   assert reproduction.in_vivo_background(30.0) == pytest.approx(2.0)
   for bad in (0.0, -1.0, float("nan")):
