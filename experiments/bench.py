@@ -11,7 +11,7 @@ Timings are medians of repeats; ratios are measured side by side in the same run
 import importlib
 import json
 
-from absl import app, flags
+from absl import flags
 
 from qdjax import cli, io
 
@@ -25,13 +25,17 @@ _REPEATS = flags.DEFINE_integer(
 _QUICK = flags.DEFINE_bool("quick", False, "Small sizes, for a smoke test.")
 
 
-@cli.one_line_errors
 def main(argv):
   cli.check_no_extra_args(argv)
   output = _OUTPUT.value or f"bench_{_WHAT.value}.json"
   io.check_output_path(output)
   module = importlib.import_module(f"qdjax.benchmarks.{_WHAT.value}")
-  result = module.run(repeats=_REPEATS.value, quick=_QUICK.value)
+  options = {}
+  if _WHAT.value == "train":  # at the default training config, or the tiny one
+    from configs import default, tiny
+
+    options["config"] = (tiny if _QUICK.value else default).get_config()
+  result = module.run(repeats=_REPEATS.value, quick=_QUICK.value, **options)
   text = json.dumps(result, indent=2)
   print(text)
   io.write_text(output, text + "\n")
@@ -39,4 +43,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-  app.run(main)
+  cli.run(main)

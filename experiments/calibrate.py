@@ -1,36 +1,50 @@
 r"""Fit the paper preset's N, B, D1 and D2 to the study's TrackPy row (docs/spec.md, section 2).
 
-  python experiments/calibrate.py
-  python experiments/calibrate.py --output=/tmp/paper.json --config.fine_budget_s=60
+  python experiments/calibrate.py                     # writes ./paper_calibration.json
+  python experiments/calibrate.py --install           # replaces the preset's calibration
+  python experiments/calibrate.py --output=/tmp/paper.json --config.fine_fits=20
 
-Writes qdjax/calibration/<preset>.json (values, regimes, provenance, trackpy settings,
-per-cell gap), which qdjax.presets merges into the preset. Uses validation-style frames
-only, never a test split.
+Writes the calibration record (values, regimes, provenance, trackpy settings, per-cell
+gap). With --install it goes to qdjax/calibration/<preset>.json, which qdjax.presets merges
+into the preset; only then does the preset change. Uses validation-style frames only,
+never a test split. The search's budget counts fits, so a command gives the same
+calibration on any machine.
 """
 
 import shlex
 import sys
 
-from absl import app, flags, logging
-from ml_collections import config_flags
+from absl import flags
 
 from qdjax import calibrate, cli, presets
 
-_CONFIG = config_flags.DEFINE_config_file(
-  "config", "experiments/configs/calibrate.py", "Calibration config file.", lock_config=True
+_CONFIG = cli.define_config(
+  __file__,
+  "calibrate",
+  "Calibration config file (default: configs/calibrate.py beside this script); override "
+  "its fields with --config.<field>=value.",
 )
 _OUTPUT = flags.DEFINE_string(
-  "output", None, "JSON to write (default: qdjax/calibration/<preset>.json)."
+  "output", None, "JSON to write (default: ./<preset>_calibration.json)."
+)
+_INSTALL = flags.DEFINE_bool(
+  "install",
+  False,
+  "Write qdjax/calibration/<preset>.json inside the package instead, replacing the "
+  "calibration the preset loads.",
 )
 
 
-@cli.one_line_errors
 def main(argv):
   cli.check_no_extra_args(argv)
-  logging.set_verbosity(logging.WARNING)
   config = _CONFIG.value
   presets.get(config.preset)  # fails early on an unknown name
-  output = _OUTPUT.value or str(presets.CALIBRATION_DIR / f"{config.preset}.json")
+  if _INSTALL.value and _OUTPUT.value:
+    raise ValueError("give --output or --install, not both")
+  if _INSTALL.value:
+    output = str(presets.CALIBRATION_DIR / f"{config.preset}.json")
+  else:
+    output = _OUTPUT.value or f"{config.preset}_calibration.json"
   command = "python " + " ".join(shlex.quote(a) for a in sys.argv)
   record = calibrate.calibrate(config, output, command)
   print(calibrate.format_report(record))
@@ -38,4 +52,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-  app.run(main)
+  cli.run(main)

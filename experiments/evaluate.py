@@ -11,13 +11,15 @@ and pr_curves.png into --output_dir.
 
 from pathlib import Path
 
-from absl import app, flags
-from ml_collections import config_flags
+from absl import flags
 
 from qdjax import cli, evaluate
 
-_CONFIG = config_flags.DEFINE_config_file(
-  "config", "experiments/configs/evaluate.py", "Evaluation config file.", lock_config=True
+_CONFIG = cli.define_config(
+  __file__,
+  "evaluate",
+  "Evaluation config file (default: configs/evaluate.py beside this script); override its "
+  "fields with --config.<field>=value, e.g. --config.trackpy_settings=tune.",
 )
 _METHODS = flags.DEFINE_string("methods", None, "Comma-separated methods; overrides config.")
 _SCALE = flags.DEFINE_float("scale", None, "Test-set size factor; overrides config.")
@@ -26,7 +28,6 @@ _OUTPUT_DIR = flags.DEFINE_string("output_dir", None, "Output directory; overrid
 _SEED = flags.DEFINE_integer("seed", None, "User seed of the test splits; overrides config.")
 
 
-@cli.one_line_errors
 def main(argv):
   cli.check_no_extra_args(argv)
   config = _CONFIG.value
@@ -44,12 +45,15 @@ def main(argv):
   output_dir = Path(config.output_dir)
   if output_dir.exists() and not output_dir.is_dir():
     raise NotADirectoryError(f"--output_dir is not a directory: {output_dir}")
-  output_dir.mkdir(parents=True, exist_ok=True)
-  result = evaluate.run(config)
+  # Made before the work, so a bad path fails early; removed again if the run fails.
+  with cli.removed_on_failure(output_dir):
+    output_dir.mkdir(parents=True, exist_ok=True)
+    result = evaluate.run(config)
+    paths = evaluate.write_outputs(result, output_dir)
   print(result.markdown())
-  for path in evaluate.write_outputs(result, output_dir).values():
+  for path in paths.values():
     print(f"wrote {path}")
 
 
 if __name__ == "__main__":
-  app.run(main)
+  cli.run(main)

@@ -7,9 +7,7 @@ Needs no TensorFlow. Read it back with
 ``--data_dir`` generates nothing: it verifies the stored export instead.
 """
 
-import sys
-
-from absl import app, flags
+from absl import flags
 
 from qdjax import cli, datasets, presets
 
@@ -20,10 +18,11 @@ _SEED = flags.DEFINE_integer("seed", 0, "User seed; split s uses data.split_seed
 _WITH_EXPECTED = flags.DEFINE_bool("with_expected", False, "Also store noise-free images.")
 
 
-@cli.one_line_errors
 def main(argv):
   cli.check_no_extra_args(argv)
-  try:
+  # On Ctrl-C or SIGTERM TFDS removes its incomplete directory; a data_dir this run made is
+  # removed too.
+  with cli.removed_on_failure(_DATA_DIR.value):
     builder, built = datasets.export(
       _DATA_DIR.value,
       _PRESET.value,
@@ -31,12 +30,9 @@ def main(argv):
       seed=_SEED.value,
       with_expected=_WITH_EXPECTED.value,
     )
-  except KeyboardInterrupt:  # Ctrl-C or SIGTERM: TFDS has removed its incomplete directory
-    print("error: interrupted; no partial dataset was kept, run again to export", file=sys.stderr)
-    sys.exit(130)
   sizes = ", ".join(f"{name} {split.num_examples}" for name, split in builder.info.splits.items())
   print(f"{'wrote' if built else 'verified'} {builder.data_path} ({sizes})")
 
 
 if __name__ == "__main__":
-  app.run(main)
+  cli.run(main)

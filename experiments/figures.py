@@ -1,21 +1,24 @@
 r"""Draws the README's picture: simulated frames of the three regimes, truth marked.
 
-python experiments/figures.py --output=docs/regimes.png
+python experiments/figures.py                            # writes ./regimes.png
+python experiments/figures.py --output=docs/regimes.png  # replaces the README's figure
 """
 
-from absl import app, flags
+from absl import flags
 
-from qdjax import cli, data, plotting, presets
+from qdjax import cli, data, io, plotting, presets
 
 _PRESET = flags.DEFINE_string("preset", "paper", "Named parameter set.")
 _PER_REGIME = flags.DEFINE_integer("per_regime", 5, "Frames per regime.", lower_bound=1)
 _SEED = flags.DEFINE_integer("seed", 0, "Seed of the drawn frames.")
-_OUTPUT = flags.DEFINE_string("output", "docs/regimes.png", "PNG path.")
+_OUTPUT = flags.DEFINE_string(
+  "output", "regimes.png", "PNG path (the README's figure is docs/regimes.png)."
+)
 
 
-@cli.one_line_errors
 def main(argv):
   cli.check_no_extra_args(argv)
+  io.check_output_path(_OUTPUT.value)
   preset = presets.get(_PRESET.value)
   images, keypoints, titles = [], [], []
   for regime, d in enumerate(preset.regimes, start=1):
@@ -33,4 +36,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-  app.run(main)
+  cli.run(main)

@@ -9,7 +9,7 @@ any size are processed as they are, without padding or cropping. Large stacks st
 chunks of --chunk frames: memory is bounded by one chunk.
 """
 
-from absl import app, flags
+from absl import flags
 
 from qdjax import cli, inference, locator, presets
 from qdjax import locate as locate_lib
@@ -26,24 +26,20 @@ _CHUNK = flags.DEFINE_integer("chunk", 4096, "Frames per chunk (bounds memory)."
 _PLOT = flags.DEFINE_bool("plot", False, "Also draw detections on the first frames (<output>.png).")
 
 
-@cli.one_line_errors
 def main(argv):
   cli.check_no_extra_args(argv)
+  output = _OUTPUT.value
+  plot = (output.rsplit(".", 1)[0] + ".png") if _PLOT.value else None
+  min_score = float("-inf") if _MIN_SCORE.value is None else _MIN_SCORE.value
+  locate_lib.check_arguments(_INPUT.value, output, min_score, plot)
   locate = locator.make(
     _METHOD.value, workdir=_WORKDIR.value, model=_MODEL.value, preset=presets.get("paper")
   )
-  output = _OUTPUT.value
-  plot = (output.rsplit(".", 1)[0] + ".png") if _PLOT.value else None
   n = locate_lib.locate_file(
-    _INPUT.value,
-    output,
-    locate,
-    chunk=_CHUNK.value,
-    min_score=float("-inf") if _MIN_SCORE.value is None else _MIN_SCORE.value,
-    plot_path=plot,
+    _INPUT.value, output, locate, chunk=_CHUNK.value, min_score=min_score, plot_path=plot
   )
   print(f"located {n} frames -> {output}" + (f" (+ {plot})" if plot else ""))
 
 
 if __name__ == "__main__":
-  app.run(main)
+  cli.run(main)

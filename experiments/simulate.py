@@ -22,13 +22,15 @@ identity is its column P), ``present``, ``centroids``, ``z``, ``on_fraction``,
 ``<stem>_truth.csv`` and ``<stem>_params.json`` beside it.
 """
 
-from absl import app, flags
-from ml_collections import config_flags
+from absl import flags
 
 from qdjax import cli, data, io, movie, plotting, presets
 
-_CONFIG = config_flags.DEFINE_config_file(
-  "config", "experiments/configs/simulate.py", "Simulation config file.", lock_config=True
+_CONFIG = cli.define_config(
+  __file__,
+  "simulate",
+  "Simulation config file (default: configs/simulate.py beside this script). Override the "
+  f"preset's values with {presets.OVERRIDES_HELP}.",
 )
 _PRESET = flags.DEFINE_string("preset", None, "Named parameter set; overrides --config.preset.")
 _DIFFUSION = flags.DEFINE_string(
@@ -60,7 +62,6 @@ def sim_params_from_config(config, preset, diffusion=None, regime=None):
   return preset.sim_params(diffusion=diffusion, regime=regime, **overrides)
 
 
-@cli.one_line_errors
 def main(argv):
   cli.check_no_extra_args(argv)
   config = _CONFIG.value
@@ -79,6 +80,8 @@ def main(argv):
   if not _OUTPUT.value.endswith(".npz"):
     raise ValueError(f"--output must end in .npz, got {_OUTPUT.value}")
   io.check_output_path(_OUTPUT.value)
+  if _PLOT.value:
+    io.check_output_path(_OUTPUT.value[:-4] + ".png")
   arrays = data.generate(params, _NUM_IMAGES.value, _SEED.value, progress="simulate")
   io.save_npz(_OUTPUT.value, params=data.params_json(params, preset), **arrays)
   print(f"wrote {_NUM_IMAGES.value} frames to {_OUTPUT.value}")
@@ -119,4 +122,4 @@ def _write_movie(params, preset):
 
 
 if __name__ == "__main__":
-  app.run(main)
+  cli.run(main)

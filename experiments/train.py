@@ -9,49 +9,40 @@ Re-running the same command resumes from the workdir's last checkpoint. Writes
 metrics.jsonl, result.json (validation AUC at epsilon 1, 2, 3 px) and curves.png.
 """
 
-import sys
+from pathlib import Path
 
-from absl import app, flags, logging
-from ml_collections import config_flags
+from absl import flags
 
-from qdjax import cli, train
+from qdjax import cli, presets, train
 
-
-def _one_line_exit(error: Exception):
-  message = str(error).strip().strip("\"'").splitlines()[0]
-  print(f"error: bad flag: no such config field {message!r}", file=sys.stderr)
-  sys.exit(2)
-
-
-try:
-  # ml_collections reads the --config.* overrides from sys.argv right here, at definition,
-  # so an unknown field fails now, before absl's own parsing.
-  _CONFIG = config_flags.DEFINE_config_file(
-    "config", "experiments/configs/default.py", "Training config file.", lock_config=True
-  )
-except (AttributeError, KeyError, TypeError, ValueError) as e:
-  _one_line_exit(e)
+_CONFIG = cli.define_config(
+  __file__,
+  "default",
+  "Training config file (default: configs/default.py beside this script). Override any of "
+  "its fields with --config.<field>=value, e.g. --config.num_steps=30; the simulation "
+  f"values with {presets.OVERRIDES_HELP}.",
+)
 _DIFFUSION = flags.DEFINE_string(
   "diffusion", None, "D in um^2/s, or lo:hi (log-uniform); default: the preset's training range."
 )
 _WORKDIR = flags.DEFINE_string("workdir", "workdirs/train", "Checkpoints, logs and results.")
 
 
-@cli.one_line_errors
+def _has_checkpoint(workdir: Path) -> bool:
+  return any(p.name.isdigit() for p in (workdir / "checkpoints").glob("*"))
+
+
 def main(argv):
   cli.check_no_extra_args(argv)
-  if not flags.FLAGS["verbosity"].present:
-    logging.set_verbosity(logging.WARNING)  # Orbax logs every save at INFO
-  try:
-    config = _CONFIG.value
-    config.num_steps  # noqa: B018  (a config that failed to load raises on first access)
-  except OSError as e:  # ml_collections defers a missing/broken config file to here
-    raise FileNotFoundError(f"cannot load --config: {str(e).splitlines()[-1].strip()}") from None
+  config = _CONFIG.value
   if _DIFFUSION.value is not None:
     cli.parse_diffusion(_DIFFUSION.value)  # fail on a bad value before any work
     with config.unlocked():
       config.diffusion = _DIFFUSION.value
-  result = train.train_and_evaluate(config, _WORKDIR.value)
+  # A run that fails before its first checkpoint leaves no workdir behind; an interrupted
+  # run keeps its last checkpoint, and the same command resumes from it.
+  with cli.removed_on_failure(_WORKDIR.value, keep=_has_checkpoint):
+    result = train.train_and_evaluate(config, _WORKDIR.value)
   for split, cells in result["auc_by_split"].items():
     print(f"{split}: " + "  ".join(f"AUC@{eps}px={auc:.3f}" for eps, auc in cells.items()))
   print(
@@ -62,16 +53,5 @@ def main(argv):
   print(f"frames seen: {result['frames_seen']}; wrote {_WORKDIR.value}/result.json")
 
 
-def parse_flags(argv):
-  """absl's parsing, but an unknown ``--config.*`` field is one line, not a traceback."""
-  try:
-    return flags.FLAGS(argv)
-  except flags.Error as e:
-    print(f"error: {e}", file=sys.stderr)
-    sys.exit(2)
-  except (AttributeError, KeyError, TypeError, ValueError) as e:
-    _one_line_exit(e)
-
-
 if __name__ == "__main__":
-  app.run(main, flags_parser=parse_flags)
+  cli.run(main)

@@ -286,7 +286,7 @@ def evolution_search(
   start: Fit,
   coordinates: Sequence[Coordinate],
   size: int,
-  budget_s: float,
+  budget: int,
   d1_range: tuple[float, float],
   diameters: Sequence[int],
   seed: int,
@@ -299,19 +299,23 @@ def evolution_search(
   can follow the diagonal valleys a worst-cell objective has, where a search along one
   axis at a time stalls. sigma follows the 1/5 success rule: times 1.5 on an improvement,
   times 1.5^(-1/4) otherwise. When sigma falls below 1/20 the search has converged
-  locally and restarts from the best point with sigma = 1, until the budget is spent.
+  locally and restarts from the best point with sigma = 1, until ``budget`` candidates
+  have been scored. The budget counts fits, not seconds, so one command gives one
+  calibration on any machine.
 
   Returns:
     (best Fit, history of accepted moves as dicts).
   """
-  deadline = time.monotonic() + budget_s
+"
+  if budget < 0:
+    raise ValueError(f"the {label} search's budget must be >= 0 fits, got {budget}")
   rng = np.random.default_rng(seed)
   best, sigma, evaluated = start, 1.0, 0
   history = [{"move": "start", "candidate": best.candidate.describe(), "max_abs_gap": best.key[0]}]
   bar = tqdm(desc=f"calibrate: {label}", unit="fit", disable=not progress)
   bar.set_postfix_str(f"max gap {best.max_abs_gap:.3f}")
   restarts = 0
-  while time.monotonic() < deadline:
+  while evaluated < budget:
     if sigma < 0.05:
       sigma, restarts = 1.0, restarts + 1
     trial = best.candidate
@@ -407,7 +411,7 @@ def calibrate(config, output: str | None, command: str, progress: bool = True) -
     start,
     base if fit_photons else base[2:],
     fine_size,
-    config.fine_budget_s,
+    config.fine_fits,
     d1_range,
     diameters,
     config.seed,
@@ -430,7 +434,7 @@ def calibrate(config, output: str | None, command: str, progress: bool = True) -
       scores.fit(start, fine_size, diameters),
       extra + smaller,
       fine_size,
-      config.free_budget_s,
+      config.free_fits,
       d1_range,
       diameters,
       config.seed + 1,

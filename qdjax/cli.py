@@ -1,43 +1,228 @@
-"""Shared command-line plumbing: one-line errors, config files, JSON output."""
+"""Shared command-line plumbing: one exit-code convention, one-line errors, config files.
+
+Every script in ``experiments/`` runs through ``run`` and exits with:
+
+- 0: success, and ``--help``;
+- 2: bad usage or bad input (an unknown flag or config field, a missing or corrupt file,
+  a bad value): one line ``error: ...`` naming the bad value, no traceback;
+- 1: anything else: a failure of the machine (disk full, ...) as one line, or a bug, which
+  keeps its traceback;
+- 130: interrupted (Ctrl-C, SIGINT): one line. Outputs are written to a temporary name
+  and renamed when complete (``qdjax.io``), so an interrupted run leaves no partial file.
+"""
 
 from __future__ import annotations
 
 import functools
 import logging
+import os
+import shutil
 import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import NoReturn
 
-from absl import app
+from absl import app, flags
+from absl import logging as absl_logging
 
 # jax logs at INFO that it found no TPU; a user on a CPU does not need to read that.
 logging.getLogger("jax._src.xla_bridge").setLevel(logging.WARNING)
 
-# Errors that mean "bad input", reported as one line. Anything else is a bug and keeps its
-# traceback.
-USER_ERRORS = (ValueError, FileNotFoundError, NotADirectoryError, PermissionError, KeyError)
+EXIT_FAILURE = 1
+EXIT_USAGE = 2
+EXIT_INTERRUPTED = 130
+
+# Errors that mean "bad input", reported as one line with EXIT_USAGE. Other OSErrors (disk
+# full, ...) are one line with EXIT_FAILURE; anything else is a bug and keeps its traceback.
+USER_ERRORS = (
+  ValueError,
+  FileNotFoundError,
+  FileExistsError,
+  NotADirectoryError,
+  IsADirectoryError,
+  PermissionError,
+  KeyError,
+)
+
+# What loading a broken config file raises (ml_collections passes these through).
+_CONFIG_ERRORS = (
+  OSError,
+  SyntaxError,
+  ImportError,
+  AttributeError,
+  NameError,
+  KeyError,
+  TypeError,
+  ValueError,
+)
 
 
-class UsageError(ValueError):
-  """Bad input from the user; reported without a traceback."""
+def fail(message: str, code: int = EXIT_USAGE) -> NoReturn:
+  """Prints ``error: message`` (one line) to stderr and exits with ``code``."""
+  print(f"error: {message}", file=sys.stderr, flush=True)
+  sys.exit(code)
+
+
+def _first_line(error: BaseException) -> str:
+  lines = [ln.strip() for ln in str(error).strip().splitlines() if ln.strip()]
+  return lines[0] if lines else type(error).__name__
 
 
 def one_line_errors(main):
-  """Wraps an absl ``main`` so bad input prints ``error: ...`` and exits with status 2."""
+  """Wraps an absl ``main`` so bad input, failures and Ctrl-C end in one line (see above)."""
 
   @functools.wraps(main)
   def wrapped(argv):
     try:
       return main(argv)
     except app.UsageError as e:
-      print(f"error: {e}", file=sys.stderr)
-      sys.exit(2)
+      fail(_first_line(e))
+    except KeyError as e:
+      fail(f"missing key {_first_line(e)}")
     except USER_ERRORS as e:
-      message = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-      if isinstance(e, KeyError):
-        message = f"missing key {message}"
-      print(f"error: {message}", file=sys.stderr)
-      sys.exit(2)
+      fail(_first_line(e))
+    except OSError as e:
+      fail(_first_line(e), EXIT_FAILURE)
+    except KeyboardInterrupt:
+      fail("interrupted; no partial output was written", EXIT_INTERRUPTED)
 
   return wrapped
+
+
+def _config_path(default: str) -> str:
+  """The ``--config`` file named on the command line (``path[:arg]``), else ``default``."""
+  argv = sys.argv[1:]
+  for i, arg in enumerate(argv):
+    if arg.startswith("--config="):
+      return arg.split("=", 1)[1]
+    if arg == "--config" and i + 1 < len(argv):
+      return argv[i + 1]
+  return default
+
+
+def _config_error(error: BaseException, path: str) -> str:
+  """One line for a config file that failed to load or an override that does not apply."""
+  if isinstance(error, SyntaxError):
+    return f"cannot load --config={path}: {error.msg} (line {error.lineno})"
+  if isinstance(error, (AttributeError, KeyError)):
+    field = _first_line(error).strip("\"'")
+    if "get_config" in field:
+      return f"cannot load --config={path}: it defines no get_config()"
+    return f"no such config field {field!r} in --config={path}"
+  # ml_collections wraps a missing file's FileNotFoundError in an OSError whose last line
+  # names the file and the reason.
+  lines = [ln.strip() for ln in str(error).strip().splitlines() if ln.strip()]
+  detail = lines[-1] if lines else type(error).__name__
+  return f"cannot load --config={path}: {detail}"
+
+
+_CONFIG = {}  # the --config flag's holder and default file, once defined
+
+
+def define_config(script: str, name: str, help_text: str):
+  """``--config``, defaulting to ``configs/<name>.py`` beside ``script`` (any working dir).
+
+  Fields are overridden with ``--config.<field>=value``. A broken config file, an unknown
+  field or a bad override value ends in one line (exit 2), not a traceback.
+
+  Args:
+    script: the calling script's ``__file__``.
+    name: the default config file's stem in ``experiments/configs``.
+    help_text: the flag's help.
+  """
+  from ml_collections import config_flags
+
+  default = str(Path(script).resolve().parent / "configs" / f"{name}.py")
+  try:
+    # The default file is read, and the --config.* overrides defined, right here.
+    holder = config_flags.DEFINE_config_file("config", default, help_text, lock_config=True)
+  except _CONFIG_ERRORS as e:
+    fail(_config_error(e, _config_path(default)))
+  _CONFIG.update(holder=holder, default=default)
+  return holder
+
+
+def _parse_flags(argv):
+  """absl's parsing, with bad flags, config files and fields as one line (exit 2)."""
+  try:
+    rest = flags.FLAGS(argv)
+    if _CONFIG:
+      _CONFIG["holder"].value.keys()  # a config file that failed to load raises on access
+    return rest
+  except flags.Error as e:
+    if "Error whilst parsing config file" in str(e):  # ml_collections' wrapped traceback
+      fail(_config_error(e, _config_path(_CONFIG.get("default", "?"))))
+    fail(_first_line(e))
+  except _CONFIG_ERRORS as e:
+    fail(_config_error(e, _config_path(_CONFIG.get("default", "?"))))
+
+
+def run(main) -> None:
+  """``absl.app.run(main)`` under the exit-code convention above.
+
+  Library logging (absl, Orbax, TFDS) stays at WARNING unless ``--verbosity`` asks for more.
+  """
+
+  def quiet_main(argv):
+    if not flags.FLAGS["verbosity"].present:
+      quiet_logging()
+    return one_line_errors(main)(argv)
+
+  sys.excepthook = _excepthook
+  sys.unraisablehook = _unraisablehook
+  try:
+    app.run(quiet_main, flags_parser=_parse_flags)
+  except KeyboardInterrupt:  # during flag parsing or imports, before main's own handler
+    fail("interrupted; no partial output was written", EXIT_INTERRUPTED)
+
+
+def _excepthook(kind, value, traceback) -> None:
+  # TensorStore reads still in flight when an Orbax restore fails call back into an asyncio
+  # loop that Orbax has closed; each prints "RuntimeError: Event loop is closed" at exit.
+  # The restore's own error has been reported by then.
+  if kind is RuntimeError and str(value) == "Event loop is closed":
+    return
+  sys.__excepthook__(kind, value, traceback)
+
+
+def _unraisablehook(unraisable) -> None:
+  if unraisable.exc_type is RuntimeError and str(unraisable.exc_value) == "Event loop is closed":
+    return
+  sys.__unraisablehook__(unraisable)
+
+
+def quiet_logging() -> None:
+  """absl and Python logging at WARNING: Orbax and TFDS log every step at INFO."""
+  absl_logging.set_verbosity(absl_logging.WARNING)
+  for name in ("absl", "orbax", "tensorflow_datasets", "jax"):
+    logging.getLogger(name).setLevel(logging.WARNING)
+
+
+@contextmanager
+def removed_on_failure(directory: str | os.PathLike, keep=None) -> Iterator[Path]:
+  """Yields ``directory``; if it did not exist before and the body fails, removes it.
+
+  So a failed or interrupted run leaves no half-made output directory behind.
+
+  Args:
+    directory: the run's output directory (not created here).
+    keep: optional ``keep(directory) -> bool``: keep it anyway (e.g. it holds a checkpoint a
+      rerun resumes from).
+  """
+  directory = Path(directory).expanduser()
+  # The outermost directory this run would create (parents included).
+  created = None
+  for candidate in (directory, *directory.absolute().parents):
+    if candidate.exists():
+      break
+    created = candidate
+  try:
+    yield directory
+  except BaseException:
+    if created is not None and created.is_dir() and not (keep and keep(directory)):
+      shutil.rmtree(created, ignore_errors=True)
+    raise
 
 
 def check_no_extra_args(argv) -> None:

@@ -133,8 +133,3 @@ def record_batch(keys, expected, params):
   as when a batch is drawn over a prior on them.
   """
   return MODELS[params.detector](keys, expected, params)
-
-
-def record(key, expected, params):
-  """Counts [h, w] of one frame; the same numbers ``record_batch`` gives that frame."""
-  return record_batch(key[None], expected[None], params)[0]

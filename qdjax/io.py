@@ -11,6 +11,8 @@ import contextlib
 import csv
 import os
 import tempfile
+import zipfile
+import zlib
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -18,13 +20,41 @@ import numpy as np
 
 FRAME_SUFFIXES = (".npy", ".npz", ".tif", ".tiff")
 
+# What numpy, zipfile and tifffile (TiffFileError is a ValueError) raise on a truncated,
+# empty or foreign file.
+_CORRUPT_FILE_ERRORS = (ValueError, EOFError, OSError, zipfile.BadZipFile, zlib.error)
 
-def check_output_path(path: str | os.PathLike) -> Path:
-  """Fails early, before any long computation, if ``path``'s directory does not exist."""
+
+def same_file(a: str | os.PathLike, b: str | os.PathLike) -> bool:
+  """Whether two paths name one file (after symlinks, ``..``, and hard links)."""
+  a, b = Path(a), Path(b)
+  if a.resolve() == b.resolve():
+    return True
+  return a.exists() and b.exists() and os.path.samefile(a, b)
+
+
+def check_output_path(path: str | os.PathLike, *, inputs=()) -> Path:
+  """Fails early, before any long computation, on an output file that cannot be written.
+
+  Args:
+    path: the output file.
+    inputs: the command's input files; writing over one of them is refused.
+
+  Raises:
+    IsADirectoryError: ``path`` is a directory (or ends in a separator).
+    FileNotFoundError: ``path``'s directory does not exist.
+    ValueError: ``path`` is one of ``inputs``.
+  """
+  text = os.fspath(path)
   path = Path(path)
+  if text.endswith(("/", os.sep)) or path.is_dir():
+    raise IsADirectoryError(f"output {text} is a directory; give a file name")
   parent = path.parent if str(path.parent) else Path(".")
   if not parent.is_dir():
     raise FileNotFoundError(f"output directory does not exist: {parent}")
+  for source in inputs:
+    if same_file(path, source):
+      raise ValueError(f"output {text} would overwrite {os.fspath(source)}, an input or output")
   return path
 
 
@@ -134,7 +164,7 @@ def open_frames(path: str | os.PathLike, movie: bool = False) -> np.ndarray:
     frames = _read(path, suffix)
   except KeyError as e:
     raise ValueError(f"{path}: {e.args[0]}") from None
-  except Exception as e:  # numpy and tifffile raise many types on corrupt files
+  except _CORRUPT_FILE_ERRORS as e:
     raise ValueError(f"{path}: cannot read frames ({type(e).__name__}: {e})") from None
   return _check_frames(frames, str(path), movie)
 

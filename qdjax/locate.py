@@ -8,7 +8,9 @@ streams ``frame,x,y,score`` rows into a CSV that is renamed into place only when
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterator
+from pathlib import Path
 
 import numpy as np
 from tqdm.auto import tqdm
@@ -30,6 +32,25 @@ def _rows(
         yield start + offset, x, y, score
 
 
+def check_arguments(
+  input_path: str, output_path: str, min_score: float, plot_path: str | None = None
+) -> None:
+  """Refuses, before any work, what ``locate_file`` could not do safely.
+
+  Raises:
+    FileNotFoundError: no input file, or no directory for an output.
+    IsADirectoryError: an output is a directory.
+    ValueError: an output is the input (or the other output), or ``min_score`` is NaN.
+  """
+  if math.isnan(min_score):
+    raise ValueError("--min_score must be a number, got nan")
+  if not Path(input_path).is_file():
+    raise FileNotFoundError(f"no such input file: {input_path}")
+  io.check_output_path(output_path, inputs=[input_path])
+  if plot_path is not None:
+    io.check_output_path(plot_path, inputs=[input_path, output_path])
+
+
 def locate_file(
   input_path: str,
   output_path: str,
@@ -48,12 +69,12 @@ def locate_file(
     the number of frames processed.
 
   Raises:
-    FileNotFoundError, ValueError: bad input (missing file, wrong rank, NaN pixels, ...);
-      nothing is written then.
+    FileNotFoundError, IsADirectoryError, ValueError: bad input (missing file, wrong rank,
+      NaN pixels, an output that is a directory or the input, ...); nothing is written then.
   """
   if chunk < 1:
     raise ValueError(f"chunk must be >= 1, got {chunk}")
-  io.check_output_path(output_path)
+  check_arguments(input_path, output_path, min_score, plot_path)
   frames = io.open_frames(input_path)
   keep: list = []
   with tqdm(total=len(frames), unit="frame", disable=not progress, desc="locate") as bar:

@@ -249,6 +249,12 @@ def overrides_config():
   return overrides
 
 
+OVERRIDES_HELP = (
+  "--config.overrides.<name>=value, <name> one of "
+  + ", ".join(overrides_config().keys())
+  + " (unset: the preset's value)"
+)
+
 _BUILDERS = {"paper": _paper, "invivo": _invivo}
 NAMES = tuple(_BUILDERS)
 

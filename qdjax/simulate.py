@@ -390,19 +390,15 @@ def simulate_batch(key, params: Params, num_frames: int) -> Frame:
   return render_batch(jax.random.split(key, num_frames), params)
 
 
-def frame_key(seed: int, index):
-  """The key of frame ``index`` of a dataset with this seed, so any frame can be redrawn.
-
-  ``simulate`` and the TFDS export share it, so both produce identical frames.
-  """
-  return jax.random.fold_in(jax.random.key(seed), index)
-
-
 @jax.jit
 def _render_indices(base_key, params: Params, indices):
   return render_batch(jax.vmap(lambda i: jax.random.fold_in(base_key, i))(indices), params)
 
 
 def simulate_indices(seed: int, params: Params, indices) -> Frame:
-  """Frames ``indices`` of the dataset with this seed (see ``frame_key``)."""
+  """Frames ``indices`` of the dataset with this seed.
+
+  Frame i is drawn from ``fold_in(key(seed), i)``, so any frame can be redrawn alone, and
+  ``experiments/simulate.py`` and the TFDS export give identical frames.
+  """
   return _render_indices(jax.random.key(seed), params, jnp.asarray(indices, jnp.uint32))

@@ -6,6 +6,8 @@ from pathlib import Path
 import pytest
 
 REPO = Path(__file__).resolve().parents[1]
+# The experiments' configs import as ``configs``, as they do when a script runs.
+sys.path.insert(0, str(REPO / "experiments"))
 
 
 def run_script(script: str, *args: str, env=None, timeout=600) -> subprocess.CompletedProcess:

@@ -64,8 +64,8 @@ def test_calibrate_end_to_end_tiny(script, tmp_path):
     "--config.background_photons_grid=4,",
     "--config.coarse_scale=0.03",
     "--config.fine_scale=0.03",
-    "--config.fine_budget_s=3",
-    "--config.free_budget_s=3",
+    "--config.fine_fits=3",
+    "--config.free_fits=3",
     "--config.diameters=7,",
   )
   assert result.returncode == 0, result.stderr[-3000:]

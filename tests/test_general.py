@@ -6,10 +6,10 @@ import json
 import jax
 import numpy as np
 import pytest
+from configs import general
 
 from qdjax import inference, locator, presets, train
 from qdjax import prior as prior_lib
-from qdjax.benchmarks.train import load_config
 
 # Small frames, so the one compiled draw is fast; 2 QD slots at 12 x 13.
 PRIOR = prior_lib.Prior(frame_sizes=((12, 13), (20, 18)), particles_per_px=1 / 120)
@@ -131,7 +131,7 @@ def test_bad_prior_values_are_one_line_errors():
 
 def test_general_config_trains_exports_and_locates_end_to_end(tmp_path):
   """experiments/configs/general.py, then export_pretrained and load: the GPU run, shrunk."""
-  config = load_config("general")
+  config = general.get_config()
   for name, value in {
     "num_steps": 2,
     "batch_size": 8,

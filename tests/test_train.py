@@ -12,10 +12,10 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from configs import tiny
 from conftest import assert_one_line_error, checkpoint_params
 
 from qdjax import inference, train, validation
-from qdjax.benchmarks.train import load_config
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -29,7 +29,7 @@ OVERRIDES = {
 
 
 def tiny_config():
-  config = load_config("tiny")
+  config = tiny.get_config()
   for key, value in OVERRIDES.items():
     config[key] = value
   return config
@@ -110,9 +110,11 @@ def test_config_overrides_reach_training_and_validation_frames():
 FOUR_DEVICES = """
 import jax, numpy as np
 from qdjax import train
-from qdjax.benchmarks.train import load_config
+import sys
+sys.path.insert(0, "experiments")
+from configs import tiny
 assert jax.device_count() == 4, jax.devices()
-config = load_config("tiny")
+config = tiny.get_config()
 config.batch_size = 8
 runs = []
 for devices in (jax.devices()[:1], jax.devices()):

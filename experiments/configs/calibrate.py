@@ -2,7 +2,7 @@
 
 The defaults are the recorded calibration (about 22 minutes on 2 shared CPU cores). A
 tiny smoke run: ``--config.peak_photons_grid=3, --config.background_photons_grid=4,
---config.coarse_scale=0.02 --config.fine_scale=0.02 --config.fine_budget_s=5``.
+--config.coarse_scale=0.02 --config.fine_scale=0.02 --config.fine_fits=3``.
 """
 
 from ml_collections import config_dict
@@ -20,10 +20,10 @@ def get_config():
   config.coarse_d2_points = 13  # D2 values in [D1, 10 D1] scored per D1
   config.fine_starts = 2  # best coarse candidates scored as starts (and the spec's first probe)
   config.fine_scale = 1.0  # fine-stage frames per regime, fraction of a val_d* split
-  config.fine_budget_s = 540.0  # wall-time budget of the fine search, s
+  config.fine_fits = 181  # candidates the fine search scores (the recorded run's count)
   config.target = 0.10  # max |gap| to reach; above it margin/z_range/sigma_z are freed
   config.free_extra = True  # allow freeing margin_px, z_range_um, sigma_z_um if needed
-  config.free_budget_s = 300.0  # wall-time budget of the freed search, s
+  config.free_fits = 102  # candidates the freed search scores (the recorded run's count)
   config.free_min_gain = 0.02  # freed values are kept only if max |gap| falls by this
   config.fit_photons = True  # fit N and B too; False keeps the preset's (measured) values
   config.diameters = (7, 9)  # trackpy diameters tuned at coarse candidates and starts, px

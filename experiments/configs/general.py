@@ -9,14 +9,8 @@ one GPU (a few minutes on an H100/H200); on a CPU shrink it, e.g. ``--config.bat
 shipped paper model was selected) and the ``invivo`` preset's (PMT frames).
 """
 
-import importlib.util
-from pathlib import Path
-
+from configs import default
 from qdjax import prior
-
-_spec = importlib.util.spec_from_file_location("default", Path(__file__).with_name("default.py"))
-default = importlib.util.module_from_spec(_spec)
-_spec.loader.exec_module(default)
 
 
 def get_config():

@@ -7,12 +7,7 @@ The study trained Keypoint R-CNN with SGD, learning rate 1e-3, batch 6. Ours kee
 CPU step is dominated by per-step overhead, and the dense head trains stably at 0.01.
 """
 
-import importlib.util
-from pathlib import Path
-
-_spec = importlib.util.spec_from_file_location("default", Path(__file__).with_name("default.py"))
-default = importlib.util.module_from_spec(_spec)
-_spec.loader.exec_module(default)
+from configs import default
 
 
 def get_config():

@@ -8,12 +8,7 @@ its receptive field spans the whole blurred streak at D3) over the preset's trai
 range, log-uniform per frame.
 """
 
-import importlib.util
-from pathlib import Path
-
-_spec = importlib.util.spec_from_file_location("default", Path(__file__).with_name("default.py"))
-default = importlib.util.module_from_spec(_spec)
-_spec.loader.exec_module(default)
+from configs import default
 
 
 def get_config():

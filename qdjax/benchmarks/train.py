@@ -5,33 +5,19 @@ Measured side by side, interleaved in one loop so a busy shared CPU affects all 
   - the whole training step (simulation + forward + backward + SGD, ``train_step``),
   - the SGD step on a ready batch (``train_step_on_batch``),
 and inference (forward + decode) on fixed 512-frame chunks. All at the default config
-(``experiments/configs/default.py``), or a small one with ``quick``.
+(``experiments/configs/default.py``, passed in by ``experiments/bench.py``), or the tiny
+one with ``quick``.
 """
 
 from __future__ import annotations
 
-import importlib.util
 import statistics
 import time
-from pathlib import Path
 
 import jax
 import numpy as np
 
 from qdjax import data, train
-
-CONFIG_DIR = Path(__file__).resolve().parents[2] / "experiments" / "configs"
-
-
-def load_config(name: str):
-  """``experiments/configs/<name>.py``'s ``get_config()``."""
-  path = CONFIG_DIR / f"{name}.py"
-  if not path.is_file():
-    raise FileNotFoundError(f"no config file {path}")
-  spec = importlib.util.spec_from_file_location(f"qdjax_config_{name}", path)
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  return module.get_config()
 
 
 def _timed(fn):
@@ -40,8 +26,8 @@ def _timed(fn):
   return time.perf_counter() - start
 
 
-def run(repeats: int = 5, quick: bool = False) -> dict:
-  config = load_config("tiny" if quick else "default")
+def run(config, repeats: int = 5, quick: bool = False) -> dict:
+  """Step and inference timings (medians of ``repeats``) at ``config``, a training config."""
   experiment = train.build(config)
   batch = config.batch_size
   state = experiment.state

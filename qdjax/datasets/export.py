@@ -89,6 +89,8 @@ def verify(builder: Builder, wanted: dict[str, Any], frames_per_split: int = 2) 
   difference = _first_difference(stored, wanted)
   if difference:
     raise ValueError(f"{where} exported with other settings ({difference}); use another --data_dir")
+  from qdjax.datasets.loader import CheckedSource
+
   source = builder.as_data_source()
   for split in SPLITS:
     info = wanted["splits"][split]
@@ -100,9 +102,10 @@ def verify(builder: Builder, wanted: dict[str, Any], frames_per_split: int = 2) 
     ):
       raise ValueError(f"{where} with a damaged split {split!r}: expected {n} examples")
     params = data.split_params(presets.get(wanted["preset"]), split)
+    stored_split = CheckedSource(source[split], f"{builder.data_path} split {split!r}")
     for index in sorted({0, n - 1})[:frames_per_split]:
+      example = stored_split[index]  # a damaged file fails here, before any simulation
       redrawn = data.generate(params, 1, info["seed"], start=index, chunk=1)
-      example = source[split][index]
       if not (
         np.array_equal(example["image"], redrawn["images"][0])
         and np.array_equal(example["keypoints"], redrawn["keypoints"][0], equal_nan=True)

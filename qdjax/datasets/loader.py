@@ -42,7 +42,29 @@ def open_split(data_dir: str | Path, name: str = "qd2pm/paper", split: str = "tr
   sources = builder.as_data_source()
   if split not in sources:
     raise ValueError(f"{name} under {data_dir} has no split {split!r}; it has {sorted(sources)}")
-  return sources[split]
+  return CheckedSource(sources[split], f"{builder.data_path} split {split!r}")
+
+
+class CheckedSource:
+  """A TFDS data source whose damaged records raise a one-line ``ValueError``.
+
+  The array_record reader raises a bare ``RuntimeError`` ("Corrupted Riegeli/records
+  file: ...") on a damaged file; this names the dataset and split instead.
+  """
+
+  def __init__(self, source, where: str):
+    self._source = source
+    self._where = where
+
+  def __len__(self) -> int:
+    return len(self._source)
+
+  def __getitem__(self, index):
+    try:
+      return self._source[index]
+    except RuntimeError as e:
+      detail = str(e).strip().splitlines()[0] if str(e).strip() else "unreadable record"
+      raise ValueError(f"{self._where} is corrupt ({detail}); export it again") from None
 
 
 def iterate_batches(

@@ -146,6 +146,15 @@ class Builder(tfds.core.GeneratorBasedBuilder):
   def code_path(cls) -> epath.Path:
     return epath.Path(__file__)
 
+  # TFDS prints "Downloading and preparing dataset ..." and "... downloaded and prepared"
+  # to stdout around every build; this dataset downloads nothing, and export prints its own
+  # summary, so the lines would only mislead.
+  def _log_download_bytes(self) -> None:
+    pass
+
+  def _log_download_done(self) -> None:
+    pass
+
   def _stored_with_expected(self) -> bool:
     """Whether the dataset on disk, if any, has the ``expected`` feature."""
     path = self.data_path / "features.json"
