@@ -306,7 +306,6 @@ def evolution_search(
   Returns:
     (best Fit, history of accepted moves as dicts).
   """
-"
   if budget < 0:
     raise ValueError(f"the {label} search's budget must be >= 0 fits, got {budget}")
   rng = np.random.default_rng(seed)
