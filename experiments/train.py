@@ -41,8 +41,16 @@ def main(argv):
       config.diffusion = _DIFFUSION.value
   # A run that fails before its first checkpoint leaves no workdir behind; an interrupted
   # run keeps its last checkpoint, and the same command resumes from it.
-  with cli.removed_on_failure(_WORKDIR.value, keep=_has_checkpoint):
-    result = train.train_and_evaluate(config, _WORKDIR.value)
+  try:
+    with cli.removed_on_failure(_WORKDIR.value, keep=_has_checkpoint):
+      result = train.train_and_evaluate(config, _WORKDIR.value)
+  except KeyboardInterrupt:
+    if not _has_checkpoint(Path(_WORKDIR.value)):
+      raise
+    cli.fail(
+      f"interrupted; {_WORKDIR.value} keeps its last checkpoint, the same command resumes",
+      cli.EXIT_INTERRUPTED,
+    )
   for split, cells in result["auc_by_split"].items():
     print(f"{split}: " + "  ".join(f"AUC@{eps}px={auc:.3f}" for eps, auc in cells.items()))
   print(

@@ -109,6 +109,11 @@ def _config_error(error: BaseException, path: str) -> str:
     field = _first_line(error).strip("\"'")
     if "get_config" in field:
       return f"cannot load --config={path}: it defines no get_config()"
+    # Name the override as given: --config.model.bogus, not just 'bogus'.
+    for arg in sys.argv[1:]:
+      name = arg.split("=", 1)[0].lstrip("-")
+      if name.startswith("config.") and (name == f"config.{field}" or name.endswith(f".{field}")):
+        return f"no such config field: --{name} (in --config={path})"
     return f"no such config field {field!r} in --config={path}"
   # ml_collections wraps a missing file's FileNotFoundError in an OSError whose last line
   # names the file and the reason.
@@ -139,14 +144,25 @@ def define_config(script: str, name: str, help_text: str):
     holder = config_flags.DEFINE_config_file("config", default, help_text, lock_config=True)
   except _CONFIG_ERRORS as e:
     fail(_config_error(e, _config_path(default)))
+  # Listed by --help with the script's own flags, not only by --helpfull.
+  flags.FLAGS.register_key_flag_for_module(sys.argv[0], flags.FLAGS[holder.name])
   _CONFIG.update(holder=holder, default=default)
   return holder
+
+
+_HELP_FLAGS = ("help", "?", "helpshort", "helpfull", "helpxml")
 
 
 def _parse_flags(argv):
   """absl's parsing, with bad flags, config files and fields as one line (exit 2)."""
   try:
-    rest = flags.FLAGS(argv)
+    try:
+      rest = flags.FLAGS(argv)
+    except SystemExit as e:
+      # absl exits with status 1 after printing --help; asking for help is not a failure.
+      if e.code == 1 and any(a.split("=")[0].lstrip("-") in _HELP_FLAGS for a in argv[1:]):
+        sys.exit(0)
+      raise
     if _CONFIG:
       _CONFIG["holder"].value.keys()  # a config file that failed to load raises on access
     return rest

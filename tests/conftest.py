@@ -1,6 +1,9 @@
 import os
+import signal
 import subprocess
 import sys
+import threading
+import time
 from pathlib import Path
 
 import pytest
@@ -10,28 +13,71 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "experiments"))
 
 
-def run_script(script: str, *args: str, env=None, timeout=600) -> subprocess.CompletedProcess:
-  """Runs ``python experiments/<script> args`` from the repo root, capturing output."""
+def _script_env(env=None) -> dict:
   full_env = {**os.environ, **(env or {})}
   # The scripts import qdjax from this checkout, whatever copy is installed.
   full_env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO), full_env.get("PYTHONPATH")]))
+  return full_env
+
+
+def run_script(
+  script: str, *args: str, env=None, timeout=600, cwd=REPO
+) -> subprocess.CompletedProcess:
+  """Runs ``python experiments/<script> args`` (from the repo root), capturing output."""
   return subprocess.run(
     [sys.executable, str(REPO / "experiments" / script), *args],
-    cwd=REPO,
-    env=full_env,
+    cwd=cwd,
+    env=_script_env(env),
     capture_output=True,
     text=True,
     timeout=timeout,
   )
 
 
-def assert_one_line_error(result: subprocess.CompletedProcess, *needles: str) -> None:
+def interrupt_script(
+  script: str, *args: str, started, cwd=REPO, timeout=600
+) -> subprocess.CompletedProcess:
+  """Runs a script and presses Ctrl-C once it has started working.
+
+  ``started(stderr_so_far) -> bool`` says when (e.g. its progress bar is up). SIGINT goes
+  to the whole process group, as a terminal's Ctrl-C does, worker processes included.
+  """
+  proc = subprocess.Popen(
+    [sys.executable, str(REPO / "experiments" / script), *args],
+    cwd=cwd,
+    env=_script_env(),
+    stdout=subprocess.PIPE,
+    stderr=subprocess.PIPE,
+    text=True,
+    start_new_session=True,
+  )
+  lines = []
+  reader = threading.Thread(target=lambda: lines.extend(iter(proc.stderr.readline, "")))
+  reader.start()
+  deadline = time.monotonic() + timeout
+  while not started("".join(lines)):
+    assert proc.poll() is None, "".join(lines)  # it must still be working
+    assert time.monotonic() < deadline, "".join(lines)
+    time.sleep(0.02)
+  os.killpg(proc.pid, signal.SIGINT)
+  stdout = proc.stdout.read()
+  proc.wait(timeout=120)
+  reader.join()
+  return subprocess.CompletedProcess(proc.args, proc.returncode, stdout, "".join(lines))
+
+
+def assert_one_line_error(
+  result: subprocess.CompletedProcess, *needles: str, code: int | None = None
+) -> None:
   """A bad-input run: non-zero exit, no traceback, exactly one ``error:`` line naming the problem.
 
-  Every needle must be in that one line (not merely somewhere in stderr).
+  Every needle must be in that one line (not merely somewhere in stderr). ``code``: the
+  exit status expected (2 bad usage or input, 1 other failures, 130 interrupted).
   """
   output = result.stdout + result.stderr
   assert result.returncode != 0, output
+  if code is not None:
+    assert result.returncode == code, (result.returncode, output)
   assert "Traceback" not in output, output
   error_lines = [ln for ln in result.stderr.splitlines() if ln.startswith(("error:", "FATAL"))]
   assert len(error_lines) == 1, result.stderr
