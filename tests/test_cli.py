@@ -98,7 +98,8 @@ def test_locate_checks_every_output_path_before_any_work(stack, output, plot, er
   (folder / "link.npy").symlink_to(path)
   os.link(path, folder / "hard.npy")
   with pytest.raises((ValueError, OSError), match=error):
-    locate_lib.check_arguments(path, folder / output, 0.0, None if plot is None else folder / plot)
+    plot_path = None if plot is None else f"{folder}/{plot}"
+    locate_lib.check_arguments(str(path), f"{folder}/{output}", 0.0, plot_path)
   locate_lib.check_arguments(path, folder / "locs.csv", 0.0, folder / "locs.png")
 
 
