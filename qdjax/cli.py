@@ -60,6 +60,11 @@ _CONFIG_ERRORS = (
 
 def fail(message: str, code: int = EXIT_USAGE) -> NoReturn:
   """Prints ``error: message`` (one line) to stderr and exits with ``code``."""
+  from tqdm import tqdm
+
+  # A progress bar left open by the failure would share the error's line.
+  for bar in list(getattr(tqdm, "_instances", ())):
+    bar.close()
   print(f"error: {message}", file=sys.stderr, flush=True)
   sys.exit(code)
 
