@@ -21,7 +21,7 @@ Robustness:
     are an error: calibrate on a uniform sample.
 """
 
-from absl import app, flags
+from absl import flags
 
 from qdjax import cli, fit, io
 
@@ -36,10 +36,11 @@ _SATURATION = flags.DEFINE_float("saturation", None, "Digitiser ceiling; default
 _PLOT = flags.DEFINE_bool("plot", False, "Also draw the mean-variance line (<output>.png).")
 
 
-@cli.one_line_errors
 def main(argv):
   cli.check_no_extra_args(argv)
-  output = io.check_output_path(_OUTPUT.value)
+  output = io.check_output_path(_OUTPUT.value, inputs=[_INPUT.value])
+  if _PLOT.value:
+    io.check_output_path(str(output)[: -len(output.suffix)] + ".png", inputs=[_INPUT.value, output])
   frames = io.open_frames(_INPUT.value)
   dark = None if _NO_DARK.value else ("auto" if _DARK_FRAME.value is None else _DARK_FRAME.value)
   result = fit.calibrate_pmt(frames, dark, _OFFSET.value, _SATURATION.value)
@@ -58,4 +59,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-  app.run(main)
+  cli.run(main)

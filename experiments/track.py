@@ -14,9 +14,9 @@ D_msd_um2_s. Writes --output (frame,x,y,score,particle; px, the centre of pixel 
 --plot also writes <output>.png: the tracks over the mean frame and their MSD curves.
 """
 
-from absl import app, flags
+from absl import flags
 
-from qdjax import cli, inference, locator, presets
+from qdjax import cli, inference, io, locator, presets
 from qdjax import track as track_lib
 
 _INPUT = flags.DEFINE_string("input", None, "Movie: .npy, .npz or .tif, (T, H, W).", required=True)
@@ -47,12 +47,17 @@ _CHUNK = flags.DEFINE_integer("chunk", 256, "Frames per chunk (bounds memory).",
 _PLOT = flags.DEFINE_bool("plot", False, "Also draw tracks and MSD curves (<output>.png).")
 
 
-@cli.one_line_errors
 def main(argv):
   cli.check_no_extra_args(argv)
   preset = presets.get(_PRESET.value)
-  locate = locator.make(_METHOD.value, workdir=_WORKDIR.value, model=_MODEL.value, preset=preset)
   plot = (_OUTPUT.value.rsplit(".", 1)[0] + ".png") if _PLOT.value else None
+  # Every output is checked before any work: none may be a directory, the input or another.
+  written = [_INPUT.value]
+  for path in (_OUTPUT.value, _DIFFUSION_OUTPUT.value, plot):
+    if path is not None:
+      io.check_output_path(path, inputs=written)
+      written.append(path)
+  locate = locator.make(_METHOD.value, workdir=_WORKDIR.value, model=_MODEL.value, preset=preset)
   summary = track_lib.track_file(
     _INPUT.value,
     _OUTPUT.value,
@@ -77,4 +82,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-  app.run(main)
+  cli.run(main)
