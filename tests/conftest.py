@@ -55,10 +55,15 @@ def interrupt_script(
   reader = threading.Thread(target=lambda: lines.extend(iter(proc.stderr.readline, "")))
   reader.start()
   deadline = time.monotonic() + timeout
-  while not started("".join(lines)):
-    assert proc.poll() is None, "".join(lines)  # it must still be working
-    assert time.monotonic() < deadline, "".join(lines)
-    time.sleep(0.02)
+  try:
+    while not started("".join(lines)):
+      assert proc.poll() is None, "".join(lines)  # it must still be working
+      assert time.monotonic() < deadline, "".join(lines)
+      time.sleep(0.02)
+  except BaseException:
+    os.killpg(proc.pid, signal.SIGKILL)  # a failed wait never leaves the run behind
+    proc.wait()
+    raise
   os.killpg(proc.pid, signal.SIGINT)
   stdout = proc.stdout.read()
   proc.wait(timeout=120)

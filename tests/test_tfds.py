@@ -2,6 +2,7 @@
 identical to the simulator, safe to interrupt and to re-run; and the batch loader."""
 
 import json
+import shutil
 import subprocess
 import sys
 
@@ -189,8 +190,9 @@ def test_train_reads_the_export(cli_export, tmp_path):
   """The CLI run's parameters are exactly those of replaying the loader's batches of the
   export's train split through the training step: a run that simulated its batches, read
   another split or other records would end elsewhere."""
+  from configs import tiny
+
   from qdjax import sources, train
-  from qdjax.benchmarks.train import load_config
 
   data_dir = cli_export[0]
   workdir = tmp_path / "train"
@@ -203,7 +205,7 @@ def test_train_reads_the_export(cli_export, tmp_path):
   )
   assert result.returncode == 0, result.stderr[-3000:]
   record = json.loads((workdir / "result.json").read_text())
-  config = load_config("tiny")
+  config = tiny.get_config()
   assert record["frames_seen"] == config.num_steps * config.batch_size
   assert set(record["auc"]) == {"1", "2", "3"}
 
@@ -220,3 +222,26 @@ def test_train_reads_the_export(cli_export, tmp_path):
   replayed = jax.tree.leaves(jax.device_get(state["model"]).to_pure_dict())
   for a, b in zip(trained, replayed, strict=True):
     np.testing.assert_array_equal(a, b)
+
+
+def test_corrupt_array_record_is_a_one_line_error_for_export_and_train(cli_export, tmp_path):
+  data_dir = tmp_path / "data"
+  shutil.copytree(cli_export[0], data_dir)
+  (shard,) = (data_dir / "qd2pm" / "paper" / "1.0.0").glob("qd2pm-train.array_record-*")
+  damaged = bytearray(shard.read_bytes())
+  damaged[64:-64] = b"\x07" * (len(damaged) - 128)
+  shard.write_bytes(bytes(damaged))
+  args = [a for a in cli_export[1] if not a.startswith("--data_dir")]
+  result = run_script("export_tfds.py", f"--data_dir={data_dir}", *args, env=cli_export[2])
+  assert_one_line_error(result, "split 'train' is corrupt", code=2)
+  workdir = tmp_path / "train"
+  result = run_script(
+    "train.py",
+    "--config=experiments/configs/tiny.py",
+    "--config.data=tfds",
+    f"--config.tfds_data_dir={data_dir}",
+    f"--workdir={workdir}",
+  )
+  assert_one_line_error(result, "split 'train' is corrupt", code=2)
+  assert not workdir.exists()  # failed before its first checkpoint: nothing left behind
+  assert shard.read_bytes() == bytes(damaged)

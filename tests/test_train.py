@@ -3,17 +3,16 @@ and loading the result for inference."""
 
 import json
 import os
+import re
 import shutil
-import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
 import pytest
 from configs import tiny
-from conftest import assert_one_line_error, checkpoint_params
+from conftest import assert_one_line_error, checkpoint_params, interrupt_script, run_script
 
 from qdjax import inference, train, validation
 
@@ -160,22 +159,17 @@ def test_resume_from_an_earlier_checkpoint_gives_the_same_parameters(reference, 
   assert steps == sorted(set(steps)) and steps[-1] == last
 
 
-def test_cli_killed_and_restarted_matches_an_uninterrupted_run(reference, tmp_path):
+def test_cli_interrupted_and_restarted_matches_an_uninterrupted_run(reference, tmp_path):
   ref_dir, ref_result = reference
   workdir = tmp_path / "run"
   command = cli_command(workdir)
-  proc = subprocess.Popen(command, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-  # Generous: on a shared, busy CPU the first compilation alone can take minutes.
-  deadline = time.monotonic() + 600
-  try:
-    # Kill as soon as the first checkpoint is final (Orbax renames it into place).
-    while not (workdir / "checkpoints" / "4").is_dir() and proc.poll() is None:
-      assert time.monotonic() < deadline, "no first checkpoint in time"
-      time.sleep(0.02)
-  finally:
-    proc.send_signal(signal.SIGKILL)
-    proc.wait()
-  assert not (workdir / "result.json").exists()  # killed part-way, not after the end
+  # Ctrl-C as soon as the first checkpoint is final (Orbax renames it into place).
+  interrupted = interrupt_script(
+    "train.py", *command[2:], started=lambda _: (workdir / "checkpoints" / "4").is_dir()
+  )
+  assert_one_line_error(interrupted, "interrupted", "keeps its last checkpoint", code=130)
+  assert (workdir / "checkpoints" / "4").is_dir()
+  assert not (workdir / "result.json").exists()  # stopped part-way, not after the end
   done = run_cli(command)
   assert done.returncode == 0, done.stderr
   assert "validation AUC" in done.stdout and "eps=1px" in done.stdout
@@ -206,6 +200,24 @@ def test_corrupt_or_missing_checkpoints_give_one_line_errors(reference, tmp_path
   _corrupt(workdir / "best")
   with pytest.raises(ValueError, match="corrupt"):
     inference.load(workdir)
+  # The command lines that load a model say so in one line, without Orbax's log lines or
+  # TensorStore's "Event loop is closed" tracebacks, and write nothing.
+  frames = tmp_path / "frames.npy"
+  np.save(frames, np.zeros((2, 24, 25), np.float32))
+  output = tmp_path / "locs.csv"
+  located = run_script(
+    "locate.py", f"--workdir={workdir}", f"--input={frames}", f"--output={output}"
+  )
+  assert_one_line_error(located, "is corrupt", code=2)
+  assert "Event loop" not in located.stderr
+  assert not re.search(r"^I\d{4} ", located.stderr, re.M)  # no absl INFO lines
+  assert not output.exists()
+  evaluated = run_script(
+    "evaluate.py", f"--workdir={workdir}", "--methods=model", f"--output_dir={tmp_path / 'ev'}"
+  )
+  assert_one_line_error(evaluated, "is corrupt", code=2)
+  assert "Event loop" not in evaluated.stderr
+  assert not (tmp_path / "ev").exists()
   with pytest.raises(FileNotFoundError, match="no such workdir"):
     inference.load(tmp_path / "missing")
   (tmp_path / "empty").mkdir()
