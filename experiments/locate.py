@@ -21,7 +21,14 @@ _WORKDIR = flags.DEFINE_string(
 _MODEL = flags.DEFINE_enum("model", None, list(inference.MODELS), locator.MODEL_HELP)
 _INPUT = flags.DEFINE_string("input", None, "Frames: .npy, .npz or .tif.", required=True)
 _OUTPUT = flags.DEFINE_string("output", None, "CSV to write.", required=True)
-_MIN_SCORE = flags.DEFINE_float("min_score", None, "Drop detections scoring below this.")
+_MIN_SCORE = flags.DEFINE_float(
+  "min_score",
+  None,
+  "Drop detections scoring below this (-inf keeps all). Default per method: "
+  + ", ".join(f"{m} {s:g}" for m, s in locate_lib.DEFAULT_MIN_SCORE.items())
+  + ". Scores: model ~ probability that a QD is within 1 px; trackpy the feature's mass; "
+  "mle the log-likelihood ratio against a flat background (see the README).",
+)
 _CHUNK = flags.DEFINE_integer("chunk", 4096, "Frames per chunk (bounds memory).", lower_bound=1)
 _PLOT = flags.DEFINE_bool("plot", False, "Also draw detections on the first frames (<output>.png).")
 
@@ -30,7 +37,9 @@ def main(argv):
   cli.check_no_extra_args(argv)
   output = _OUTPUT.value
   plot = (output.rsplit(".", 1)[0] + ".png") if _PLOT.value else None
-  min_score = float("-inf") if _MIN_SCORE.value is None else _MIN_SCORE.value
+  min_score = _MIN_SCORE.value
+  if min_score is None:
+    min_score = locate_lib.DEFAULT_MIN_SCORE[_METHOD.value]
   locate_lib.check_arguments(_INPUT.value, output, min_score, plot)
   locate = locator.make(
     _METHOD.value, workdir=_WORKDIR.value, model=_MODEL.value, preset=presets.get("paper")
