@@ -2,6 +2,7 @@
 identical to the simulator, safe to interrupt and to re-run; and the batch loader."""
 
 import json
+import re
 import shutil
 import subprocess
 import sys
@@ -46,6 +47,9 @@ def cli_export(tmp_path_factory):
 def test_export_builds_without_tensorflow(cli_export):
   data_dir, _, _, result = cli_export
   assert "wrote" in result.stdout
+  # A dataset that downloads nothing says nothing about downloading; no INFO logging.
+  assert "Downloading" not in result.stdout + result.stderr
+  assert not re.search(r"^I\d{4} ", result.stderr, re.M)
   dataset = data_dir / "qd2pm" / "paper" / "1.0.0"
   shards = sorted(p.name for p in dataset.glob("*.array_record-*"))
   assert [s.split(".")[0] for s in shards] == sorted(f"qd2pm-{split}" for split in SPLITS)
