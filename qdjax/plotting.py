@@ -102,7 +102,9 @@ def training_curves(records: list[dict], path) -> None:
   val = [r for r in records if "val_auc" in r]
   fig, (ax_loss, ax_auc) = plt.subplots(1, 2, figsize=(10, 3.8))
   if train:
-    ax_loss.plot([r["step"] for r in train], [r["loss"] for r in train], lw=1)
+    # Markers, so a run shorter than log_every (one record) still shows its loss.
+    steps, losses = [r["step"] for r in train], [r["loss"] for r in train]
+    ax_loss.plot(steps, losses, lw=1, marker="o", ms=3)
     ax_loss.set_yscale("log")
   ax_loss.set(xlabel="step", ylabel="training loss", title="loss")
   for eps in val[0]["val_auc"] if val else []:

@@ -404,7 +404,10 @@ def train_and_evaluate(config, workdir) -> dict[str, Any]:
   # Each step's metrics stay on the device (no host sync per step) until the next log
   # step, which records their mean over the interval.
   interval = []
-  with metrics_path.open("a") as log:
+  # Leaving the block closes the checkpoint managers, which waits for a save in flight,
+  # also on an error or Ctrl-C: the last checkpoint is complete and no Orbax thread is
+  # left writing while the interpreter exits.
+  with metrics_path.open("a") as log, checkpoints, best:
     for step in range(start + 1, config.num_steps + 1):
       state, step_metrics = experiment.train_step(state, step)
       bar.update(1)
@@ -448,10 +451,6 @@ def train_and_evaluate(config, workdir) -> dict[str, Any]:
         meta["step"] = step
         checkpoint.save_state(checkpoints, step, state, meta)
   bar.close()
-  checkpoints.wait_until_finished()
-  best.wait_until_finished()
-  checkpoints.close()
-  best.close()
 
   best_eval = meta["best_eval"]
   result = {
