@@ -66,7 +66,11 @@ def fail(message: str, code: int = EXIT_USAGE) -> NoReturn:
   for bar in list(getattr(tqdm, "_instances", ())):
     bar.close()
   print(f"error: {message}", file=sys.stderr, flush=True)
-  sys.exit(code)
+  sys.stdout.flush()
+  # Exit at once: cleanup has run while the error unwound (temporary files removed,
+  # checkpoints closed), and native threads still busy (an XLA compilation, TensorStore
+  # reads) can crash or print tracebacks while the interpreter shuts down around them.
+  os._exit(code)
 
 
 def _first_line(error: BaseException) -> str:
