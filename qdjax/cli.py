@@ -17,6 +17,7 @@ import functools
 import logging
 import os
 import shutil
+import signal
 import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -195,11 +196,19 @@ def run(main) -> None:
     return one_line_errors(main)(argv)
 
   sys.excepthook = _excepthook
+  # A handler of our own for Ctrl-C: asyncio.run (inside Orbax's saves) replaces only
+  # Python's default handler, with one that cancels its task, and a cancelled save can
+  # absorb the interrupt, so that training would go on.
+  signal.signal(signal.SIGINT, _interrupt)
   sys.unraisablehook = _unraisablehook
   try:
     app.run(quiet_main, flags_parser=_parse_flags)
   except KeyboardInterrupt:  # during flag parsing or imports, before main's own handler
     fail("interrupted; no partial output was written", EXIT_INTERRUPTED)
+
+
+def _interrupt(signum, frame) -> None:
+  raise KeyboardInterrupt
 
 
 def _excepthook(kind, value, traceback) -> None:
