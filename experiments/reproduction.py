@@ -14,13 +14,15 @@ reproduction.png are written from all saved methods of the same grid.
 
 from pathlib import Path
 
-from absl import app, flags
-from ml_collections import config_flags
+from absl import flags
 
 from qdjax import cli, locator, reproduction
 
-_CONFIG = config_flags.DEFINE_config_file(
-  "config", "experiments/configs/reproduction.py", "Map config file.", lock_config=True
+_CONFIG = cli.define_config(
+  __file__,
+  "reproduction",
+  "Map config file (default: configs/reproduction.py beside this script); override its "
+  "fields with --config.<field>=value.",
 )
 _METHODS = flags.DEFINE_string(
   "methods",
@@ -38,7 +40,6 @@ _BLUR_FLOOR_WORKDIR = flags.DEFINE_string(
 _OUTPUT_DIR = flags.DEFINE_string("output_dir", None, "Output directory; overrides config.")
 
 
-@cli.one_line_errors
 def main(argv):
   cli.check_no_extra_args(argv)
   config = _CONFIG.value
@@ -64,4 +65,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-  app.run(main)
+  cli.run(main)

@@ -15,12 +15,7 @@ shared cores, so about 20 minutes on idle ones). On a GPU, the shipped model's s
 frames).
 """
 
-import importlib.util
-from pathlib import Path
-
-_spec = importlib.util.spec_from_file_location("default", Path(__file__).with_name("default.py"))
-default = importlib.util.module_from_spec(_spec)
-_spec.loader.exec_module(default)
+from configs import default
 
 
 def get_config():
