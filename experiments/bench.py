@@ -4,6 +4,7 @@ r"""Throughput benchmarks; prints and writes JSON.
   python experiments/bench.py --what=train
   python experiments/bench.py --what=locate
   python experiments/bench.py --what=diffusion   # per-track D accuracy of whole pipelines
+  python experiments/bench.py --what=fit   # microscope-fit recovery errors, not a time
 
 Timings are medians of repeats; ratios are measured side by side in the same run.
 """
@@ -16,7 +17,7 @@ from absl import flags
 from qdjax import cli, io
 
 _WHAT = flags.DEFINE_enum(
-  "what", "simulate", ["simulate", "train", "locate", "diffusion"], "What to measure."
+  "what", "simulate", ["simulate", "train", "locate", "diffusion", "fit"], "What to measure."
 )
 _OUTPUT = flags.DEFINE_string("output", None, "JSON output path (default: bench_<what>.json).")
 _REPEATS = flags.DEFINE_integer(

@@ -32,7 +32,9 @@ _CONFIG = cli.define_config(
   "Simulation config file (default: configs/simulate.py beside this script). Override the "
   f"preset's values with {presets.OVERRIDES_HELP}.",
 )
-_PRESET = flags.DEFINE_string("preset", None, "Named parameter set; overrides --config.preset.")
+_PRESET = flags.DEFINE_string(
+  "preset", None, "Preset name or JSON preset file; overrides --config.preset."
+)
 _DIFFUSION = flags.DEFINE_string(
   "diffusion", None, "D in um^2/s, or lo:hi for log-uniform per frame."
 )

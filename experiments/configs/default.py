@@ -13,7 +13,7 @@ from qdjax import presets
 
 def get_config():
   config = config_dict.ConfigDict()
-  config.preset = "paper"  # simulation preset (qdjax.presets)
+  config.preset = "paper"  # simulation preset: a name or a JSON preset file (qdjax.presets)
   config.diffusion = config_dict.placeholder(str)  # D um^2/s, or lo:hi; None: preset's range
   config.seed = 0  # key(seed) -> init key, data key
   config.data = "simulate"  # qdjax.sources: simulate, noise_free, prior (device) or tfds

@@ -11,6 +11,6 @@ from qdjax import presets
 
 def get_config():
   config = config_dict.ConfigDict()
-  config.preset = "paper"  # named parameter set (qdjax.presets)
+  config.preset = "paper"  # preset name or JSON preset file (qdjax.presets)
   config.overrides = presets.overrides_config()  # spec-named values, None keeps the preset's
   return config

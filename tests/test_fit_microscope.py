@@ -1,0 +1,102 @@
+"""fit_microscope: known parameters recovered from simulated PMT frames; the preset file
+round trip; bad input. (The full-size accuracy run is ``bench.py --what=fit``.)"""
+
+import json
+
+import numpy as np
+import pytest
+from conftest import assert_one_line_error
+
+from qdjax import data, fit, presets
+
+TRUTH = {
+  "peak_photons": 16.0,
+  "background_photons": 1.2,
+  "sigma_xy_um": 0.21,
+  "diffusion_um2_s": 2.5,
+}
+
+
+@pytest.fixture(scope="module")
+def pmt_frames():
+  params = presets.get("invivo").sim_params(**TRUTH)
+  frames = data.generate(params, 400, seed=77)["images"]
+  pmt = {k: float(getattr(params, k)) for k in fit.PMT_KEYS.values()}
+  return frames, pmt
+
+
+def test_fit_recovers_known_parameters_and_round_trips_as_a_preset(pmt_frames, tmp_path):
+  frames, pmt = pmt_frames
+  preset = presets.get("invivo")
+  record = fit.fit_microscope_file(
+    frames, preset, pmt, source="sim.npy", progress=False, num_simulated=256, steps=120
+  )
+  for name, truth in TRUTH.items():
+    se = record["standard_errors"][name]
+    # Within 4 standard errors of the truth (a wrong estimator or a too-small error bar
+    # fails this), and N, B, sxy to better than 10 % from 400 frames.
+    assert abs(record[name] - truth) < 4 * se, (name, record[name], se)
+    if name != "diffusion_um2_s":
+      assert se < 0.1 * truth, (name, se)
+  assert "fitted by experiments/fit_microscope.py" in record["provenance"]["peak_photons"]
+  # Round trip: write, load as a preset, simulate with it.
+  path = tmp_path / "scope.json"
+  presets.write_file(path, record)
+  loaded = presets.get(str(path))
+  params = loaded.sim_params(regime=1)
+  assert params.detector == "pmt"
+  for name in ("peak_photons", "background_photons", "sigma_xy_um", "pmt_alpha"):
+    assert params.to_dict()[name] == pytest.approx(record.get(name, pmt.get(name)), rel=1e-6)
+  assert loaded.regimes[0] == pytest.approx(record["diffusion_um2_s"])
+  again = data.generate(params, 3, seed=1)
+  assert again["images"].shape == (3, 24, 25)
+  assert json.loads(data.params_json(params, loaded))["provenance"]["preset_file"]
+
+
+def test_fit_microscope_script_end_to_end_and_bad_input(pmt_frames, tmp_path, script):
+  frames, pmt = pmt_frames
+  stack = tmp_path / "frames.npy"
+  np.save(stack, frames[:60])
+  pmt_path = tmp_path / "pmt.json"
+  pmt_path.write_text(json.dumps({"alpha": pmt["pmt_alpha"], "dark_sigma": 8.1, "offset": -2.74}))
+  out = tmp_path / "scope.json"
+  args = [f"--input={stack}", "--preset=invivo", f"--pmt={pmt_path}", f"--output={out}"]
+  result = script("fit_microscope.py", *args, "--num_simulated=32", "--steps=2")
+  assert result.returncode == 0, result.stderr
+  record = json.loads(out.read_text())
+  for name in fit.FITTED:
+    assert name in record and name in record["standard_errors"] and record["provenance"][name]
+  presets.get(str(out))  # a valid preset file
+  before = out.read_text()
+
+  def bad(needle, **change):
+    options = dict(zip(["input", "preset", "pmt", "output"], args, strict=True))
+    options.update({k: f"--{k}={v}" for k, v in change.items()})
+    result = script("fit_microscope.py", *options.values(), "--steps=1")
+    assert_one_line_error(result, needle)
+    assert out.read_text() == before  # nothing already written is lost
+
+  nan_stack = tmp_path / "nan.npy"
+  with_nan = frames[:20].copy()
+  with_nan[3, 2, 2] = np.nan
+  np.save(nan_stack, with_nan)
+  bad("frame 3 has NaN", input=nan_stack)
+  single = tmp_path / "single.npy"
+  np.save(single, frames[0])
+  bad("got 1", input=single)
+  negative = tmp_path / "neg.json"
+  negative.write_text(json.dumps({"alpha": -0.44, "dark_sigma": 8.1, "offset": 0.0}))
+  bad("pmt_alpha must be > 0", pmt=negative)
+  unknown = tmp_path / "unknown.json"
+  unknown.write_text(json.dumps({"peak_photons": 3.0, "lens": "60x"}))
+  bad("unknown key 'lens'", preset=unknown)
+
+
+def test_calibrate_pmt_script_refuses_a_non_uniform_stack(tmp_path, script):
+  rng = np.random.default_rng(0)
+  stack = rng.normal(100, 10, (4, 64, 64)) * np.arange(1, 5)[:, None, None]
+  stack[2] += np.linspace(0, 80, 64)[None, :]  # an illumination gradient
+  path = tmp_path / "uniform.npy"
+  np.save(path, stack)
+  result = script("calibrate_pmt.py", f"--input={path}", f"--output={tmp_path / 'pmt.json'}")
+  assert_one_line_error(result, "frame 2 is not uniform")
