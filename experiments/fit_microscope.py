@@ -34,9 +34,9 @@ _PMT = flags.DEFINE_string(
 )
 _OUTPUT = flags.DEFINE_string("output", None, "Preset file (JSON) to write.", required=True)
 _NUM_SIMULATED = flags.DEFINE_integer(
-  "num_simulated", 1024, "Frames simulated per step.", lower_bound=16
+  "num_simulated", 512, "Frames simulated per step.", lower_bound=16
 )
-_STEPS = flags.DEFINE_integer("steps", 300, "Adam steps.", lower_bound=1)
+_STEPS = flags.DEFINE_integer("steps", 200, "Adam steps.", lower_bound=1)
 _SEED = flags.DEFINE_integer("seed", 0, "Seed of the simulation's common random numbers.")
 
 

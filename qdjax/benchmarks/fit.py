@@ -40,8 +40,7 @@ def run(repeats: int = 1, quick: bool = False) -> dict:
       frames,
       preset.sim_params(regime=2),
       fit.Detector(pmt),
-      steps=100 if quick else 300,
-      num_simulated=256 if quick else 1024,
+      **({"steps": 100, "num_simulated": 256} if quick else {}),
       progress=True,
     )
     wall = time.perf_counter() - start
