@@ -588,8 +588,13 @@ def fit_microscope(
   bar.close()
   log_theta = best[1]
 
-  sim = np.asarray(jax.jit(sim_stats)(log_theta))
-  jac = np.asarray(jax.jit(jax.jacfwd(lambda t: sim_stats(t).mean(axis=0)))(log_theta))
+  def mean_and_all(theta):
+    sim = sim_stats(theta)
+    return sim.mean(axis=0), sim
+
+  # One forward-mode pass gives the Jacobian and the simulated statistics themselves.
+  jac, sim = jax.jit(jax.jacfwd(mean_and_all, has_aux=True))(log_theta)
+  jac, sim = np.asarray(jac), np.asarray(sim)
   w = np.linalg.inv(obs_cov + np.cov(sim, rowvar=False) / num_simulated)
   diff = sim.mean(axis=0) - obs_mean
   cov_log = np.linalg.pinv(jac.T @ w @ jac)
