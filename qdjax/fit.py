@@ -338,6 +338,23 @@ STATISTICS = (
   "row_offset_lag1",  # sum over adjacent rows of their centres' product: line-to-line drift
 )
 WINDOW_HALF = 4  # px: the window is 9 x 9 around the smoothed frame's brightest pixel
+MIN_OUTSIDE = 16  # pixels outside the window, for the background
+
+
+def window_half(height: int, width: int) -> int:
+  """The window's half size for this frame size: 4 px, smaller on small frames so that at
+  least ``MIN_OUTSIDE`` pixels stay outside it for the background.
+
+  Raises:
+    ValueError: if even a 5 x 5 window leaves too few (frames under about 7 x 7 px).
+  """
+  for half in range(min(WINDOW_HALF, (min(height, width) - 1) // 2), 1, -1):
+    if height * width - (2 * half + 1) ** 2 >= MIN_OUTSIDE:
+      return half
+  raise ValueError(
+    f"frames of {height}x{width} px are too small to fit (need 16 px beyond a 5 x 5 spot "
+    "window, e.g. 7 x 7)"
+  )
 
 
 def _smooth(frames):
@@ -355,15 +372,16 @@ def frame_statistics(frames):
   """Per-frame summary statistics of single-QD frames, in photons.
 
   Each frame is centred on its smoothed frame's brightest pixel; the statistics are sums
-  over a 9 x 9 window there, with the background (the mean outside the window)
-  subtracted. The same function is applied to the user's frames and to simulated ones, so
-  whatever bias the centring has is the same on both sides. What each responds to:
-  background -> B; spot photons and peak -> N (and sxy, z); the second moments -> the
-  spot's size, sxy and the blur of D; the rows' centre offsets and their lag-1 product ->
-  how far the QD moved between lines, i.e. D (a static QD's line centres agree).
+  over a 9 x 9 window there (smaller on frames under 10 px, see ``window_half``), with
+  the background (the mean outside the window) subtracted. The same function is applied
+  to the user's frames and to simulated ones, so whatever bias the centring has is the
+  same on both sides. What each responds to: background -> B; spot photons and peak -> N
+  (and sxy, z); the second moments -> the spot's size, sxy and the blur of D; the rows'
+  centre offsets and their lag-1 product -> how far the QD moved between lines, i.e. D
+  (a static QD's line centres agree).
 
   Args:
-    frames: [n, h, w] photons (h, w >= 9).
+    frames: [n, h, w] photons.
 
   Returns:
     [n, len(STATISTICS)].
@@ -372,7 +390,7 @@ def frame_statistics(frames):
   import jax.numpy as jnp
 
   n, h, w = frames.shape
-  half = WINDOW_HALF
+  half = window_half(h, w)
   size = 2 * half + 1
   flat = jax.lax.stop_gradient(_smooth(frames)).reshape(n, -1)
   peak = jnp.argmax(flat, axis=1)
@@ -528,9 +546,7 @@ def fit_microscope(
   bad = ~np.isfinite(frames)
   if bad.any():
     raise ValueError(f"frame {int(np.argwhere(bad)[0][0])} has NaN or infinite pixels")
-  size = 2 * WINDOW_HALF + 1
-  if min(frames.shape[1:]) < size:
-    raise ValueError(f"frames must be at least {size} x {size} px, got {frames.shape[1:]}")
+  window_half(*frames.shape[1:])  # frames large enough
   if (base.height, base.width) != frames.shape[1:]:
     raise ValueError(
       f"base params are {base.height}x{base.width} px but the frames are "
