@@ -202,7 +202,7 @@ def _invivo() -> Preset:
     "pmt_offset": "measured: -2.74 a.u., mean of the calibration stack's laser-off frame",
     "epsilons_px": "as paper: the study's 1, 2, 3 px (0.2, 0.4, 0.6 um at this pixel size)",
     "regimes": "placeholder D1=1, D2=5, D3=10*D1, pending experiments/calibrate.py "
-    "--config=experiments/configs/calibrate_invivo.py",
+    "--config=experiments/configs/calibrate_invivo.py --install",
   }
   return _calibrated("invivo", values, regimes, provenance)
 

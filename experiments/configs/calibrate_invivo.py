@@ -2,7 +2,7 @@
 measured (docs/spec.md, section 9), so only D1 and D2 (D3 = 10 D1) are fitted to the study's
 TrackPy row at these photon levels.
 
-  python experiments/calibrate.py --config=experiments/configs/calibrate_invivo.py
+  python experiments/calibrate.py --config=experiments/configs/calibrate_invivo.py --install
 """
 
 from configs import calibrate
