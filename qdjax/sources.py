@@ -81,28 +81,24 @@ class Source:
 
 def simulated(config, *, sim_params: simulate.Params, data_key: jax.Array, **_) -> Source:
   """Frames simulated on the device: batch ``step`` from ``fold_in(data_key, step)``."""
-  batch_size = config.batch_size
-
-  def draw(inputs, step, variant):
-    del variant  # one frame size
-    sim_params, data_key = inputs
-    frames = simulate.simulate_batch(jax.random.fold_in(data_key, step), sim_params, batch_size)
-    return Batch(frames.counts, frames.keypoints, frames.present)
-
-  return Source(draw, inputs=(sim_params, data_key))
+  return _simulation(config, sim_params, data_key, "counts")
 
 
 def noise_free(config, *, sim_params: simulate.Params, data_key: jax.Array, **_) -> Source:
   """As ``simulated``, with the noise-free expected image as the batch's images."""
+  return _simulation(config, sim_params, data_key, "expected", record={"images": "expected"})
+
+
+def _simulation(config, sim_params, data_key, images: str, record=None) -> Source:
   batch_size = config.batch_size
 
   def draw(inputs, step, variant):
     del variant  # one frame size
     sim_params, data_key = inputs
     frames = simulate.simulate_batch(jax.random.fold_in(data_key, step), sim_params, batch_size)
-    return Batch(frames.expected, frames.keypoints, frames.present)
+    return Batch(getattr(frames, images), frames.keypoints, frames.present)
 
-  return Source(draw, inputs=(sim_params, data_key), record={"images": "expected"})
+  return Source(draw, inputs=(sim_params, data_key), record=record)
 
 
 def prior(config, *, sim_params: simulate.Params, data_key: jax.Array, **_) -> Source:
