@@ -506,7 +506,7 @@ def fit_microscope(
   covariance of the difference, with Adam (optax) steps in log parameters through the
   differentiable simulator with common random numbers. Geometry, timing, sigma_z, the
   start-position ranges and the PMT come from ``base`` and ``detector_model``; they are
-  not fitted (SPEC section 7).
+  not fitted (docs/spec.md, section 7).
 
   Measured (``python experiments/bench.py --what=fit``: 1500 held-out PMT frames of 24 x 25
   px at two parameter sets): N within 2.5 %, B within 0.2 %, sxy within 4 % (low), but D
@@ -647,7 +647,7 @@ def fit_microscope(
 def fit_microscope_file(
   frames, preset, pmt=None, source="", pmt_source=None, progress=True, **kwargs
 ) -> dict[str, Any]:
-  """``fit_microscope`` on a user's stack; returns the preset-file record (SPEC 7).
+  """``fit_microscope`` on a user's stack; returns the preset-file record (spec section 7).
 
   Args:
     frames: [n, h, w] recorded values (lazy arrays are read whole).
