@@ -3,6 +3,7 @@ r"""The paper's table reproduced: trackpy, MLE and the model on the study-sized 
   python experiments/evaluate.py
   python experiments/evaluate.py --methods=trackpy,mle --scale=0.05 --output_dir=/tmp/ev
   python experiments/evaluate.py --workdir=workdirs/run1
+  python experiments/evaluate.py --config.preset=invivo --model=paper
 
 Prints the section-3 table of docs/spec.md (the study's rows beside ours) and a localisation table
 (RMSE, bias, Jaccard, RMSE over the Cramer-Rao bound), and writes table.md, table.json
@@ -13,7 +14,7 @@ from pathlib import Path
 
 from absl import flags
 
-from qdjax import cli, evaluate
+from qdjax import cli, evaluate, inference
 
 _CONFIG = cli.define_config(
   __file__,
@@ -24,6 +25,9 @@ _CONFIG = cli.define_config(
 _METHODS = flags.DEFINE_string("methods", None, "Comma-separated methods; overrides config.")
 _SCALE = flags.DEFINE_float("scale", None, "Test-set size factor; overrides config.")
 _WORKDIR = flags.DEFINE_string("workdir", None, "Model training directory; overrides config.")
+_MODEL = flags.DEFINE_enum(
+  "model", None, list(inference.MODELS), "Shipped model (without --workdir); overrides config."
+)
 _OUTPUT_DIR = flags.DEFINE_string("output_dir", None, "Output directory; overrides config.")
 _SEED = flags.DEFINE_integer("seed", None, "User seed of the test splits; overrides config.")
 
@@ -36,6 +40,7 @@ def main(argv):
       ("methods", _METHODS),
       ("scale", _SCALE),
       ("workdir", _WORKDIR),
+      ("model", _MODEL),
       ("output_dir", _OUTPUT_DIR),
       ("seed", _SEED),
     ):

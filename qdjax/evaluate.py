@@ -221,8 +221,9 @@ def parse_methods(text) -> list[str]:
   return list(dict.fromkeys(locator.check_method(name) for name in names))
 
 
-def load_model(workdir):
-  """The detector from ``workdir`` (None: the shipped weights), or (None, notice).
+def load_model(workdir, model=None):
+  """The detector from ``workdir`` (None: the shipped model ``model``, default
+  ``inference.default_model()``), or (None, notice).
 
   Returns:
     (locator or None, notice or None).
@@ -233,7 +234,7 @@ def load_model(workdir):
   if workdir and not Path(workdir).is_dir():
     raise FileNotFoundError(f"--workdir does not exist: {workdir}")
   try:
-    return locator.make("model", workdir=workdir or None), None
+    return locator.make("model", workdir=workdir or None, model=model), None
   except FileNotFoundError as e:
     if workdir:
       raise
@@ -286,11 +287,15 @@ def make_methods(config, preset, progress=True):
     elif name == "mle":
       methods[name] = locator.make("mle", score=config.mle_score)
     else:
-      model, notice = load_model(config.workdir)
+      model, notice = load_model(config.workdir, config.get("model"))
       if model is None:
         notices.append(notice)
       else:
         methods[name] = model
+        from qdjax import inference  # flax only where a model runs
+
+        source = config.workdir or f"shipped {config.get('model') or inference.default_model()!r}"
+        notices.append(f"model: {source}")
   return methods, tp_record, notices
 
 

@@ -106,10 +106,10 @@ def test_model_is_skipped_with_a_notice_without_weights_and_run_with_them(monkey
 
   from qdjax import inference, presets
 
-  config = config_dict.ConfigDict({"methods": "model", "workdir": None})
+  config = config_dict.ConfigDict({"methods": "model", "workdir": None, "model": "paper"})
   preset = presets.get("paper")
 
-  def missing(workdir=None):
+  def missing(workdir=None, model=None):
     raise FileNotFoundError("no pretrained weights shipped yet")
 
   monkeypatch.setattr(inference, "load", missing)
@@ -120,6 +120,10 @@ def test_model_is_skipped_with_a_notice_without_weights_and_run_with_them(monkey
   def detector(images):
     return [np.array([[1.0, 2.0, 0.5]]) for _ in images]
 
-  monkeypatch.setattr(inference, "load", lambda workdir=None: detector)
+  asked = []
+  monkeypatch.setattr(
+    inference, "load", lambda workdir=None, model=None: asked.append(model) or detector
+  )
   methods, _, notices = evaluate.make_methods(config, preset, progress=False)
-  assert methods == {"model": detector} and notices == []
+  assert methods == {"model": detector} and asked == ["paper"]
+  assert notices == ["model: shipped 'paper'"]
