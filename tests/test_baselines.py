@@ -124,6 +124,24 @@ def test_mle_reaches_the_crlb_at_moderate_signal_and_d0():
   assert 0.8 * bound < rmse < 1.5 * bound, (rmse, bound)
 
 
+def test_mle_chunks_keep_each_fit_with_its_frame():
+  """10 frames in chunks of 4 (the last one padded) fit as each frame does alone, and each
+  fit is its own frame's QD."""
+  _, frames = static_frames(10, 8, 200.0, 1.0)
+  config = mle.Config(chunk=4)
+  together = mle.fit(frames["images"], config)
+  assert together.params.shape == (10, 7) and together.valid.all()
+  for i in range(10):
+    alone = mle.fit(frames["images"][i : i + 1], config)
+    # Background, amplitude and position (a round spot's orientation is ill-defined).
+    np.testing.assert_allclose(alone.params[0, :4], together.params[i, :4], rtol=1e-4, atol=1e-3)
+    np.testing.assert_allclose(alone.llr[0], together.llr[i], rtol=1e-4)
+  error = together.params[:, 2:4] - frames["keypoints"][:, 0]
+  assert np.abs(error).max() < 0.3, error
+  per_frame = mle.Locator(config)(frames["images"])
+  np.testing.assert_allclose(brightest(per_frame), together.params[:, 2:4], atol=1e-6)
+
+
 def test_mle_returns_nothing_for_degenerate_fits():
   rng = np.random.default_rng(0)
   nan_frame = rng.poisson(4.0, (24, 25)).astype(np.float32)

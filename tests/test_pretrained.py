@@ -13,14 +13,30 @@ pytestmark = pytest.mark.skipif(
   not (inference.PRETRAINED_DIR / inference.WEIGHTS).exists(), reason="no shipped weights"
 )
 
-# Well below the measured values (results/paper_table.md: AUC at 3 px on test_d1..3), so that only a
-# broken model, decoder or coordinate convention fails.
-AUC_FLOOR_3PX = {"test_d1": 0.80, "test_d2": 0.65, "test_d3": 0.45}
+# Test frames per split (the study's sizes times these). D1 gets twice as many: there the
+# AUC at epsilon = 1 px is large enough for its floor to see a half-pixel shift.
+SCALES = {"test_d1": 0.24, "test_d2": 0.12, "test_d3": 0.12}
+# Floors sit this many binomial standard errors (at the test set's size) below the AUC the
+# shipped model recorded on the matching validation split (config.json "validation").
+# Measured (seed 7, base model of config.json): test_d1 AUC 0.339 / 0.927 / 0.988 at
+# epsilon 1 / 2 / 3 px against floors 0.318 / 0.882 / 0.959; with every x shifted by
+# +0.5 px, 0.268 / 0.861 / 0.988: the shift fails both the 1 px and the 2 px floor.
+FLOOR_STANDARD_ERRORS = 2.5
 
 
 @pytest.fixture(scope="module")
 def locator():
   return inference.load(model="paper")
+
+
+@pytest.fixture(scope="module")
+def located(locator):
+  """{split: (frames, detections)} on small test sets (seed 7, not the study's seed 0)."""
+  out = {}
+  for split, scale in SCALES.items():
+    frames = data.load_split(presets.get("paper"), split, seed=7, scale=scale)
+    out[split] = frames, locator(frames["images"])
+  return out
 
 
 def test_shipped_directory_records_its_provenance():
@@ -31,13 +47,29 @@ def test_shipped_directory_records_its_provenance():
   assert size < 5e6
 
 
-@pytest.mark.parametrize("split", sorted(AUC_FLOOR_3PX))
-def test_shipped_model_beats_a_floor_on_a_small_test_set(locator, split):
-  frames = data.load_split(presets.get("paper"), split, seed=7, scale=0.12)
-  found = locator(frames["images"])
-  assert len(found) == len(frames["images"])
-  auc = metrics.auc(found, frames["keypoints"], frames["present"], 3.0)
-  assert auc > AUC_FLOOR_3PX[split], auc
+@pytest.mark.parametrize("split", sorted(SCALES))
+def test_shipped_model_reaches_its_recorded_auc_on_a_small_test_set(locator, located, split):
+  frames, found = located[split]
+  n = len(frames["images"])
+  assert len(found) == n
+  recorded = locator.info["validation"]["auc_by_split"][f"val_d{split[-1]}"]
+  for epsilon in presets.get("paper").epsilons_px:
+    expected = recorded[f"{epsilon:g}"]
+    floor = expected - FLOOR_STANDARD_ERRORS * np.sqrt(expected * (1 - expected) / n)
+    auc = metrics.auc(found, frames["keypoints"], frames["present"], epsilon)
+    assert auc > floor, (epsilon, auc, floor, expected)
+
+
+@pytest.mark.parametrize("split", sorted(SCALES))
+def test_shipped_model_is_unbiased(located, split):
+  """The mean error of matched detections is zero within 4 standard errors (plus 0.05 px):
+  a systematic shift of a fraction of a pixel, e.g. half a pixel, fails."""
+  frames, found = located[split]
+  report = metrics.report(found, frames["keypoints"], frames["present"], 3.0).localisation
+  assert report.num_matched > 0.8 * len(found)
+  standard_error = report.rmse_px / np.sqrt(2 * report.num_matched)  # per axis
+  bound = 4 * standard_error + 0.05
+  assert np.all(np.abs(report.bias_px) < bound), (report.bias_px, bound)
 
 
 def test_any_frame_size_and_empty_frames(locator):
@@ -46,18 +78,43 @@ def test_any_frame_size_and_empty_frames(locator):
   found = locator(big["images"])
   best = np.array([f[0, :2] if len(f) else [np.nan, np.nan] for f in found])
   err = np.hypot(*(best - big["keypoints"][:, 0]).T)
-  assert np.nanmedian(err) < 1.5
-  # A crop of 8 x 12 around nothing but background, and a constant frame.
+  # Every frame has its QD (margin 2 px). The top detection lands within 2 px of it in
+  # 56 of the 64 frames (measured: 0.875, median error 0.97 px); the floor is 3 binomial
+  # standard errors lower. A frame without detections counts as a miss, not a NaN to skip.
+  rate = np.mean(err < 2.0)
+  assert rate >= 0.75, rate
+  assert np.median(np.where(np.isnan(err), np.inf, err)) < 1.5
+  # A crop of 8 x 12 around nothing but background.
   crop = big["images"][:4, :8, :12]
   assert len(locator(crop)) == 4
-  flat = np.full((2, 24, 25), 3.0, np.float32)
-  for detections in locator(flat):
-    assert detections.shape[1] == 3 and np.all(np.isfinite(detections))
   # Empty frames score below frames with a QD.
   empty = data.generate(preset.sim_params(regime=1, num_particles=0), 200, seed=4)["images"]
   with_qd = data.generate(preset.sim_params(regime=1), 200, seed=4)["images"]
   top = lambda fs: np.array([f[0, 2] if len(f) else 0.0 for f in fs])
   assert np.median(top(locator(empty))) < np.median(top(locator(with_qd)))
+
+
+def test_flat_frames_yield_no_detections(locator):
+  for shape in [(2, 24, 25), (1, 1, 1), (1, 8, 12)]:
+    for value in (0.0, 3.0, 1000.0):
+      assert all(len(d) == 0 for d in locator(np.full(shape, value, np.float32))), (shape, value)
+
+
+def test_batches_and_chunks_do_not_change_a_frames_detections(locator):
+  """locator(x)[i] == locator(x[i:i+1])[0] (eval mode: no batch statistics), with a chunk
+  of 4 frames so that 10 frames take three chunks, the last one padded; and each frame's
+  detections are its own QD's."""
+  frames = data.generate(presets.get("paper").sim_params(regime=1, peak_photons=30.0), 10, 12)
+  chunked = inference.load(model="paper", chunk=4)
+  together = chunked(frames["images"])
+  assert len(together) == 10
+  for i, detections in enumerate(together):
+    alone = chunked(frames["images"][i : i + 1])[0]
+    assert alone.shape == detections.shape
+    np.testing.assert_allclose(alone, detections, rtol=1e-5, atol=1e-5)
+    assert np.hypot(*(detections[0, :2] - frames["keypoints"][i, 0])) < 1.0
+  for a, b in zip(locator(frames["images"]), together, strict=True):
+    np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-5)
 
 
 def test_locate_script_model_npy_and_tif_agree(tmp_path, script):

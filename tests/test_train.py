@@ -233,6 +233,55 @@ def test_cli_bad_values_give_one_line_errors(tmp_path):
   assert not (tmp_path / "checkpoints").exists()
 
 
+def test_resume_is_refused_after_the_simulation_parameters_changed(reference, tmp_path):
+  ref_dir, _ = reference
+  workdir = tmp_path / "run"
+  shutil.copytree(ref_dir, workdir)
+  before = {p: p.read_bytes() for p in workdir.iterdir() if p.is_file()}
+  config = tiny_config()
+  config.overrides.peak_photons = 5.0
+  with pytest.raises(ValueError, match=r"simulation parameters changed .*peak_photons"):
+    train.train_and_evaluate(config, workdir)
+  result = run_cli(cli_command(workdir, "--config.overrides.peak_photons=5"))
+  assert_one_line_error(result, "simulation parameters changed", "peak_photons")
+  assert {p: p.read_bytes() for p in workdir.iterdir() if p.is_file()} == before
+
+
+def assert_no_shared_frames(groups: dict) -> None:
+  seen = {}
+  for name, images in groups.items():
+    for i, image in enumerate(np.asarray(images)):
+      key = image.tobytes()
+      assert key not in seen, f"{name} frame {i} is {seen[key]}"
+      seen[key] = f"{name} frame {i}"
+
+
+def test_training_validation_and_test_frames_are_all_different():
+  """Every split draws its own frames: under one distribution, so that only the keys differ,
+  no two splits share a frame, nor do they with the batches training simulates; and the
+  validation sets training selects on share none with the test sets of their regime."""
+  from qdjax import data
+
+  config = tiny_config()
+  experiment = train.build(config)
+  seeds = [data.split_seed(s, split) for s in range(3) for split in data.SPLITS]
+  assert len(set(seeds)) == len(seeds)
+  n = config.validation_size
+  same_distribution = {
+    split: data.generate(experiment.sim_params, n, data.split_seed(0, split))["images"]
+    for split in data.SPLITS
+  }
+  for step in (1, 2):
+    same_distribution[f"training step {step}"] = experiment.draw_batch(step).images
+  assert_no_shared_frames(same_distribution)
+  sets = validation.validation_sets(config, experiment.preset, experiment.sim_params)
+  for split, held_out in sets.items():
+    test_split = f"test_d{split[-1]}"
+    params = data.split_params(experiment.preset, test_split)
+    test = data.generate(params, n, data.split_seed(config.validation_seed, test_split))
+    assert_no_shared_frames({split: held_out["images"], test_split: test["images"]})
+
+
 def test_inference_loads_workdir_and_export_on_any_frame_size(reference, tmp_path):
   ref_dir, _ = reference
   locator = inference.load(ref_dir)
