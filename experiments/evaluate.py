@@ -10,8 +10,6 @@ Prints the section-3 table of docs/spec.md (the study's rows beside ours) and a 
 and pr_curves.png into --output_dir.
 """
 
-from pathlib import Path
-
 from absl import flags
 
 from qdjax import cli, evaluate, inference
@@ -33,23 +31,11 @@ _SEED = flags.DEFINE_integer("seed", None, "User seed of the test splits; overri
 
 
 def main(argv):
-  cli.check_no_extra_args(argv)
-  config = _CONFIG.value
-  with config.unlocked():
-    for name, flag in (
-      ("methods", _METHODS),
-      ("scale", _SCALE),
-      ("workdir", _WORKDIR),
-      ("model", _MODEL),
-      ("output_dir", _OUTPUT_DIR),
-      ("seed", _SEED),
-    ):
-      if flag.value is not None:
-        config[name] = flag.value
+  config = cli.config_from_flags(
+    argv, _CONFIG, _METHODS, _SCALE, _WORKDIR, _MODEL, _OUTPUT_DIR, _SEED
+  )
   evaluate.parse_methods(config.methods)
-  output_dir = Path(config.output_dir)
-  if output_dir.exists() and not output_dir.is_dir():
-    raise NotADirectoryError(f"--output_dir is not a directory: {output_dir}")
+  output_dir = cli.output_dir(config.output_dir)
   # Made before the work, so a bad path fails early; removed again if the run fails.
   with cli.removed_on_failure(output_dir):
     output_dir.mkdir(parents=True, exist_ok=True)

@@ -12,8 +12,6 @@ methods not rerun are kept, so one method can be rerun alone. Then summary.md, a
 reproduction.png are written from all saved methods of the same grid.
 """
 
-from pathlib import Path
-
 from absl import flags
 
 from qdjax import cli, locator, reproduction
@@ -41,22 +39,11 @@ _OUTPUT_DIR = flags.DEFINE_string("output_dir", None, "Output directory; overrid
 
 
 def main(argv):
-  cli.check_no_extra_args(argv)
-  config = _CONFIG.value
-  with config.unlocked():
-    for name, flag in (
-      ("methods", _METHODS),
-      ("workdir", _WORKDIR),
-      ("model", _MODEL),
-      ("blur_floor_workdir", _BLUR_FLOOR_WORKDIR),
-      ("output_dir", _OUTPUT_DIR),
-    ):
-      if flag.value is not None:
-        config[name] = flag.value
+  config = cli.config_from_flags(
+    argv, _CONFIG, _METHODS, _WORKDIR, _MODEL, _BLUR_FLOOR_WORKDIR, _OUTPUT_DIR
+  )
   reproduction.parse_methods(config.methods)
-  output_dir = Path(config.output_dir)
-  if output_dir.exists() and not output_dir.is_dir():
-    raise NotADirectoryError(f"--output_dir is not a directory: {output_dir}")
+  output_dir = cli.output_dir(config.output_dir)
   output_dir.mkdir(parents=True, exist_ok=True)
   results = reproduction.run(config)
   print(reproduction.summary_markdown(results))

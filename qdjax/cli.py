@@ -264,6 +264,36 @@ def check_no_extra_args(argv) -> None:
     raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
 
 
+def config_from_flags(argv, config_flag, *overrides):
+  """The ``--config`` ConfigDict, with each override flag that was given copied into it.
+
+  Each flag in ``overrides`` sets the config field of its own name (``--seed=3`` sets
+  ``config.seed``); a flag left out keeps the config's value.
+
+  Raises:
+    app.UsageError: ``argv`` holds more than the program's name.
+  """
+  check_no_extra_args(argv)
+  config = config_flag.value
+  with config.unlocked():
+    for flag in overrides:
+      if flag.value is not None:
+        config[flag.name] = flag.value
+  return config
+
+
+def output_dir(path: str | os.PathLike) -> Path:
+  """``path`` as a Path, for ``--output_dir``.
+
+  Raises:
+    NotADirectoryError: ``path`` exists and is not a directory.
+  """
+  path = Path(path)
+  if path.exists() and not path.is_dir():
+    raise NotADirectoryError(f"--output_dir is not a directory: {path}")
+  return path
+
+
 def parse_diffusion(text: str):
   """'0.3' -> 0.3, '0.1:3' -> (0.1, 3.0).
 
