@@ -5,6 +5,7 @@ r"""Throughput benchmarks; prints and writes JSON.
   python experiments/bench.py --what=locate
   python experiments/bench.py --what=diffusion   # per-track D accuracy of whole pipelines
   python experiments/bench.py --what=fit   # microscope-fit recovery errors, not a time
+  python experiments/bench.py --what=tradeoff --train_frames=131072 --models=base,s2
 
 Timings are medians of repeats; ratios are measured side by side in the same run.
 """
@@ -17,13 +18,21 @@ from absl import flags
 from qdjax import cli, io
 
 _WHAT = flags.DEFINE_enum(
-  "what", "simulate", ["simulate", "train", "locate", "diffusion", "fit"], "What to measure."
+  "what",
+  "simulate",
+  ["simulate", "train", "locate", "diffusion", "fit", "tradeoff"],
+  "What to measure.",
 )
 _OUTPUT = flags.DEFINE_string("output", None, "JSON output path (default: bench_<what>.json).")
 _REPEATS = flags.DEFINE_integer(
   "repeats", 5, "Timed repeats per measurement (median).", lower_bound=1
 )
 _QUICK = flags.DEFINE_bool("quick", False, "Small sizes, for a smoke test.")
+_TRAIN_FRAMES = flags.DEFINE_integer(
+  "train_frames", None, "tradeoff: training frames per model (equal budget).", lower_bound=1
+)
+_MODELS = flags.DEFINE_list("models", None, "tradeoff: model presets to train and compare.")
+_WORKDIR = flags.DEFINE_string("workdir", None, "tradeoff: where the training runs go.")
 
 
 def main(argv):
@@ -36,6 +45,12 @@ def main(argv):
     from configs import default, tiny
 
     options["config"] = (tiny if _QUICK.value else default).get_config()
+  if _WHAT.value == "tradeoff":  # each model trained with the shipped paper model's recipe
+    from configs import pretrained, tiny
+
+    options["config"] = (tiny if _QUICK.value else pretrained).get_config()
+    options.update(train_frames=_TRAIN_FRAMES.value, workdir=_WORKDIR.value)
+    options["models"] = tuple(_MODELS.value) if _MODELS.value else None
   result = module.run(repeats=_REPEATS.value, quick=_QUICK.value, **options)
   text = json.dumps(result, indent=2)
   print(text)

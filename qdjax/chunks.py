@@ -34,6 +34,7 @@ def map_chunks(
   chunk: int,
   *,
   powers_of_two: bool = True,
+  minimum: int = 8,
   progress=None,
 ):
   """``fn`` over the leading axis of ``inputs``, in chunks of one size, on the host after.
@@ -43,7 +44,7 @@ def map_chunks(
       row i of the output depending only on row i of the input.
     inputs: an array or pytree of arrays sharing the leading axis n (NumPy or JAX).
     chunk: the most rows per call.
-    powers_of_two: see ``call_size``.
+    powers_of_two, minimum: see ``call_size``.
     progress: optional tqdm-like bar, advanced by the rows of each chunk.
 
   Returns:
@@ -52,7 +53,7 @@ def map_chunks(
   """
   leaves = jax.tree.leaves(inputs)
   n = len(leaves[0])
-  size = call_size(n, chunk, powers_of_two)
+  size = call_size(n, chunk, powers_of_two, minimum)
   if n == 0:
     row = jax.tree.map(lambda x: np.zeros((1,) + np.shape(x)[1:], np.asarray(x).dtype), inputs)
     shapes = jax.eval_shape(fn, row)

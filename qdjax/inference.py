@@ -43,8 +43,10 @@ PRETRAINED_DIR = PRETRAINED_ROOT / "paper"
 MODELS = ("general", "paper")
 WEIGHTS = "weights.npz"
 CONFIG = "config.json"
+CHUNK_PIXELS = 1 << 22  # pixels per jitted call at most (whole fields are large)
 DECODE_SETTINGS = (
-  "max_detections",
+  "area_per_detection",
+  "min_detections",
   "nms_window",
   "score_window",
   "score_radius",
@@ -98,14 +100,19 @@ class Locator:
 
   Args:
     model_config: ``{"name": preset, **KeypointNet overrides}``.
-    decode: ``model.decode`` settings (max_detections, nms_window, score_window).
+    decode: ``model.decode`` settings (area_per_detection, min_detections, nms_window,
+      score_window, score_radius, refine_window). ``max_detections``, the fixed count of
+      older configs, is read as ``min_detections``: every model's detections scale with
+      the frame's area.
     weights: the model state as a pure dict (nested, as ``nnx.State.to_pure_dict``).
     min_score: detections scored below this are dropped.
-    chunk: frames per jitted call; a memory bound.
+    chunk: at most this many frames per jitted call, and at most ``CHUNK_PIXELS`` pixels
+      (a memory bound: 16 whole 512 x 512 fields, or 1024 crops of 24 x 25).
     info: provenance (config, preset, validation), kept as ``locator.info``.
   """
 
   def __init__(self, model_config, decode, weights, min_score=0.0, chunk=1024, info=None):
+    decode = _current_decode_settings(decode)
     unknown = sorted(set(decode) - set(DECODE_SETTINGS))
     if unknown:
       raise ValueError(f"unknown decode setting(s): {', '.join(unknown)}")
@@ -156,7 +163,12 @@ class Locator:
     def run(block):
       return self._run(self._state, block, threshold)
 
-    out = chunks.map_chunks(run, images, self.chunk, progress=progress)
+    # Chunks hold at most CHUNK_PIXELS pixels, and short stacks are padded to 8 frames only
+    # where 8 frames are cheap: a single whole field is never run 8 times.
+    h, w = images.shape[1:]
+    chunk = max(1, min(self.chunk, CHUNK_PIXELS // (h * w)))
+    minimum = max(1, min(8, (1 << 16) // (h * w)))
+    out = chunks.map_chunks(run, images, chunk, progress=progress, minimum=minimum)
     # A frame without contrast (every pixel equal; any 1 x 1 frame) says nothing about where
     # a QD is: whatever the network scores there comes from its zero padding, not the data.
     flat = images.min(axis=(1, 2)) == images.max(axis=(1, 2))
@@ -167,6 +179,16 @@ class Locator:
     """[n, h, w] (or [h, w]) frames -> list of n float32 arrays [k_i, 3] (x, y, score); a
     ``qdjax.locator.Locator``."""
     return model_lib.to_lists(self.detect(images, min_score, progress))
+
+
+def _current_decode_settings(decode: dict) -> dict:
+  """Decode settings with an older config's fixed ``max_detections`` read as the floor
+  ``min_detections`` (detections then scale with the frame's area)."""
+  decode = dict(decode)
+  if "max_detections" in decode:
+    legacy = decode.pop("max_detections")
+    decode.setdefault("min_detections", legacy)
+  return decode
 
 
 def _model_config(config: dict) -> dict:
@@ -204,8 +226,9 @@ def load(
   ``default_model()``), a directory written by ``export_pretrained``, or a training
   workdir (its best validation checkpoint).
 
-  ``decode`` overrides the stored decoding settings (``max_detections``, ``nms_window``,
-  ``score_window``, ``score_radius``; see ``model.decode``).
+  ``decode`` overrides the stored decoding settings (``area_per_detection``,
+  ``min_detections``, ``nms_window``, ``score_window``, ``score_radius``,
+  ``refine_window``; see ``model.decode``).
 
   Raises:
     FileNotFoundError: no such directory or checkpoint, or no shipped weights yet.
@@ -224,7 +247,7 @@ def load(
         weights = _unflatten({name: f[name] for name in f.files})
     except (OSError, ValueError, EOFError, zipfile.BadZipFile, zlib.error) as e:  # damaged
       raise ValueError(f"cannot read {directory / WEIGHTS} ({type(e).__name__}: {e})") from None
-    settings = {**info["decode"], **decode}
+    settings = {**_current_decode_settings(info["decode"]), **decode}
     return Locator(info["model"], settings, weights, min_score, chunk, info)
   if workdir is None:
     raise FileNotFoundError(
@@ -238,7 +261,7 @@ def load(
   _, abstract_state = _abstract_model(_model_config(config))
   weights, record = checkpoint.restore_best(directory, abstract_state)
   info = {"workdir": str(directory), "config": config, "validation": record}
-  settings = {**config["decode"], **decode}
+  settings = {**_current_decode_settings(config["decode"]), **decode}
   return Locator(_model_config(config), settings, weights, min_score, chunk, info)
 
 

@@ -40,7 +40,7 @@ def test_output_shapes_on_any_frame_size(shape):
   assert out["logits"].shape == shape
   assert out["offsets"].shape == shape + (2,)
   assert np.isfinite(out["logits"]).all() and np.isfinite(out["offsets"]).all()
-  found = model.decode(out, max_detections=4)
+  found = model.decode(out)
   for key in ("x", "y", "score", "valid"):
     assert found[key].shape == (shape[0], 4)
   # A 1x1 frame has one candidate pixel: the other slots must be invalid.
@@ -148,7 +148,7 @@ def test_decode_returns_planted_coordinates_in_score_order():
 
 def test_decode_pads_frames_smaller_than_k():
   out = {"logits": jnp.zeros((1, 2, 2)), "offsets": jnp.zeros((1, 2, 2, 2))}
-  found = model.decode(out, max_detections=6)
+  found = model.decode(out, min_detections=6)
   assert found["x"].shape == (1, 6) and not found["valid"][0, 4:].any()
 
 
@@ -176,3 +176,53 @@ def test_loss_parts_vanish_on_a_perfect_prediction_and_are_finite_without_qds():
   # An empty frame: no offsets to train, and the loss stays finite.
   empty = model.loss(bad, jnp.full((1, 1, 2), jnp.nan), jnp.array([[False]]))[0]
   assert np.isfinite(empty)
+
+
+def test_decode_scales_with_the_field_and_refines_like_the_dense_formula():
+  # 30 planted peaks on a 200 x 240 field: a fixed cap of 4 would lose 26 of them.
+  rng = np.random.default_rng(0)
+  h, w = 200, 240
+  logits = np.full((1, h, w), -12.0, np.float32)
+  grid = np.stack(np.meshgrid(np.arange(5, h - 5, 8), np.arange(5, w - 5, 8)), -1)
+  rows, cols = grid.reshape(-1, 2)[rng.choice(grid.size // 2, 30, replace=False)].T
+  logits[0, rows, cols] = rng.uniform(0.0, 4.0, 30)
+  logits[0, rows, cols + 1] = -1.0  # a shoulder, so the refinement has votes to weigh
+  offsets = rng.uniform(-0.5, 0.5, (1, h, w, 2)).astype(np.float32)
+  outputs = {"logits": jnp.asarray(logits), "offsets": jnp.asarray(offsets)}
+  found = jax.device_get(
+    jax.jit(lambda o: model.decode(o, refine_window=3, min_score=0.2))(outputs)
+  )
+  assert found["x"].shape == (1, model.num_slots(h, w, 256.0, 4)) == (1, 188)
+  assert found["valid"].sum() == 30
+  # The refined position is the presence-weighted mean of the 3 x 3 votes (pixel +
+  # offset), computed here densely in NumPy for every pixel.
+  prob = 1 / (1 + np.exp(-logits[0].astype(np.float64)))
+  vx = np.arange(w)[None, :] + offsets[0, ..., 0]
+  vy = np.arange(h)[:, None] + offsets[0, ..., 1]
+  valid = found["valid"][0]
+  for x, y in zip(found["x"][0][valid], found["y"][0][valid], strict=True):
+    r = c = None
+    for rr, cc in zip(rows, cols, strict=True):
+      if abs(rr - y) < 1.5 and abs(cc - x) < 1.5:
+        r, c = rr, cc
+    assert r is not None
+    win = np.s_[r - 1 : r + 2, c - 1 : c + 2]
+    weight = prob[win].sum()
+    np.testing.assert_allclose(x, (prob[win] * vx[win]).sum() / weight, atol=1e-4)
+    np.testing.assert_allclose(y, (prob[win] * vy[win]).sum() / weight, atol=1e-4)
+
+
+def test_space_to_depth_round_trips_and_cell_presets_keep_full_resolution():
+  x = jnp.arange(2 * 8 * 12 * 1, dtype=jnp.float32).reshape(2, 8, 12, 1)
+  cells = model.space_to_depth(x, 4)
+  assert cells.shape == (2, 2, 3, 16)
+  np.testing.assert_array_equal(cells[0, 1, 2], x[0, 4:8, 8:12, 0].reshape(-1))
+  np.testing.assert_array_equal(model.depth_to_space(cells, 4), x)
+  net = model.create("tiny", stem_stride=4, normalization="mean", rngs=nnx.Rngs(0))
+  net.eval()
+  images = jax.random.poisson(jax.random.key(3), 4.0, (2, 23, 26)).astype(jnp.float32)
+  out = _forward(net, images)
+  assert out["logits"].shape == (2, 23, 26) and out["offsets"].shape == (2, 23, 26, 2)
+  # The mean normalisation is invariant to a detector's gain and offset too.
+  shifted = _forward(net, 3.0 * images + 250.0)
+  np.testing.assert_allclose(out["logits"], shifted["logits"], rtol=1e-4, atol=1e-4)

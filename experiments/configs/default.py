@@ -26,7 +26,7 @@ def get_config():
   config.overrides = presets.overrides_config()  # spec-named values; None keeps the preset's
 
   config.model = config_dict.ConfigDict()
-  config.model.name = "small"  # preset in qdjax.model.PRESETS
+  config.model.name = "s4_light"  # preset in qdjax.model.PRESETS (see its docstring)
   config.model.stage_sizes = config_dict.placeholder(tuple)  # blocks per stage (None: preset)
   config.model.stage_features = config_dict.placeholder(tuple)  # channels per stage
   config.model.stage_strides = config_dict.placeholder(tuple)  # stride per stage (1 or 2)
@@ -41,7 +41,8 @@ def get_config():
   config.loss.uncertainty_weight = 1.0  # weight of the offset-uncertainty (sigma) NLL
 
   config.decode = config_dict.ConfigDict()
-  config.decode.max_detections = 4  # detections per frame (top-k after NMS)
+  config.decode.area_per_detection = 256.0  # cap: one detection per this many px^2 ...
+  config.decode.min_detections = 4  # ... and at least this many per frame
   config.decode.nms_window = 3  # peaks are maxima in this window, px
   config.decode.score_window = 3  # score = presence probability summed in this window, px
   config.decode.score_radius = 1.0  # score *= P(offset error < this, px) from sigma (0: off)
