@@ -247,7 +247,7 @@ def load(
         weights = _unflatten({name: f[name] for name in f.files})
     except (OSError, ValueError, EOFError, zipfile.BadZipFile, zlib.error) as e:  # damaged
       raise ValueError(f"cannot read {directory / WEIGHTS} ({type(e).__name__}: {e})") from None
-    settings = {**_current_decode_settings(info["decode"]), **decode}
+    settings = {**_current_decode_settings(info["decode"]), **_current_decode_settings(decode)}
     return Locator(info["model"], settings, weights, min_score, chunk, info)
   if workdir is None:
     raise FileNotFoundError(
@@ -261,7 +261,7 @@ def load(
   _, abstract_state = _abstract_model(_model_config(config))
   weights, record = checkpoint.restore_best(directory, abstract_state)
   info = {"workdir": str(directory), "config": config, "validation": record}
-  settings = {**_current_decode_settings(config["decode"]), **decode}
+  settings = {**_current_decode_settings(config["decode"]), **_current_decode_settings(decode)}
   return Locator(_model_config(config), settings, weights, min_score, chunk, info)
 
 

@@ -17,7 +17,7 @@ def get_config():
   config = default.get_config()
   config.data = "prior"  # per-frame draws from config.prior, simulated in the jitted step
   config.prior = prior.config()  # the distribution of training frames (qdjax.prior.Prior)
-  config.model.name = "base"  # qdjax.model preset
+  config.model.name = "s4_light"  # qdjax.model preset: the fast one (see qdjax.model)
   config.batch_size = 256  # frames per step (every step one frame size)
   config.num_steps = 8000  # SGD steps (~3-4 min of an H200 for base); frames = steps * batch
   config.learning_rate = 0.01  # peak SGD learning rate
