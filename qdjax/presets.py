@@ -57,8 +57,12 @@ class Preset:
     Args:
       diffusion: D in um^2/s, or a (lo, hi) log-uniform range. Default: the training range.
       regime: 1, 2 or 3 takes that experiment's D (instead of ``diffusion``).
-      **overrides: any spec-named value.
+      **overrides: any spec-named value; ``diffusion_um2_s`` is taken as ``diffusion``.
     """
+    if "diffusion_um2_s" in overrides:
+      if diffusion is not None or regime is not None:
+        raise ValueError("give diffusion_um2_s, diffusion or regime, not two of them")
+      diffusion = overrides.pop("diffusion_um2_s")
     if regime is not None:
       if diffusion is not None:
         raise ValueError("give diffusion or regime, not both")

@@ -20,26 +20,41 @@ TRUTH = {
 @pytest.fixture(scope="module")
 def pmt_frames():
   params = presets.get("invivo").sim_params(**TRUTH)
-  frames = data.generate(params, 400, seed=77)["images"]
+  assert np.allclose(params.diffusion_um2_s, TRUTH["diffusion_um2_s"])  # one D, not a range
+  frames = data.generate(params, 300, seed=77)["images"]
   pmt = {k: float(getattr(params, k)) for k in fit.PMT_KEYS.values()}
   return frames, pmt
 
 
-def test_fit_recovers_known_parameters_and_round_trips_as_a_preset(pmt_frames, tmp_path):
+@pytest.fixture(scope="module")
+def fitted(pmt_frames):
+  """One fit, shared: from the preset's start (D2 = 20, eight times the truth's D)."""
   frames, pmt = pmt_frames
-  preset = presets.get("invivo")
-  record = fit.fit_microscope_file(
-    frames, preset, pmt, source="sim.npy", progress=False, num_simulated=256, steps=120
+  return fit.fit_microscope_file(
+    frames,
+    presets.get("invivo"),
+    pmt,
+    source="sim.npy",
+    progress=False,
+    num_simulated=128,
+    steps=100,
   )
-  for name, truth in TRUTH.items():
-    se = record["standard_errors"][name]
-    # Within 4 standard errors of the truth (a wrong estimator or a too-small error bar
-    # fails this), and N, B, sxy to better than 10 % from 400 frames.
-    assert abs(record[name] - truth) < 4 * se, (name, record[name], se)
-    if name != "diffusion_um2_s":
-      assert se < 0.1 * truth, (name, se)
+
+
+@pytest.mark.parametrize("name", list(TRUTH))
+def test_fit_recovers_each_known_parameter(fitted, name):
+  estimate, se = fitted[name], fitted["standard_errors"][name]
+  # Within 4 standard errors of the truth in log (a biased estimator, or an error bar too
+  # small, fails this; D fitted to frames of a wider D range sat 6 se_log above), and each
+  # identifiable from 300 frames: N, B, sxy to 10 %, D to 40 %.
+  assert abs(np.log(estimate / TRUTH[name])) < 4 * se / estimate, (name, estimate, se)
+  assert se < (0.4 if name == "diffusion_um2_s" else 0.1) * TRUTH[name], (name, se)
+
+
+def test_fitted_record_round_trips_as_a_preset(fitted, pmt_frames, tmp_path):
+  frames, pmt = pmt_frames
+  record = fitted
   assert "fitted by experiments/fit_microscope.py" in record["provenance"]["peak_photons"]
-  # Round trip: write, load as a preset, simulate with it.
   path = tmp_path / "scope.json"
   presets.write_file(path, record)
   loaded = presets.get(str(path))
@@ -56,13 +71,13 @@ def test_fit_recovers_known_parameters_and_round_trips_as_a_preset(pmt_frames, t
 def test_fit_microscope_script_end_to_end_and_bad_input(pmt_frames, tmp_path, script):
   frames, pmt = pmt_frames
   stack = tmp_path / "frames.npy"
-  np.save(stack, frames[:60])
+  np.save(stack, frames[:30])
   pmt_path = tmp_path / "pmt.json"
   pmt_path.write_text(json.dumps({"alpha": pmt["pmt_alpha"], "dark_sigma": 8.1, "offset": -2.74}))
   out = tmp_path / "scope.json"
   args = [f"--input={stack}", "--preset=invivo", f"--pmt={pmt_path}", f"--output={out}"]
   # A generous timeout: the script compiles the simulator and its Jacobian afresh.
-  result = script("fit_microscope.py", *args, "--num_simulated=32", "--steps=2", timeout=1800)
+  result = script("fit_microscope.py", *args, "--num_simulated=16", "--steps=2", timeout=1800)
   assert result.returncode == 0, result.stderr
   record = json.loads(out.read_text())
   for name in fit.FITTED:
