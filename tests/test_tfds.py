@@ -190,6 +190,17 @@ def test_loader_names_a_missing_export(tmp_path):
   assert not (tmp_path / "qd2pm").exists()  # and nothing was generated in its place
 
 
+def _train_tiny_on(data_dir, workdir):
+  """Runs train.py on the tiny config, reading the TFDS export in ``data_dir``."""
+  return run_script(
+    "train.py",
+    "--config=experiments/configs/tiny.py",
+    "--config.data=tfds",
+    f"--config.tfds_data_dir={data_dir}",
+    f"--workdir={workdir}",
+  )
+
+
 def test_train_reads_the_export(cli_export, tmp_path):
   """The CLI run's parameters are exactly those of replaying the loader's batches of the
   export's train split through the training step: a run that simulated its batches, read
@@ -200,13 +211,7 @@ def test_train_reads_the_export(cli_export, tmp_path):
 
   data_dir = cli_export[0]
   workdir = tmp_path / "train"
-  result = run_script(
-    "train.py",
-    "--config=experiments/configs/tiny.py",
-    "--config.data=tfds",
-    f"--config.tfds_data_dir={data_dir}",
-    f"--workdir={workdir}",
-  )
+  result = _train_tiny_on(data_dir, workdir)
   assert result.returncode == 0, result.stderr[-3000:]
   record = json.loads((workdir / "result.json").read_text())
   config = tiny.get_config()
@@ -239,13 +244,7 @@ def test_corrupt_array_record_is_a_one_line_error_for_export_and_train(cli_expor
   result = run_script("export_tfds.py", f"--data_dir={data_dir}", *args, env=cli_export[2])
   assert_one_line_error(result, "split 'train' is corrupt", code=2)
   workdir = tmp_path / "train"
-  result = run_script(
-    "train.py",
-    "--config=experiments/configs/tiny.py",
-    "--config.data=tfds",
-    f"--config.tfds_data_dir={data_dir}",
-    f"--workdir={workdir}",
-  )
+  result = _train_tiny_on(data_dir, workdir)
   assert_one_line_error(result, "split 'train' is corrupt", code=2)
   assert not workdir.exists()  # failed before its first checkpoint: nothing left behind
   assert shard.read_bytes() == bytes(damaged)
