@@ -14,7 +14,7 @@ reproduction.png are written from all saved methods of the same grid.
 
 from absl import flags
 
-from qdjax import cli, locator, reproduction
+from qdjax import cli, locator, reproduction, reproduction_report
 
 _CONFIG = cli.define_config(
   __file__,
@@ -46,8 +46,8 @@ def main(argv):
   output_dir = cli.output_dir(config.output_dir)
   output_dir.mkdir(parents=True, exist_ok=True)
   results = reproduction.run(config)
-  print(reproduction.summary_markdown(results))
-  for path in reproduction.write_report(results, output_dir).values():
+  print(reproduction_report.summary_markdown(results))
+  for path in reproduction_report.write_report(results, output_dir).values():
     print(f"wrote {path}")
 
 
