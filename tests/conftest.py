@@ -106,6 +106,28 @@ def checkpoint_params(workdir) -> list:
   return jax.tree.leaves(jax.tree.map(np.asarray, restored["state"]["model"]))
 
 
+def sim_params(**changes):
+  """Small-frame simulation parameters whose values the physics tests spell out in their
+  theory lines (B = 4, peak 3 photons, 0.1 um pixels, ...); ``changes`` override them."""
+  from qdjax import simulate
+
+  base = dict(
+    height=24,
+    width=25,
+    pixel_size_um=0.1,
+    dwell_s=2e-6,
+    retrace_s=1.1e-3,
+    sigma_xy_um=0.2,
+    sigma_z_um=0.6,
+    peak_photons=3.0,
+    background_photons=4.0,
+    margin_px=2.0,
+    z_range_um=0.3,
+    diffusion_um2_s=0.3,
+  )
+  return simulate.make_params(**{**base, **changes})
+
+
 @pytest.fixture
 def script():
   return run_script

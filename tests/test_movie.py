@@ -12,9 +12,9 @@ import numpy as np
 import pandas as pd
 import pytest
 import tifffile
-from conftest import assert_one_line_error
+from conftest import assert_one_line_error, sim_params
 
-from qdjax import diffusion, movie, simulate
+from qdjax import diffusion, movie
 
 D = 0.3  # um^2/s
 FRAMES = 40
@@ -22,14 +22,8 @@ MOVIES = 96
 
 
 def frame_params():
-  return simulate.make_params(
-    height=24,
+  return sim_params(
     width=24,
-    pixel_size_um=0.1,
-    dwell_s=2e-6,
-    retrace_s=1.1e-3,
-    sigma_xy_um=0.2,
-    sigma_z_um=0.6,
     peak_photons=20.0,
     background_photons=1.0,
     margin_px=9.0,

@@ -6,27 +6,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from conftest import assert_one_line_error
+from conftest import assert_one_line_error, sim_params
 
 from qdjax import data, detector, presets, scan, simulate
-
-
-def params(**kw):
-  base = dict(
-    height=24,
-    width=25,
-    pixel_size_um=0.1,
-    dwell_s=2e-6,
-    retrace_s=1.1e-3,
-    sigma_xy_um=0.2,
-    sigma_z_um=0.6,
-    peak_photons=3.0,
-    background_photons=4.0,
-    margin_px=2.0,
-    z_range_um=0.3,
-    diffusion_um2_s=0.3,
-  )
-  return simulate.make_params(**{**base, **kw})
 
 
 def static_positions(p, xy_um, z_um=0.0):
@@ -79,7 +61,7 @@ def test_time_steps_are_the_two_normal_distributions():
 
 def test_msd_is_2_d_dt_per_axis_on_both_time_steps():
   d, k = 1.5, 2
-  p = params(height=6, width=5, substeps=k, diffusion_um2_s=d)
+  p = sim_params(height=6, width=5, substeps=k, diffusion_um2_s=d)
   keys = jax.random.split(jax.random.key(0), 4000)
   start = jnp.zeros((1, 3))
   paths = jax.vmap(lambda key: simulate.brownian_paths(key, p, d, start))(keys)
@@ -98,7 +80,7 @@ def test_msd_is_2_d_dt_per_axis_on_both_time_steps():
 
 def test_whole_frame_displacement_variance():
   d = 0.3
-  p = params(diffusion_um2_s=d)
+  p = sim_params(diffusion_um2_s=d)
   keys = jax.random.split(jax.random.key(1), 3000)
   paths = jax.vmap(lambda key: simulate.brownian_paths(key, p, d, jnp.zeros((1, 3))))(keys)
   end = np.asarray(paths[:, 0, -1, -1, -1], np.float64)
@@ -108,7 +90,7 @@ def test_whole_frame_displacement_variance():
 
 
 def test_diffusion_range_is_log_uniform():
-  p = params(diffusion_um2_s=(0.1, 10.0))
+  p = sim_params(diffusion_um2_s=(0.1, 10.0))
   draws = np.log(
     np.asarray(
       jax.vmap(lambda k: simulate.sample_diffusion(k, p))(
@@ -127,7 +109,7 @@ def test_diffusion_range_is_log_uniform():
 
 
 def test_static_in_focus_photon_total_matches_analytic_sum():
-  p = params(height=40, width=40, substeps=1)
+  p = sim_params(height=40, width=40, substeps=1)
   lam = simulate.expected_image(static_positions(p, (2.0, 1.9)), jnp.array([True]), p)
   a, s = 0.1, 0.2
   # sum over columns of the swept average = (1/a) * integral = sqrt(2 pi) s / a; sum over
@@ -138,7 +120,7 @@ def test_static_in_focus_photon_total_matches_analytic_sum():
 
 
 def test_out_of_focus_dims_by_the_axial_gaussian():
-  p = params(height=40, width=40, background_photons=0.0)
+  p = sim_params(height=40, width=40, background_photons=0.0)
   active = jnp.array([True])
   focus = simulate.expected_image(static_positions(p, (2.0, 2.0), 0.0), active, p)
   off = simulate.expected_image(static_positions(p, (2.0, 2.0), 0.5), active, p)
@@ -147,7 +129,7 @@ def test_out_of_focus_dims_by_the_axial_gaussian():
 
 def test_exact_sweep_at_k1_equals_large_k_point_sampling():
   """The sampled mean over K beam samples converges to the exact sweep integral."""
-  p = params(height=12, width=12, substeps=1)
+  p = sim_params(height=12, width=12, substeps=1)
   x0, y0 = 0.537, 0.612
   lam = simulate.expected_image(static_positions(p, (x0, y0)), jnp.array([True]), p)
   big_k = 512
@@ -160,7 +142,7 @@ def test_exact_sweep_at_k1_equals_large_k_point_sampling():
 
 
 def test_centroid_of_static_spot_is_the_keypoint():
-  p = params(height=40, width=40, margin_px=12.0, diffusion_um2_s=0.0, z_range_um=0.0)
+  p = sim_params(height=40, width=40, margin_px=12.0, diffusion_um2_s=0.0, z_range_um=0.0)
   frames = simulate.simulate_batch(jax.random.key(3), p, 16)
   signal = np.asarray(frames.expected, np.float64) - 4.0
   rows, cols = np.mgrid[:40, :40]
@@ -184,7 +166,7 @@ def second_moment(frames):
 def test_blur_grows_with_diffusion():
   moments = []
   for d in (0.0, 0.5, 3.0):
-    p = params(height=40, width=40, margin_px=12.0, diffusion_um2_s=d)
+    p = sim_params(height=40, width=40, margin_px=12.0, diffusion_um2_s=d)
     moments.append(second_moment(simulate.simulate_batch(jax.random.key(4), p, 400)))
   means = [m.mean() for m in moments]
   sems = [m.std() / math.sqrt(len(m)) for m in moments]
@@ -197,7 +179,7 @@ def test_blur_grows_with_diffusion():
 
 
 def test_counts_are_poisson_around_the_expected_image():
-  p = params(peak_photons=20.0, diffusion_um2_s=0.3)
+  p = sim_params(peak_photons=20.0, diffusion_um2_s=0.3)
   frames = simulate.simulate_batch(jax.random.key(5), p, 2000)
   counts = np.asarray(frames.counts, np.float64)
   lam = np.asarray(frames.expected, np.float64)
@@ -216,7 +198,7 @@ def test_counts_are_poisson_around_the_expected_image():
 
 
 def test_start_positions_are_uniform_in_the_margin_box():
-  p = params(diffusion_um2_s=0.0, margin_px=2.0)
+  p = sim_params(diffusion_um2_s=0.0, margin_px=2.0)
   frames = simulate.simulate_batch(jax.random.key(6), p, 4000)
   x = np.asarray(frames.keypoints[:, 0, 0], np.float64)
   y = np.asarray(frames.keypoints[:, 0, 1], np.float64)
@@ -231,7 +213,7 @@ def test_start_positions_are_uniform_in_the_margin_box():
 
 
 def test_same_key_same_frames_different_keys_differ():
-  p = params()
+  p = sim_params()
   a = simulate.simulate_batch(jax.random.key(7), p, 8)
   b = simulate.simulate_batch(jax.random.key(7), p, 8)
   c = simulate.simulate_batch(jax.random.key(8), p, 8)
@@ -243,7 +225,7 @@ def test_same_key_same_frames_different_keys_differ():
 
 
 def test_render_is_frame_i_of_the_batch():
-  p = params()
+  p = sim_params()
   batch = simulate.simulate_batch(jax.random.key(13), p, 6)
   one = simulate.render(jax.random.split(jax.random.key(13), 6)[4], p)
   np.testing.assert_array_equal(batch.counts[4], one.counts)
@@ -269,7 +251,7 @@ def test_poisson_sampler_moments(mean):
 
 
 def test_dataset_frames_do_not_depend_on_chunking():
-  p = params()
+  p = sim_params()
   whole = data.generate(p, 10, seed=3, chunk=10)
   pieces = data.generate(p, 10, seed=3, chunk=4)
   tail = data.generate(p, 4, seed=3, start=6)
@@ -278,10 +260,10 @@ def test_dataset_frames_do_not_depend_on_chunking():
 
 
 def test_empty_and_crowded_frames():
-  empty = simulate.simulate_batch(jax.random.key(9), params(num_particles=0), 4)
+  empty = simulate.simulate_batch(jax.random.key(9), sim_params(num_particles=0), 4)
   assert empty.keypoints.shape == (4, 0, 2)
   np.testing.assert_allclose(empty.expected, 4.0)
-  crowd = simulate.simulate_batch(jax.random.key(9), params(num_particles=(0, 3)), 600)
+  crowd = simulate.simulate_batch(jax.random.key(9), sim_params(num_particles=(0, 3)), 600)
   counts = np.asarray(crowd.present).sum(1)
   assert set(np.unique(counts)) == {0, 1, 2, 3}
   # Absent QDs have NaN keypoints, present ones are finite and inside the frame.
@@ -295,7 +277,7 @@ def test_empty_and_crowded_frames():
 
 
 def test_keypoint_leaving_the_frame_is_not_present():
-  p = params(height=8, width=8, margin_px=0.0, diffusion_um2_s=10.0)
+  p = sim_params(height=8, width=8, margin_px=0.0, diffusion_um2_s=10.0)
   frames = simulate.simulate_batch(jax.random.key(10), p, 500)
   kp = np.asarray(
     simulate.trajectory_centroid(jnp.zeros((1, 8, 8, 1, 3)) + jnp.array([-0.06, 0.3, 0.0]), p)[0]
@@ -307,7 +289,7 @@ def test_keypoint_leaving_the_frame_is_not_present():
 def test_present_boundary_is_half_a_pixel_outside_every_edge():
   """Present iff the centroid lies in [-1/2, w-1/2] x [-1/2, h-1/2]: probed 0.01 px inside
   and outside each of the four edges, through the centroid of a QD held still there."""
-  p = params(height=8, width=11, margin_px=0.0)
+  p = sim_params(height=8, width=11, margin_px=0.0)
   mid_x, mid_y = 5.0, 3.0
   for inside, delta in ((True, 0.49), (False, 0.51)):
     for x, y in (
@@ -327,7 +309,7 @@ def test_present_boundary_is_half_a_pixel_outside_every_edge():
 
 def test_gradients_match_finite_differences():
   with jax.enable_x64(True):
-    p = jax.tree.map(lambda v: jnp.asarray(v, jnp.float64), params(height=10, width=10))
+    p = jax.tree.map(lambda v: jnp.asarray(v, jnp.float64), sim_params(height=10, width=10))
     key = jax.random.key(11)
     weights = jax.random.normal(jax.random.key(12), (10, 10), jnp.float64)
     start = jnp.array([[0.45, 0.52, 0.1]], jnp.float64)
@@ -374,7 +356,7 @@ def test_gradients_match_finite_differences():
 )
 def test_bad_parameters_are_rejected_by_name(name, value):
   with pytest.raises(ValueError, match=name):
-    params(**{name: value})
+    sim_params(**{name: value})
 
 
 def test_preset_regimes_and_provenance():
