@@ -108,7 +108,11 @@ def verify(builder: Builder, wanted: dict[str, Any], frames_per_split: int = 2) 
       redrawn = data.generate(params, 1, info["seed"], start=index, chunk=1)
       if not (
         np.array_equal(example["image"], redrawn["images"][0])
-        and np.array_equal(example["keypoints"], redrawn["keypoints"][0], equal_nan=True)
+        # Counts must match exactly; a keypoint is a float32 mean whose last bits depend on
+        # how XLA vectorises the batch it was drawn in, so it gets a 1e-4 px tolerance.
+        and np.allclose(
+          example["keypoints"], redrawn["keypoints"][0], rtol=0, atol=1e-4, equal_nan=True
+        )
       ):
         raise ValueError(
           f"{where} whose {split} frame {index} differs from the simulator's; the "
