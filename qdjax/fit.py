@@ -77,6 +77,24 @@ class PmtCalibration:
     }
 
 
+def _checked_stack(frames, dtype, wrong_rank: str, too_few: str) -> np.ndarray:
+  """frames as a finite [n >= 2, h, w] array of ``dtype``.
+
+  Raises:
+    ValueError: ``wrong_rank`` or ``too_few`` with what was given, or the first frame with a
+      NaN or infinite pixel.
+  """
+  frames = np.asarray(frames, dtype)
+  if frames.ndim != 3:
+    raise ValueError(f"{wrong_rank}, got shape {frames.shape}")
+  if len(frames) < 2:
+    raise ValueError(f"{too_few}, got {len(frames)}")
+  bad = ~np.isfinite(frames)
+  if bad.any():
+    raise ValueError(f"frame {int(np.argwhere(bad)[0][0])} has NaN or infinite pixels")
+  return frames
+
+
 def _frame_moments(frame: np.ndarray, low: float, high: float, clip_low: bool, clip_high: bool):
   """Mean, variance, their sampling variances, skewness z, clipped fraction, structure."""
   clipped = np.zeros(frame.shape, bool)
@@ -153,17 +171,12 @@ def calibrate_pmt(
     ValueError: fewer than two usable frames, NaN pixels, a non-uniform frame, no
       laser-off frame and no offset, or a line that does not rise.
   """
-  frames = np.asarray(frames, np.float64)
-  if frames.ndim != 3:
-    raise ValueError(f"expected a stack of frames [n, h, w], got shape {frames.shape}")
-  if len(frames) < 2:
-    raise ValueError(
-      f"a PMT calibration needs at least 2 uniform frames at different laser powers, "
-      f"got {len(frames)}"
-    )
-  bad = ~np.isfinite(frames)
-  if bad.any():
-    raise ValueError(f"frame {int(np.argwhere(bad)[0][0])} has NaN or infinite pixels")
+  frames = _checked_stack(
+    frames,
+    np.float64,
+    "expected a stack of frames [n, h, w]",
+    "a PMT calibration needs at least 2 uniform frames at different laser powers",
+  )
   high = float(frames.max()) if saturation is None else float(saturation)
   low = float(frames.min())
   pile_high = max((f == high).mean() for f in frames) >= CLIP_PILEUP
@@ -545,16 +558,12 @@ def fit_microscope(
   import optax
   from tqdm.auto import tqdm
 
-  frames = np.asarray(frames, np.float32)
-  if frames.ndim != 3:
-    raise ValueError(f"expected frames [n, h, w], got shape {frames.shape}")
-  if len(frames) < 2:
-    raise ValueError(
-      f"fitting a microscope needs a stack of frames (~1000 is good), got {len(frames)}"
-    )
-  bad = ~np.isfinite(frames)
-  if bad.any():
-    raise ValueError(f"frame {int(np.argwhere(bad)[0][0])} has NaN or infinite pixels")
+  frames = _checked_stack(
+    frames,
+    np.float32,
+    "expected frames [n, h, w]",
+    "fitting a microscope needs a stack of frames (~1000 is good)",
+  )
   window_half(*frames.shape[1:])  # frames large enough
   if (base.height, base.width) != frames.shape[1:]:
     raise ValueError(
