@@ -214,11 +214,11 @@ class Evaluation:
 
 
 def parse_methods(text) -> list[str]:
-  """'trackpy,mle' -> ['trackpy', 'mle'], checking every name."""
-  names = [m.strip() for m in (text.split(",") if isinstance(text, str) else text) if m.strip()]
+  """'trackpy,mle' -> ['trackpy', 'mle'], checking every name; at least one."""
+  names = locator.parse_methods(text)
   if not names:
     raise ValueError("--methods is empty; give some of: " + ", ".join(locator.METHODS))
-  return list(dict.fromkeys(locator.check_method(name) for name in names))
+  return names
 
 
 def load_model(workdir, model=None):

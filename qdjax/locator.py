@@ -17,6 +17,7 @@ methods are ``qdjax.inference.Locator`` ('model', the trained detector),
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Protocol
 
 import numpy as np
@@ -42,11 +43,18 @@ class Locator(Protocol):
   def __call__(self, images: np.ndarray, progress: Progress | None = None) -> list[np.ndarray]: ...
 
 
-def check_method(method: str) -> str:
-  """Returns ``method`` if it is one of ``METHODS``; raises a one-line ValueError if not."""
-  if method not in METHODS:
-    raise ValueError(f"unknown method {method!r}; use one of {', '.join(METHODS)}")
+def check_method(method: str, known: Sequence[str] = METHODS) -> str:
+  """Returns ``method`` if it is one of ``known``; raises a one-line ValueError if not."""
+  if method not in known:
+    raise ValueError(f"unknown method {method!r}; use one of {', '.join(known)}")
   return method
+
+
+def parse_methods(text: str | Sequence[str], known: Sequence[str] = METHODS) -> list[str]:
+  """'trackpy, mle,trackpy' -> ['trackpy', 'mle'] (each once, in order; '' -> []), checking
+  every name against ``known``."""
+  names = [m.strip() for m in (text.split(",") if isinstance(text, str) else text) if m.strip()]
+  return list(dict.fromkeys(check_method(name, known) for name in names))
 
 
 def make(

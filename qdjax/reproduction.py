@@ -210,11 +210,7 @@ def make_grid(config) -> Grid:
 
 def parse_methods(text) -> list[str]:
   """'trackpy,model' -> ['trackpy', 'model'], checking every name ('' -> [])."""
-  names = [m.strip() for m in (text.split(",") if isinstance(text, str) else text) if m.strip()]
-  for name in names:
-    if name not in METHODS:
-      raise ValueError(f"unknown method {name!r}; known: {', '.join(METHODS)}")
-  return list(dict.fromkeys(names))
+  return locator_lib.parse_methods(text, METHODS)
 
 
 def _cell_record(detections, frames, epsilons, level, d, grid, extra=None) -> dict:

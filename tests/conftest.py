@@ -106,26 +106,22 @@ def checkpoint_params(workdir) -> list:
   return jax.tree.leaves(jax.tree.map(np.asarray, restored["state"]["model"]))
 
 
+# Bad --methods input that every script choosing methods by name (``locator.parse_methods``)
+# must reject in one line, with the text the line must name.
+BAD_METHODS = [
+  (["--methods=trackpy,sl2pm"], "sl2pm"),
+  (["--methods=model", "--workdir=/nonexistent/run"], "/nonexistent/run"),
+  (["stray"], "unexpected"),
+]
+
+
 def sim_params(**changes):
-  """Small-frame simulation parameters whose values the physics tests spell out in their
-  theory lines (B = 4, peak 3 photons, 0.1 um pixels, ...); ``changes`` override them."""
+  """Small-frame simulation parameters: the simulator's defaults, whose values the physics
+  tests spell out in their theory lines (B = 4, peak 3 photons, 0.1 um pixels, ...), on a
+  24 x 25 frame at D = 0.3 um^2/s; ``changes`` override them."""
   from qdjax import simulate
 
-  base = dict(
-    height=24,
-    width=25,
-    pixel_size_um=0.1,
-    dwell_s=2e-6,
-    retrace_s=1.1e-3,
-    sigma_xy_um=0.2,
-    sigma_z_um=0.6,
-    peak_photons=3.0,
-    background_photons=4.0,
-    margin_px=2.0,
-    z_range_um=0.3,
-    diffusion_um2_s=0.3,
-  )
-  return simulate.make_params(**{**base, **changes})
+  return simulate.make_params(**{"height": 24, "width": 25, "diffusion_um2_s": 0.3, **changes})
 
 
 @pytest.fixture

@@ -4,7 +4,7 @@ import json
 
 import numpy as np
 import pytest
-from conftest import assert_one_line_error
+from conftest import BAD_METHODS, assert_one_line_error
 
 from qdjax import data, evaluate, locator, presets
 
@@ -90,13 +90,11 @@ def test_evaluate_end_to_end_tiny(script, tmp_path):
 
 @pytest.mark.parametrize(
   "args, needle",
-  [
-    (["--methods=trackpy,sl2pm"], "sl2pm"),
+  BAD_METHODS
+  + [
     (["--scale=0"], "scale"),
-    (["--methods=model", "--workdir=/nonexistent/run"], "/nonexistent/run"),
     (["--config.preset=nature2023"], "nature2023"),
     (["--methods=mle", "--config.mle_score=mass"], "score"),
-    (["stray"], "unexpected"),
   ],
 )
 def test_evaluate_bad_input_is_one_line(script, tmp_path, args, needle):

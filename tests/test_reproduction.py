@@ -5,7 +5,7 @@ import json
 
 import numpy as np
 import pytest
-from conftest import assert_one_line_error
+from conftest import BAD_METHODS, assert_one_line_error
 
 from qdjax import data, metrics, presets, reproduction
 from qdjax.evaluate import STUDY
@@ -170,12 +170,10 @@ def test_reproduction_end_to_end_tiny(script, tmp_path):
 
 @pytest.mark.parametrize(
   "args, needle",
-  [
-    (["--methods=trackpy,sl2pm"], "sl2pm"),
-    (["--methods=model", "--workdir=/nonexistent/run"], "/nonexistent/run"),
+  BAD_METHODS
+  + [
     (["--methods=blur_floor"], "blur_floor_workdir"),
     (["--methods=trackpy", "--config.diffusion=(-1.0,)"], "diffusion"),
-    (["stray"], "unexpected"),
   ],
 )
 def test_reproduction_bad_input_is_one_line(script, tmp_path, args, needle):

@@ -100,38 +100,26 @@ def _unsquash(s, lo, hi):
   return jnp.log(f) - jnp.log1p(-f)
 
 
+def _transforms(config: Config):
+  """Per parameter (to natural, to unconstrained): log-amplitudes, free positions and times,
+  sigmas squashed into [sigma_min, sigma_max]."""
+  lo, hi = config.sigma_min, config.sigma_max
+  positive = (jnp.exp, jnp.log)
+  free = (lambda v: v, lambda v: v)
+  sigma = (lambda u: _squash(u, lo, hi), lambda s: _unsquash(s, lo, hi))
+  return (positive, positive, free, free, sigma, sigma, free)
+
+
 def natural(theta, config: Config):
   """Unconstrained [..., 7] -> (b, A, x0, y0, sx, sy, t) [..., 7]."""
-  lo, hi = config.sigma_min, config.sigma_max
-  return jnp.stack(
-    [
-      jnp.exp(theta[..., 0]),
-      jnp.exp(theta[..., 1]),
-      theta[..., 2],
-      theta[..., 3],
-      _squash(theta[..., 4], lo, hi),
-      _squash(theta[..., 5], lo, hi),
-      theta[..., 6],
-    ],
-    axis=-1,
-  )
+  pairs = enumerate(_transforms(config))
+  return jnp.stack([forward(theta[..., i]) for i, (forward, _) in pairs], axis=-1)
 
 
 def unconstrained(params, config: Config):
   """(b, A, x0, y0, sx, sy, t) [..., 7] -> unconstrained [..., 7]."""
-  lo, hi = config.sigma_min, config.sigma_max
-  return jnp.stack(
-    [
-      jnp.log(params[..., 0]),
-      jnp.log(params[..., 1]),
-      params[..., 2],
-      params[..., 3],
-      _unsquash(params[..., 4], lo, hi),
-      _unsquash(params[..., 5], lo, hi),
-      params[..., 6],
-    ],
-    axis=-1,
-  )
+  pairs = enumerate(_transforms(config))
+  return jnp.stack([inverse(params[..., i]) for i, (_, inverse) in pairs], axis=-1)
 
 
 def spot(params, height: int, width: int):
