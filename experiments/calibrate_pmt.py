@@ -23,7 +23,7 @@ Robustness:
 
 from absl import flags
 
-from qdjax import cli, fit, io
+from qdjax import cli, io, pmt_calibration
 
 _INPUT = flags.DEFINE_string("input", None, "Uniform frames: .npy, .npz or .tif.", required=True)
 _OUTPUT = flags.DEFINE_string("output", None, "JSON to write (PMT calibration).", required=True)
@@ -43,8 +43,8 @@ def main(argv):
     io.check_output_path(str(output)[: -len(output.suffix)] + ".png", inputs=[_INPUT.value, output])
   frames = io.open_frames(_INPUT.value)
   dark = None if _NO_DARK.value else ("auto" if _DARK_FRAME.value is None else _DARK_FRAME.value)
-  result = fit.calibrate_pmt(frames, dark, _OFFSET.value, _SATURATION.value)
-  fit.write_pmt(output, result, source=_INPUT.value)
+  result = pmt_calibration.calibrate_pmt(frames, dark, _OFFSET.value, _SATURATION.value)
+  pmt_calibration.write_pmt(output, result, source=_INPUT.value)
   se = result.standard_errors
   print(
     f"alpha {result.alpha:.4g} +- {se['alpha']:.2g} per unit (gain {result.gain:.4g} "
@@ -54,7 +54,7 @@ def main(argv):
   )
   if _PLOT.value:
     png = str(output)[: -len(output.suffix)] + ".png"
-    fit.plot_pmt(result, png)
+    pmt_calibration.plot_pmt(result, png)
     print(f"wrote {png}")
 
 

@@ -23,7 +23,7 @@ standard errors, the fit record and one provenance line per value.
 
 from absl import app, flags
 
-from qdjax import cli, fit, io, presets
+from qdjax import cli, fit, io, pmt_calibration, presets
 
 _INPUT = flags.DEFINE_string(
   "input", None, "Frames of single QDs: .npy, .npz or .tif.", required=True
@@ -45,7 +45,7 @@ def main(argv):
   cli.check_no_extra_args(argv)
   output = io.check_output_path(_OUTPUT.value)
   preset = presets.get(_PRESET.value)
-  pmt = None if _PMT.value is None else fit.load_pmt(_PMT.value)
+  pmt = None if _PMT.value is None else pmt_calibration.load_pmt(_PMT.value)
   frames = io.open_frames(_INPUT.value)
   record = fit.fit_microscope_file(
     frames,

@@ -99,6 +99,24 @@ def save_figure(fig, path, **kwargs) -> None:
     fig.savefig(tmp, format=Path(path).suffix.lstrip(".") or "png", **kwargs)
 
 
+def check_stack(frames, dtype, wrong_rank: str, too_few: str) -> np.ndarray:
+  """frames as a finite [n >= 2, h, w] array of ``dtype``.
+
+  Raises:
+    ValueError: ``wrong_rank`` or ``too_few`` with what was given, or the first frame with a
+      NaN or infinite pixel.
+  """
+  frames = np.asarray(frames, dtype)
+  if frames.ndim != 3:
+    raise ValueError(f"{wrong_rank}, got shape {frames.shape}")
+  if len(frames) < 2:
+    raise ValueError(f"{too_few}, got {len(frames)}")
+  bad = ~np.isfinite(frames)
+  if bad.any():
+    raise ValueError(f"frame {int(np.argwhere(bad)[0][0])} has NaN or infinite pixels")
+  return frames
+
+
 def _check_frames(frames: np.ndarray, source: str, movie: bool = False) -> np.ndarray:
   if movie and frames.ndim != 3:
     raise ValueError(

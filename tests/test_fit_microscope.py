@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 from conftest import assert_one_line_error
 
-from qdjax import data, fit, presets
+from qdjax import data, fit, pmt_calibration, presets
 
 TRUTH = {
   "peak_photons": 16.0,
@@ -22,7 +22,7 @@ def pmt_frames():
   params = presets.get("invivo").sim_params(**TRUTH)
   assert np.allclose(params.diffusion_um2_s, TRUTH["diffusion_um2_s"])  # one D, not a range
   frames = data.generate(params, 300, seed=77)["images"]
-  pmt = {k: float(getattr(params, k)) for k in fit.PMT_KEYS.values()}
+  pmt = {k: float(getattr(params, k)) for k in pmt_calibration.PMT_KEYS.values()}
   return frames, pmt
 
 

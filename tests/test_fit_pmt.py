@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 from conftest import assert_one_line_error
 
-from qdjax import detector, fit
+from qdjax import detector, pmt_calibration
 
 SL2PM = Path(__file__).parent / "data" / "sl2pm" / "pmt_calibration_stack.npy"
 TRUTH = {"alpha": 0.5, "dark_sigma": 6.0, "offset": 3.0}
@@ -43,7 +43,7 @@ def test_real_sl2pm_stack_agrees_with_the_published_calibration():
   variance by its sampling error, so the laser-off frame pins it at sqrt(its variance),
   8.24. They agree within the published fit's error.
   """
-  result = fit.calibrate_pmt(np.load(SL2PM))
+  result = pmt_calibration.calibrate_pmt(np.load(SL2PM))
   assert result.dark_frame == 0
   assert abs(result.alpha - 0.44) < 0.005 + 2 * result.standard_errors["alpha"]
   assert abs(result.gain - 6.84) < 0.05 + 2 * result.standard_errors["gain"]
@@ -56,7 +56,7 @@ def test_real_sl2pm_stack_agrees_with_the_published_calibration():
 def test_simulated_stacks_recovered_with_error_bars_that_cover_the_truth(stacks):
   z = {name: [] for name in TRUTH}
   for stack in stacks:
-    result = fit.calibrate_pmt(stack)
+    result = pmt_calibration.calibrate_pmt(stack)
     assert result.dark_frame == 0
     for name, truth in TRUTH.items():
       z[name].append((getattr(result, name) - truth) / result.standard_errors[name])
@@ -71,11 +71,11 @@ def test_simulated_stacks_recovered_with_error_bars_that_cover_the_truth(stacks)
 
 def test_laser_off_frame_found_anywhere_and_required(stacks):
   stack = stacks[0][::-1]  # laser-off frame last
-  result = fit.calibrate_pmt(stack)
+  result = pmt_calibration.calibrate_pmt(stack)
   assert result.dark_frame == len(LEVELS) - 1
   with pytest.raises(ValueError, match="no laser-off frame"):
-    fit.calibrate_pmt(stack[:-1])
-  given = fit.calibrate_pmt(stack[:-1], dark_frame=None, offset=TRUTH["offset"])
+    pmt_calibration.calibrate_pmt(stack[:-1])
+  given = pmt_calibration.calibrate_pmt(stack[:-1], dark_frame=None, offset=TRUTH["offset"])
   assert abs(given.alpha - TRUTH["alpha"]) < 4 * given.standard_errors["alpha"]
 
 
@@ -83,12 +83,12 @@ def test_saturated_pixels_are_masked_or_their_frame_left_out(stacks):
   stack = stacks[1].copy()
   ceiling = np.quantile(stack[-1], 0.8)  # the brightest frame: 20% clipped
   clipped = np.minimum(stack, ceiling)
-  result = fit.calibrate_pmt(clipped)
+  result = pmt_calibration.calibrate_pmt(clipped)
   assert [f["used"] for f in result.frames] == [True, True, True, True, False]
   for name, truth in TRUTH.items():
     assert abs(getattr(result, name) - truth) < 4 * result.standard_errors[name], name
   # Without the rule the clipped frame bends the line: a bad fit, alpha far off.
-  naive = fit.calibrate_pmt(clipped, saturation=clipped.max() + 1)
+  naive = pmt_calibration.calibrate_pmt(clipped, saturation=clipped.max() + 1)
   assert naive.reduced_chi2 > 10 and abs(naive.alpha / TRUTH["alpha"] - 1) > 0.15
 
 
@@ -103,7 +103,7 @@ def test_saturated_pixels_are_masked_or_their_frame_left_out(stacks):
 )
 def test_bad_stacks_are_one_line_errors(stacks, change, needle):
   with pytest.raises(ValueError, match=needle) as info:
-    fit.calibrate_pmt(change(stacks[2]))
+    pmt_calibration.calibrate_pmt(change(stacks[2]))
   assert "\n" not in str(info.value)
 
 
@@ -116,7 +116,7 @@ def test_calibrate_pmt_script_end_to_end(tmp_path, script):
     assert key in record
   assert record["alpha"] == pytest.approx(0.44, abs=0.01)
   assert (tmp_path / "pmt.png").stat().st_size > 1000
-  assert fit.load_pmt(out)["pmt_alpha"] == pytest.approx(record["alpha"])
+  assert pmt_calibration.load_pmt(out)["pmt_alpha"] == pytest.approx(record["alpha"])
   # Bad input: a single frame; nothing already written is lost.
   single = tmp_path / "one.npy"
   np.save(single, np.load(SL2PM)[1])
@@ -129,7 +129,7 @@ def test_pmt_file_with_a_bad_alpha_is_refused(tmp_path):
   path = tmp_path / "pmt.json"
   path.write_text(json.dumps({"alpha": -0.44, "dark_sigma": 8.1, "offset": 0.0}))
   with pytest.raises(ValueError, match="pmt_alpha must be > 0"):
-    fit.load_pmt(path)
+    pmt_calibration.load_pmt(path)
   path.write_text(json.dumps({"alpha": 0.44, "offset": 0.0}))
   with pytest.raises(ValueError, match="dark_sigma"):
-    fit.load_pmt(path)
+    pmt_calibration.load_pmt(path)

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import time
 
-from qdjax import data, fit, presets
+from qdjax import data, fit, pmt_calibration, presets
 
 TARGETS = {
   "peak_photons": 0.15,
@@ -35,7 +35,7 @@ def run(repeats: int = 1, quick: bool = False, **fit_options) -> dict:
   for i, truth in enumerate(sets):
     params = preset.sim_params(**truth)  # every frame at the truth's single D
     frames = data.generate(params, num_frames, seed=1000 + i)["images"]
-    pmt = {k: float(getattr(params, k)) for k in fit.PMT_KEYS.values()}
+    pmt = {k: float(getattr(params, k)) for k in pmt_calibration.PMT_KEYS.values()}
     start = time.perf_counter()
     result = fit.fit_microscope(
       frames,
