@@ -34,7 +34,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from qdjax import checkpoint, chunks, io
+from qdjax import checkpoint, chunks, head, io
 from qdjax import model as model_lib
 
 PRETRAINED_ROOT = Path(__file__).parent / "pretrained"
@@ -100,7 +100,7 @@ class Locator:
 
   Args:
     model_config: ``{"name": preset, **KeypointNet overrides}``.
-    decode: ``model.decode`` settings (area_per_detection, min_detections, nms_window,
+    decode: ``head.decode`` settings (area_per_detection, min_detections, nms_window,
       score_window, score_radius, refine_window). ``max_detections``, the fixed count of
       older configs, is read as ``min_detections``: every model's detections scale with
       the frame's area.
@@ -139,13 +139,13 @@ class Locator:
     @jax.jit
     def run(state, images, min_score):
       net = nnx.merge(graphdef, state)
-      return model_lib.decode(net(images), **self.decode_settings, min_score=min_score)
+      return head.decode(net(images), **self.decode_settings, min_score=min_score)
 
     self._run = run
 
   def detect(self, images, min_score: float | None = None, progress=None) -> dict[str, np.ndarray]:
     """Fixed-size detections of [n, h, w] frames: dict of [n, k] NumPy arrays
-    ``x``, ``y``, ``score``, ``valid`` (see ``model.decode``). Frames run in chunks of at
+    ``x``, ``y``, ``score``, ``valid`` (see ``head.decode``). Frames run in chunks of at
     most ``chunk``, short stacks padded to a power of two so that calls of many lengths
     share a few compilations; ``progress`` (a tqdm-like bar) advances by frames. A flat frame
     (all pixels equal) has no valid detections."""
@@ -178,7 +178,7 @@ class Locator:
   def __call__(self, images, progress=None, *, min_score: float | None = None) -> list[np.ndarray]:
     """[n, h, w] (or [h, w]) frames -> list of n float32 arrays [k_i, 3] (x, y, score); a
     ``qdjax.locator.Locator``."""
-    return model_lib.to_lists(self.detect(images, min_score, progress))
+    return head.to_lists(self.detect(images, min_score, progress))
 
 
 def _current_decode_settings(decode: dict) -> dict:
@@ -228,7 +228,7 @@ def load(
 
   ``decode`` overrides the stored decoding settings (``area_per_detection``,
   ``min_detections``, ``nms_window``, ``score_window``, ``score_radius``,
-  ``refine_window``; see ``model.decode``).
+  ``refine_window``; see ``head.decode``).
 
   Raises:
     FileNotFoundError: no such directory or checkpoint, or no shipped weights yet.

@@ -53,7 +53,7 @@ from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 from tqdm.auto import tqdm
 
-from qdjax import checkpoint, chunks, cli, io, presets, simulate, sources, validation
+from qdjax import checkpoint, chunks, cli, head, io, presets, simulate, sources, validation
 from qdjax import model as model_lib
 
 PREDICT_CHUNK = 512
@@ -161,7 +161,7 @@ class Experiment:
       jitted as one function for a device source.
     train_step_on_batch: jitted (state, Batch) -> (state, metrics).
     draw_batch: step -> Batch, sharded over 'data' (jitted for a device source).
-    predict: jitted (model_state, images [n, h, w]) -> ``model.decode`` dict.
+    predict: jitted (model_state, images [n, h, w]) -> ``head.decode`` dict.
     num_params: the model's parameter count.
   """
 
@@ -184,7 +184,7 @@ class Experiment:
   def locate(self, model_state, images, chunk: int = PREDICT_CHUNK) -> list[np.ndarray]:
     """images [n, h, w] -> list of n [k, 3] (x, y, score), in chunks of ``chunk`` frames."""
     run = functools.partial(self.predict, model_state)
-    return model_lib.to_lists(chunks.map_chunks(run, np.asarray(images, np.float32), chunk))
+    return head.to_lists(chunks.map_chunks(run, np.asarray(images, np.float32), chunk))
 
 
 def build(config, mesh: jax.sharding.Mesh | None = None) -> Experiment:
@@ -224,7 +224,7 @@ def build(config, mesh: jax.sharding.Mesh | None = None) -> Experiment:
 
     def loss_fn(model):
       outputs = model(batch.images)
-      total, parts = model_lib.loss(outputs, batch.keypoints, batch.present, **loss_settings)
+      total, parts = head.loss(outputs, batch.keypoints, batch.present, **loss_settings)
       # The presence term sums over pixels: rescaled, so large frames do not take larger steps.
       return total + (presence_scale - 1.0) * parts["presence"], parts
 
@@ -267,7 +267,7 @@ def build(config, mesh: jax.sharding.Mesh | None = None) -> Experiment:
   @jax.jit
   def predict(model_state, images):
     model = nnx.merge(eval_graph, model_state)
-    return model_lib.decode(model(images), **decode_settings)
+    return head.decode(model(images), **decode_settings)
 
   return Experiment(
     config=config,

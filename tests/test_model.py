@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from qdjax import model
+from qdjax import head, model
 
 # One jitted forward for all tests: a compilation per frame shape, shared between tests.
 _forward = nnx.jit(lambda net, images: net(images))
@@ -40,7 +40,7 @@ def test_output_shapes_on_any_frame_size(shape):
   assert out["logits"].shape == shape
   assert out["offsets"].shape == shape + (2,)
   assert np.isfinite(out["logits"]).all() and np.isfinite(out["offsets"]).all()
-  found = model.decode(out)
+  found = head.decode(out)
   for key in ("x", "y", "score", "valid"):
     assert found[key].shape == (shape[0], 4)
   # A 1x1 frame has one candidate pixel: the other slots must be invalid.
@@ -100,7 +100,7 @@ def test_flat_and_one_pixel_frames_yield_no_valid_detections():
 def test_targets_one_hot_at_nearest_pixel_with_offsets_around_it():
   keypoints = jnp.array([[[3.4, 5.6], [np.nan, np.nan]]])
   present = jnp.array([[True, False]])
-  heat, offsets, mask = model.targets(keypoints, present, 10, 12, offset_radius=1)
+  heat, offsets, mask = head.targets(keypoints, present, 10, 12, offset_radius=1)
   assert heat.shape == (1, 10, 12) and heat.sum() == 1 and heat[0, 6, 3] == 1
   assert mask[0].sum() == 9 and mask[0, 5:8, 2:5].all()
   np.testing.assert_allclose(offsets[0, 6, 3], [0.4, -0.4], atol=1e-6)
@@ -110,7 +110,7 @@ def test_targets_one_hot_at_nearest_pixel_with_offsets_around_it():
 
 def test_targets_two_keypoints_take_the_nearest():
   keypoints = jnp.array([[[2.0, 2.0], [4.0, 2.0]]])
-  heat, offsets, mask = model.targets(keypoints, jnp.array([[True, True]]), 6, 8, 1)
+  heat, offsets, mask = head.targets(keypoints, jnp.array([[True, True]]), 6, 8, 1)
   assert heat[0, 2, 2] == 1 and heat[0, 2, 4] == 1 and heat.sum() == 2
   np.testing.assert_allclose(offsets[0, 2, 1], [1.0, 0.0])  # nearer to (2, 2)
   np.testing.assert_allclose(offsets[0, 2, 5], [-1.0, 0.0])  # nearer to (4, 2)
@@ -127,7 +127,7 @@ def _planted(h=20, w=24):
 
 
 def test_decode_returns_planted_coordinates_in_score_order():
-  found = jax.device_get(jax.jit(model.decode)(_planted()))
+  found = jax.device_get(jax.jit(head.decode)(_planted()))
   assert found["valid"][0, :2].all()
   np.testing.assert_allclose([found["x"][0, 0], found["y"][0, 0]], [7.3, 4.8], atol=1e-6)
   np.testing.assert_allclose([found["x"][0, 1], found["y"][0, 1]], [19.55, 15.1], atol=1e-6)
@@ -139,23 +139,23 @@ def test_decode_returns_planted_coordinates_in_score_order():
   rest = np.stack([found["x"][0, 2:], found["y"][0, 2:]], -1)
   for peak in ([7, 5], [20, 15]):
     assert (np.abs(rest - peak).max(axis=1) >= 2 - 0.5).all()
-  kept = model.decode(_planted(), min_score=0.3)
+  kept = head.decode(_planted(), min_score=0.3)
   assert kept["valid"][0].tolist() == [True, True, False, False]
-  lists = model.to_lists(kept)
+  lists = head.to_lists(kept)
   assert len(lists) == 1 and lists[0].shape == (2, 3)
   np.testing.assert_allclose(lists[0][0, :2], [7.3, 4.8], atol=1e-6)
 
 
 def test_decode_pads_frames_smaller_than_k():
   out = {"logits": jnp.zeros((1, 2, 2)), "offsets": jnp.zeros((1, 2, 2, 2))}
-  found = model.decode(out, min_detections=6)
+  found = head.decode(out, min_detections=6)
   assert found["x"].shape == (1, 6) and not found["valid"][0, 4:].any()
 
 
 def test_loss_parts_vanish_on_a_perfect_prediction_and_are_finite_without_qds():
   keypoints = jnp.array([[[7.3, 4.8]]])
   present = jnp.array([[True]])
-  heat, offsets, mask = model.targets(keypoints, present, 20, 24)
+  heat, offsets, mask = head.targets(keypoints, present, 20, 24)
   sigma = jnp.full((1, 20, 24), -1.0)
   good = {"logits": jnp.where(heat > 0, 16.0, -16.0), "offsets": offsets, "log_sigma": sigma}
   bad = {
@@ -163,18 +163,18 @@ def test_loss_parts_vanish_on_a_perfect_prediction_and_are_finite_without_qds():
     "offsets": jnp.zeros((1, 20, 24, 2)),
     "log_sigma": sigma,
   }
-  total, parts = model.loss(good, keypoints, present)
+  total, parts = head.loss(good, keypoints, present)
   assert parts["presence"] < 1e-3 and parts["offset"] < 1e-6
   # Zero error: the uncertainty NLL is 2 log sigma.
   np.testing.assert_allclose(parts["uncertainty"], -2.0, rtol=1e-6)
-  assert model.loss(bad, keypoints, present)[1]["presence"] > 100
+  assert head.loss(bad, keypoints, present)[1]["presence"] > 100
   # L1 of the offsets (dx, dy) over the 3x3 pixels around (7, 5), by hand.
   dx = 7.3 - np.arange(6, 9)
   dy = 4.8 - np.arange(4, 7)
   by_hand = (np.abs(dx)[None, :] + np.abs(dy)[:, None]).mean()
-  np.testing.assert_allclose(model.loss(bad, keypoints, present)[1]["offset"], by_hand, rtol=1e-6)
+  np.testing.assert_allclose(head.loss(bad, keypoints, present)[1]["offset"], by_hand, rtol=1e-6)
   # An empty frame: no offsets to train, and the loss stays finite.
-  empty = model.loss(bad, jnp.full((1, 1, 2), jnp.nan), jnp.array([[False]]))[0]
+  empty = head.loss(bad, jnp.full((1, 1, 2), jnp.nan), jnp.array([[False]]))[0]
   assert np.isfinite(empty)
 
 
@@ -189,10 +189,8 @@ def test_decode_scales_with_the_field_and_refines_like_the_dense_formula():
   logits[0, rows, cols + 1] = -1.0  # a shoulder, so the refinement has votes to weigh
   offsets = rng.uniform(-0.5, 0.5, (1, h, w, 2)).astype(np.float32)
   outputs = {"logits": jnp.asarray(logits), "offsets": jnp.asarray(offsets)}
-  found = jax.device_get(
-    jax.jit(lambda o: model.decode(o, refine_window=3, min_score=0.2))(outputs)
-  )
-  assert found["x"].shape == (1, model.num_slots(h, w, 256.0, 4)) == (1, 188)
+  found = jax.device_get(jax.jit(lambda o: head.decode(o, refine_window=3, min_score=0.2))(outputs))
+  assert found["x"].shape == (1, head.num_slots(h, w, 256.0, 4)) == (1, 188)
   assert found["valid"].sum() == 30
   # The refined position is the presence-weighted mean of the 3 x 3 votes (pixel +
   # offset), computed here densely in NumPy for every pixel.
