@@ -1,6 +1,6 @@
 """The reproduction map's report: its figures and summary.md, drawn from the measured
-``qdjax.reproduction.Results`` (measuring the grid and reading it against the study stay in
-``qdjax.reproduction``)."""
+``qdjax.reproduction.Results`` (measuring the grid: ``qdjax.reproduction``; reading it
+against the study: ``qdjax.reproduction_rows``)."""
 
 from __future__ import annotations
 
@@ -9,14 +9,8 @@ from pathlib import Path
 import numpy as np
 
 from qdjax import io
-from qdjax.reproduction import (
-  LEVEL_FREE,
-  Results,
-  blur_floor_limits,
-  fit_rows,
-  implied_sigma_px,
-  row_gaps,
-)
+from qdjax.reproduction import LEVEL_FREE, Results
+from qdjax.reproduction_rows import blur_floor_limits, fit_rows, implied_sigma_px, row_gaps
 
 
 def _level_label(level) -> str:

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 from conftest import BAD_METHODS, assert_one_line_error
 
-from qdjax import data, metrics, presets, reproduction
+from qdjax import data, metrics, presets, reproduction, reproduction_rows
 from qdjax.evaluate import STUDY
 
 
@@ -34,7 +34,7 @@ def test_make_grid_levels():
 
 def test_network_row_implies_the_stated_sigmas():
   network = np.asarray(STUDY["Keypoint R-CNN (paper)"])
-  sigmas = [reproduction.implied_sigma_px(network[k, 0], 1.0) for k in range(3)]
+  sigmas = [reproduction_rows.implied_sigma_px(network[k, 0], 1.0) for k in range(3)]
   np.testing.assert_allclose(sigmas, [0.87, 0.97, 1.29], atol=0.005)
   # Round trip through Gaussian errors: the fraction within epsilon of draws with that sigma.
   rng = np.random.default_rng(0)
@@ -60,12 +60,12 @@ def test_auc_standard_error_matches_the_spread_of_replicates():
   n = 100
   # Perfect ranking: the AUC is the fraction found, a binomial proportion.
   aucs = _replicate_aucs(rng, n, 0.97, ranked=True)
-  predicted = reproduction.auc_standard_error(aucs.mean(), n)
+  predicted = reproduction_rows.auc_standard_error(aucs.mean(), n)
   # The sample sd of 300 replicates is within ~4% (1 sd) of the truth; allow 15%.
   assert np.std(aucs) == pytest.approx(predicted, rel=0.15)
   # Random ranking (AUC ~ p^2): still the right scale, within a factor 2.
   aucs = _replicate_aucs(rng, n, 0.97, ranked=False)
-  ratio = np.std(aucs) / reproduction.auc_standard_error(aucs.mean(), n)
+  ratio = np.std(aucs) / reproduction_rows.auc_standard_error(aucs.mean(), n)
   assert 0.5 < ratio < 2.0
 
 
@@ -83,10 +83,10 @@ def test_fit_rows_recovers_the_regimes_of_a_synthetic_map():
   # AUC falls with D and passes the study's D1, D2, D3 rows at D = 1, 3 and 10.
   table = [study[0] + 0.1, study[0], study[1], study[2], np.clip(study[2] - 0.1, 0, 1)]
   results = _synthetic_results(table, (0.3, 1.0, 3.0, 10.0, 30.0))
-  (fit,) = reproduction.fit_rows(results, ratio=10.0)
+  (fit,) = reproduction_rows.fit_rows(results, ratio=10.0)
   np.testing.assert_allclose(fit.regimes, (1.0, 3.0, 10.0), rtol=0.03)
   assert fit.max_abs_gap < 0.01 and fit.ratio == pytest.approx(10.0, rel=0.03)
-  _, match = reproduction.row_gaps(results, "trackpy", "TrackPy")
+  _, match = reproduction_rows.row_gaps(results, "trackpy", "TrackPy")
   assert match[0, 1, 0] and match[0, 2, 1] and match[0, 3, 2]
   assert not match[0, 0, 0] and not match[0, 1, 2]
   # Move the D3 row to D = 3.5: a 10x ratio no longer fits; a free D3 still does.
@@ -98,8 +98,8 @@ def test_fit_rows_recovers_the_regimes_of_a_synthetic_map():
     np.clip(study[2] - 0.4, 0, 1),
   ]
   results = _synthetic_results(steep, (0.3, 1.0, 2.0, 3.5, 30.0))
-  (fixed,) = reproduction.fit_rows(results, ratio=10.0)
-  (free,) = reproduction.fit_rows(results, ratio=None)
+  (fixed,) = reproduction_rows.fit_rows(results, ratio=10.0)
+  (free,) = reproduction_rows.fit_rows(results, ratio=None)
   assert fixed.max_abs_gap > 0.08  # about 0.12 by hand (linear in log D)
   assert free.max_abs_gap < 0.01
   np.testing.assert_allclose(free.regimes, (1.0, 2.0, 3.5), rtol=0.03)
