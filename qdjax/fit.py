@@ -349,7 +349,7 @@ def fit_microscope_file(
   Args:
     frames: [n, h, w] recorded values (lazy arrays are read whole).
     preset: a ``presets.Preset`` giving geometry, timing, sigma_z and start ranges.
-    pmt: ``load_pmt``'s values, or None for frames in photons.
+    pmt: ``pmt_calibration.load_pmt``'s values, or None for frames in photons.
     source, pmt_source: file names, for the provenance.
     **kwargs: passed to ``fit_microscope``.
   """
