@@ -3,10 +3,13 @@ r"""Simulate two-photon raster-scan frames of diffusing QDs and save them as .np
   python experiments/simulate.py --preset=paper --regime=1 --num_images=100 \
       --seed=0 --output=frames.npz --plot
 
-Writes ``images`` (n, h, w) counts, ``keypoints`` (n, P, 2) trajectory centroids in px
-(trackpy convention, NaN where absent), ``present`` (n, P), ``diffusion`` (n,), ``z``,
-``expected`` and ``params`` (JSON). ``--plot`` also writes <output>.png, a contact sheet
-of the first frames with the ground truth marked.
+Writes an uncompressed .npz: ``images`` (n, h, w), photon counts as the smallest unsigned
+integer type that holds them (uint8 unless a count exceeds 255), or float32 PMT output with
+``--config.overrides.detector=pmt``; ``keypoints`` (n, P, 2) float32 trajectory centroids in
+px (trackpy convention, NaN where absent), ``present`` (n, P), ``diffusion`` (n,), ``z``,
+``expected`` (float32) and ``params`` (JSON, with ``images_dtype`` and ``images_unit``).
+``--plot`` also writes <output>.png, a contact sheet of the first frames with the ground
+truth marked.
 
 Movies (``--num_frames=T``): one movie of T frames recorded back to back, every QD on one
 continuous 3D path (QDs enter and leave the field and drift out of focus; optional
@@ -84,8 +87,9 @@ def main(argv):
   io.check_output_path(_OUTPUT.value)
   if _PLOT.value:
     io.check_output_path(_OUTPUT.value[:-4] + ".png")
-  arrays = data.generate(params, _NUM_IMAGES.value, _SEED.value, progress="simulate")
-  io.save_npz(_OUTPUT.value, params=data.params_json(params, preset), **arrays)
+  arrays = data.write(
+    _OUTPUT.value, params, _NUM_IMAGES.value, _SEED.value, preset=preset, progress="simulate"
+  )
   print(f"wrote {_NUM_IMAGES.value} frames to {_OUTPUT.value}")
   if _PLOT.value:
     png = _OUTPUT.value[:-4] + ".png"

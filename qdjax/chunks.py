@@ -49,7 +49,8 @@ def map_chunks(
 
   Returns:
     ``fn``'s output pytree as NumPy arrays of n rows: each chunk is padded to the call
-    size by repeating its last row, and the padding is cut off again.
+    size by repeating its last row, and the padding is cut off again. Chunk k + 1 is
+    dispatched before chunk k is copied to the host, so the two overlap.
   """
   leaves = jax.tree.leaves(inputs)
   n = len(leaves[0])
@@ -58,17 +59,29 @@ def map_chunks(
     row = jax.tree.map(lambda x: np.zeros((1,) + np.shape(x)[1:], np.asarray(x).dtype), inputs)
     shapes = jax.eval_shape(fn, row)
     return jax.tree.map(lambda s: np.zeros((0,) + s.shape[1:], s.dtype), shapes)
-  parts = []
+  out = None
+
+  def collect(start, keep, result):
+    nonlocal out
+    result = jax.device_get(result)
+    if out is None:  # filled in place: no list of parts to concatenate at the end
+      out = jax.tree.map(lambda x: np.empty((n,) + np.shape(x)[1:], np.asarray(x).dtype), result)
+    for dest, part in zip(jax.tree.leaves(out), jax.tree.leaves(result), strict=True):
+      dest[start : start + keep] = np.asarray(part)[:keep]
+    if progress is not None:
+      progress.update(keep)
+
+  pending = None
   for start in range(0, n, size):
     block = jax.tree.map(lambda x, start=start: np.asarray(x[start : start + size]), inputs)
     keep = len(jax.tree.leaves(block)[0])
     if keep < size:
       pad = size - keep
       block = jax.tree.map(lambda x, pad=pad: np.concatenate([x, np.repeat(x[-1:], pad, 0)]), block)
-    out = jax.device_get(fn(block))
-    parts.append(jax.tree.map(lambda x, keep=keep: np.asarray(x)[:keep], out))
-    if progress is not None:
-      progress.update(keep)
-  if len(parts) == 1:
-    return parts[0]
-  return jax.tree.map(lambda *xs: np.concatenate(xs), *parts)
+    # JAX dispatches asynchronously: this chunk computes while the host collects the last one.
+    result = fn(block)
+    if pending is not None:
+      collect(*pending)
+    pending = (start, keep, result)
+  collect(*pending)
+  return out

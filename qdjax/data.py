@@ -13,7 +13,15 @@ import json
 import numpy as np
 from tqdm.auto import tqdm
 
-from qdjax import chunks, simulate
+from qdjax import chunks, io, simulate
+
+# Frames per device call. Measured by ``experiments/bench.py --what=simulate`` (its
+# ``chunks`` rows): on the CPU, chunks of 128 to 512 frames run faster than larger ones,
+# whose working set spills out of the caches.
+CHUNK = 256
+
+# Unsigned integer types a file may store Poisson counts in, smallest first.
+_COUNT_DTYPES = (np.uint8, np.uint16, np.uint32)
 
 
 def generate(
@@ -22,7 +30,7 @@ def generate(
   seed: int,
   *,
   start: int = 0,
-  chunk: int = 2048,
+  chunk: int = CHUNK,
   progress: bool | str = False,
 ) -> dict[str, np.ndarray]:
   """Frames ``start .. start+num_images-1`` of the dataset with this seed, as NumPy arrays.
@@ -46,13 +54,65 @@ def generate(
       progress=bar,
     )
   return {
-    "images": frames.counts.astype(np.float32),
-    "expected": frames.expected.astype(np.float32),
-    "keypoints": frames.keypoints.astype(np.float32),
-    "present": frames.present.astype(bool),
-    "z": frames.z.astype(np.float32),
-    "diffusion": frames.diffusion.astype(np.float32),
+    "images": frames.counts.astype(np.float32, copy=False),
+    "expected": frames.expected.astype(np.float32, copy=False),
+    "keypoints": frames.keypoints.astype(np.float32, copy=False),
+    "present": frames.present.astype(bool, copy=False),
+    "z": frames.z.astype(np.float32, copy=False),
+    "diffusion": frames.diffusion.astype(np.float32, copy=False),
   }
+
+
+def stored_images(images: np.ndarray, detector: str) -> np.ndarray:
+  """Recorded frames in the dtype a file keeps them in.
+
+  Poisson counts are whole numbers: they are stored in the smallest unsigned integer type
+  that holds the largest count (uint8 up to 255, then uint16, then uint32), exactly. PMT
+  output is real-valued (Gamma pulses plus Gaussian dark noise, in output units): it stays
+  float32, as computed, rather than being rounded to an ADC grid this simulator does not
+  model.
+
+  Args:
+    images: [n, h, w] float32 recorded values, as ``generate`` returns them.
+    detector: ``params.detector``, 'poisson' or 'pmt'.
+  """
+  if detector != "poisson":
+    return images.astype(np.float32, copy=False)
+  largest = float(images.max()) if images.size else 0.0
+  dtype = next(t for t in _COUNT_DTYPES if largest <= np.iinfo(t).max)
+  return images.astype(dtype)
+
+
+def write(
+  path,
+  params: simulate.Params,
+  num_images: int,
+  seed: int,
+  *,
+  preset=None,
+  chunk: int = CHUNK,
+  progress: bool | str = False,
+) -> dict[str, np.ndarray]:
+  """Simulates a dataset and writes it as an uncompressed .npz, atomically.
+
+  The file holds ``generate``'s arrays, ``images`` in ``stored_images``' dtype, and
+  ``params``, the JSON of ``params_record`` plus ``images_dtype`` and ``images_unit``.
+  Nothing is compressed: deflate halves the size of small integer counts but runs slower
+  than the simulator (measured by ``experiments/bench.py --what=simulate``), and the
+  float32 arrays are noise that barely compresses.
+
+  Returns:
+    ``generate``'s arrays (``images`` float32), as written.
+  """
+  arrays = generate(params, num_images, seed, chunk=chunk, progress=progress)
+  images = stored_images(arrays["images"], params.detector)
+  record = params_record(params, preset)
+  record["images_dtype"] = images.dtype.name
+  record["images_unit"] = "photons" if params.detector == "poisson" else "PMT output units"
+  io.save_npz(
+    path, compress=False, params=json.dumps(record, sort_keys=True), **{**arrays, "images": images}
+  )
+  return arrays
 
 
 def params_record(params: simulate.Params, preset=None) -> dict:

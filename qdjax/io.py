@@ -81,11 +81,11 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
       tmp.unlink()
 
 
-def save_npz(path, **arrays) -> None:
-  """``np.savez_compressed`` through ``atomic_path``."""
+def save_npz(path, *, compress: bool = True, **arrays) -> None:
+  """``np.savez_compressed`` (or ``np.savez`` without ``compress``) through ``atomic_path``."""
   with atomic_path(path) as tmp:
     with open(tmp, "wb") as f:
-      np.savez_compressed(f, **arrays)
+      (np.savez_compressed if compress else np.savez)(f, **arrays)
 
 
 def write_text(path, text: str) -> None:

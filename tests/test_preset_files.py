@@ -108,6 +108,7 @@ def test_simulate_script_takes_a_preset_file(tmp_path, script):
   assert record["detector"] == "pmt" and record["pmt_alpha"] == 0.5
   images = np.load(out)["images"]  # PMT output: not integer photon counts
   assert images.shape == (2, 24, 25) and not np.all(images == np.round(images))
+  assert images.dtype == np.float32 and record["images_dtype"] == "float32"
   bad = write(tmp_path / "bad.json", {"peak_photons": 9.0, "colour": "red"})
   result = script("simulate.py", f"--preset={bad}", "--regime=2", f"--output={out}")
   assert_one_line_error(result, "colour")

@@ -1,5 +1,6 @@
 """Physics of the simulator against theory, with tolerances from the sample size."""
 
+import json
 import math
 
 import jax
@@ -8,7 +9,8 @@ import numpy as np
 import pytest
 from conftest import assert_one_line_error, sim_params
 
-from qdjax import data, detector, presets, scan, simulate
+from qdjax import data, detector, io, presets, scan, simulate
+from qdjax.baselines import trackpy as trackpy_baseline
 
 
 def static_positions(p, xy_um, z_um=0.0):
@@ -385,11 +387,10 @@ def test_simulate_script_end_to_end(tmp_path, script):
   )
   assert result.returncode == 0, result.stderr
   saved = np.load(out)
-  assert saved["images"].shape == (5, 24, 25) and saved["images"].dtype == np.float32
+  # Photon counts are stored as integers: the paper's counts all fit uint8.
+  assert saved["images"].shape == (5, 24, 25) and saved["images"].dtype == np.uint8
   assert saved["keypoints"].shape == (5, 1, 2) and saved["keypoints"].dtype == np.float32
   assert saved["present"].dtype == bool and saved["diffusion"].shape == (5,)
-  import json
-
   record = json.loads(str(saved["params"]))
   for name in (
     "height",
@@ -405,10 +406,48 @@ def test_simulate_script_end_to_end(tmp_path, script):
   ):
     assert name in record
   assert record["diffusion_um2_s"] == pytest.approx(presets.get("paper").regimes[1])
+  assert record["images_dtype"] == "uint8" and record["images_unit"] == "photons"
   assert (tmp_path / "frames.png").stat().st_size > 1000
-  # Same seed through the library gives the same frames.
+  # Same seed through the library gives the same frames, count for count.
   again = data.generate(presets.get("paper").sim_params(regime=2), 5, seed=1)
   np.testing.assert_array_equal(again["images"], saved["images"])
+  for name in ("expected", "keypoints", "present", "z", "diffusion"):
+    np.testing.assert_array_equal(again[name], saved[name])
+  # The frame readers give the float32 counts back.
+  (start, block), *rest = io.iter_chunks(io.open_frames(out), 8)
+  assert not rest and block.dtype == np.float32
+  np.testing.assert_array_equal(block, again["images"])
+
+
+def test_written_counts_equal_the_simulator_counts_in_the_stored_dtype(tmp_path):
+  # Bright enough that some counts pass 255: the file needs uint16. (Four frames: the call
+  # size the chunking test compiles already.)
+  p = sim_params(peak_photons=400.0, diffusion_um2_s=0.0)
+  out = tmp_path / "bright.npz"
+  arrays = data.write(out, p, 4, seed=2)
+  frames = simulate.simulate_indices(2, p, np.arange(4))
+  saved = np.load(out)
+  assert 255 < frames.counts.max() < 65536 and saved["images"].dtype == np.uint16
+  np.testing.assert_array_equal(saved["images"], np.asarray(frames.counts))
+  np.testing.assert_array_equal(arrays["images"], np.asarray(frames.counts))
+  assert json.loads(str(saved["params"]))["images_dtype"] == "uint16"
+  # Loaders read it: trackpy finds the same spots in the file as in the simulator's frames.
+  locator = trackpy_baseline.Locator(workers=1)
+  located, expected = locator(io.open_frames(out)), locator(np.asarray(frames.counts))
+  for mine, theirs in zip(located, expected, strict=True):
+    np.testing.assert_array_equal(mine, theirs)
+
+
+def test_stored_images_dtypes():
+  counts = np.array([[[0.0, 255.0]]], np.float32)
+  assert data.stored_images(counts, "poisson").dtype == np.uint8
+  assert data.stored_images(counts + 1, "poisson").dtype == np.uint16
+  assert data.stored_images(counts + 70000, "poisson").dtype == np.uint32
+  np.testing.assert_array_equal(data.stored_images(counts + 70000, "poisson"), counts + 70000)
+  assert data.stored_images(np.zeros((0, 2, 2), np.float32), "poisson").dtype == np.uint8
+  pmt = np.array([[[-3.25, 17.5]]], np.float32)
+  assert data.stored_images(pmt, "pmt").dtype == np.float32
+  np.testing.assert_array_equal(data.stored_images(pmt, "pmt"), pmt)
 
 
 @pytest.mark.parametrize(
