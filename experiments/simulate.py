@@ -27,7 +27,7 @@ identity is its column P), ``present``, ``centroids``, ``z``, ``on_fraction``,
 
 from absl import flags
 
-from qdjax import cli, data, io, movie, plotting, presets
+from qdjax import cli, data, io, movie, presets
 
 _CONFIG = cli.define_config(
   __file__,
@@ -92,6 +92,8 @@ def main(argv):
   )
   print(f"wrote {_NUM_IMAGES.value} frames to {_OUTPUT.value}")
   if _PLOT.value:
+    from qdjax import plotting  # matplotlib: imported only when a plot is asked for
+
     png = _OUTPUT.value[:-4] + ".png"
     titles = [f"D={d:.3g}" for d in arrays["diffusion"][:32]]
     plotting.contact_sheet(arrays["images"], png, keypoints=arrays["keypoints"], titles=titles)

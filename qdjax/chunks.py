@@ -8,7 +8,8 @@ stack, and no call holds more than ``chunk`` rows, so memory stays bounded.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from typing import Any
 
 import jax
 import numpy as np
@@ -26,6 +27,44 @@ def call_size(n: int, chunk: int, powers_of_two: bool = True, minimum: int = 8) 
   if not powers_of_two:
     return max(1, min(chunk, n))
   return min(chunk, max(minimum, 1 << max(n - 1, 0).bit_length()))
+
+
+def stream_chunks(
+  fn: Callable, inputs, chunk: int, *, powers_of_two: bool = True, minimum: int = 8
+) -> Iterator[tuple[int, Any]]:
+  """``fn`` over the leading axis of ``inputs``, chunk by chunk, in order.
+
+  Chunk k + 1 is dispatched before chunk k is yielded: JAX dispatches asynchronously, so
+  the device computes the next chunk while the caller handles this one (copies it, writes
+  it to a file).
+
+  Args:
+    fn, inputs, chunk, powers_of_two, minimum: as in ``map_chunks``.
+
+  Yields:
+    (first row, ``fn``'s output pytree for the chunk's rows as NumPy arrays): each chunk
+    padded to the call size by repeating its last row, and the padding cut off again.
+  """
+  n = len(jax.tree.leaves(inputs)[0])
+  size = call_size(n, chunk, powers_of_two, minimum)
+  pending = None
+  for start in range(0, n, size):
+    block = jax.tree.map(lambda x, start=start: np.asarray(x[start : start + size]), inputs)
+    keep = len(jax.tree.leaves(block)[0])
+    if keep < size:
+      pad = size - keep
+      block = jax.tree.map(lambda x, pad=pad: np.concatenate([x, np.repeat(x[-1:], pad, 0)]), block)
+    result = fn(block)
+    if pending is not None:
+      yield _on_host(*pending)
+    pending = (start, keep, result)
+  if pending is not None:
+    yield _on_host(*pending)
+
+
+def _on_host(start: int, keep: int, result):
+  result = jax.device_get(result)
+  return start, jax.tree.map(lambda x: np.asarray(x)[:keep], result)
 
 
 def map_chunks(
@@ -49,39 +88,22 @@ def map_chunks(
 
   Returns:
     ``fn``'s output pytree as NumPy arrays of n rows: each chunk is padded to the call
-    size by repeating its last row, and the padding is cut off again. Chunk k + 1 is
-    dispatched before chunk k is copied to the host, so the two overlap.
+    size by repeating its last row, and the padding is cut off again. Chunk k + 1
+    computes while chunk k is copied to the host (``stream_chunks``).
   """
-  leaves = jax.tree.leaves(inputs)
-  n = len(leaves[0])
-  size = call_size(n, chunk, powers_of_two, minimum)
+  n = len(jax.tree.leaves(inputs)[0])
+  call_size(n, chunk, powers_of_two, minimum)  # a bad chunk fails here, even with no rows
   if n == 0:
     row = jax.tree.map(lambda x: np.zeros((1,) + np.shape(x)[1:], np.asarray(x).dtype), inputs)
     shapes = jax.eval_shape(fn, row)
     return jax.tree.map(lambda s: np.zeros((0,) + s.shape[1:], s.dtype), shapes)
   out = None
-
-  def collect(start, keep, result):
-    nonlocal out
-    result = jax.device_get(result)
+  for start, part in stream_chunks(fn, inputs, chunk, powers_of_two=powers_of_two, minimum=minimum):
     if out is None:  # filled in place: no list of parts to concatenate at the end
-      out = jax.tree.map(lambda x: np.empty((n,) + np.shape(x)[1:], np.asarray(x).dtype), result)
-    for dest, part in zip(jax.tree.leaves(out), jax.tree.leaves(result), strict=True):
-      dest[start : start + keep] = np.asarray(part)[:keep]
+      out = jax.tree.map(lambda x: np.empty((n,) + x.shape[1:], x.dtype), part)
+    rows = len(jax.tree.leaves(part)[0])
+    for dest, piece in zip(jax.tree.leaves(out), jax.tree.leaves(part), strict=True):
+      dest[start : start + rows] = piece
     if progress is not None:
-      progress.update(keep)
-
-  pending = None
-  for start in range(0, n, size):
-    block = jax.tree.map(lambda x, start=start: np.asarray(x[start : start + size]), inputs)
-    keep = len(jax.tree.leaves(block)[0])
-    if keep < size:
-      pad = size - keep
-      block = jax.tree.map(lambda x, pad=pad: np.concatenate([x, np.repeat(x[-1:], pad, 0)]), block)
-    # JAX dispatches asynchronously: this chunk computes while the host collects the last one.
-    result = fn(block)
-    if pending is not None:
-      collect(*pending)
-    pending = (start, keep, result)
-  collect(*pending)
+      progress.update(rows)
   return out

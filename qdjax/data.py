@@ -10,6 +10,7 @@ from __future__ import annotations
 import functools
 import json
 
+import jax
 import numpy as np
 from tqdm.auto import tqdm
 
@@ -35,8 +36,9 @@ def generate(
 ) -> dict[str, np.ndarray]:
   """Frames ``start .. start+num_images-1`` of the dataset with this seed, as NumPy arrays.
 
-  Frames are drawn in chunks of ``chunk`` (the last one padded and trimmed), so one
-  compilation serves a whole dataset.
+  Frames are drawn in chunks of ``chunk`` (the last one padded and trimmed; a dataset
+  smaller than a chunk padded to a power of two), so one compilation serves a whole
+  dataset, and datasets of many sizes share a few.
 
   Returns:
     dict with images [n, h, w] f32, expected [n, h, w] f32, keypoints [n, P, 2] f32 (NaN
@@ -50,9 +52,15 @@ def generate(
       functools.partial(simulate.simulate_indices, seed, params),
       np.arange(start, start + num_images),
       chunk,
-      powers_of_two=False,  # a dataset is drawn once: no rows wasted on padding
+      # The last chunk is padded, not run at its own length: a padded chunk costs a few ms,
+      # a second compilation of the simulator seconds.
+      powers_of_two=True,
       progress=bar,
     )
+  return _arrays(frames)
+
+
+def _arrays(frames: simulate.Frame) -> dict[str, np.ndarray]:
   return {
     "images": frames.counts.astype(np.float32, copy=False),
     "expected": frames.expected.astype(np.float32, copy=False),
@@ -99,19 +107,37 @@ def write(
   ``params``, the JSON of ``params_record`` plus ``images_dtype`` and ``images_unit``.
   Nothing is compressed: deflate halves the size of small integer counts but runs slower
   than the simulator (measured by ``experiments/bench.py --what=simulate``), and the
-  float32 arrays are noise that barely compresses.
+  float32 arrays are noise that barely compresses. The expected images, most of the file,
+  are written chunk by chunk while the next chunk computes.
 
   Returns:
     ``generate``'s arrays (``images`` float32), as written.
   """
-  arrays = generate(params, num_images, seed, chunk=chunk, progress=progress)
-  images = stored_images(arrays["images"], params.detector)
-  record = params_record(params, preset)
-  record["images_dtype"] = images.dtype.name
-  record["images_unit"] = "photons" if params.detector == "poisson" else "PMT output units"
-  io.save_npz(
-    path, compress=False, params=json.dumps(record, sort_keys=True), **{**arrays, "images": images}
-  )
+  if num_images < 0:
+    raise ValueError(f"num_images must be >= 0, got {num_images}")
+  desc = progress if isinstance(progress, str) else "simulate"
+  draw = functools.partial(simulate.simulate_indices, seed, params)
+  parts = []
+  with tqdm(total=num_images, unit="frame", disable=not progress, desc=desc) as bar:
+    with io.npz_writer(path) as npz:
+      shape = (num_images, params.height, params.width)
+      with npz.stream("expected", shape, np.float32) as write_expected:
+        for _, part in chunks.stream_chunks(draw, np.arange(num_images), chunk):
+          write_expected(part.expected)
+          parts.append(part)
+          bar.update(len(part.expected))
+      if parts:
+        arrays = _arrays(jax.tree.map(lambda *xs: np.concatenate(xs), *parts))
+      else:
+        arrays = generate(params, 0, seed)
+      images = stored_images(arrays["images"], params.detector)
+      record = params_record(params, preset)
+      record["images_dtype"] = images.dtype.name
+      record["images_unit"] = "photons" if params.detector == "poisson" else "PMT output units"
+      for name, array in arrays.items():
+        if name != "expected":
+          npz.add(name, images if name == "images" else array)
+      npz.add("params", json.dumps(record, sort_keys=True))
   return arrays
 
 

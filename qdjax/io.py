@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import csv
+import math
 import os
 import tempfile
 import zipfile
@@ -81,11 +82,58 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
       tmp.unlink()
 
 
-def save_npz(path, *, compress: bool = True, **arrays) -> None:
-  """``np.savez_compressed`` (or ``np.savez`` without ``compress``) through ``atomic_path``."""
+def save_npz(path, **arrays) -> None:
+  """``np.savez_compressed`` through ``atomic_path``."""
   with atomic_path(path) as tmp:
     with open(tmp, "wb") as f:
-      (np.savez_compressed if compress else np.savez)(f, **arrays)
+      np.savez_compressed(f, **arrays)
+
+
+class NpzWriter:
+  """Adds arrays to an open, uncompressed .npz archive (see ``npz_writer``)."""
+
+  def __init__(self, archive: zipfile.ZipFile):
+    self._archive = archive
+
+  def add(self, name: str, array) -> None:
+    """Writes ``array`` whole, as ``np.savez`` does."""
+    with self._archive.open(f"{name}.npy", "w", force_zip64=True) as member:
+      np.lib.format.write_array(member, np.asanyarray(array), allow_pickle=False)
+
+  @contextlib.contextmanager
+  def stream(self, name: str, shape: tuple[int, ...], dtype) -> Iterator:
+    """Yields ``write(piece)``: the array ``name`` of ``shape`` is written piece by piece,
+    each piece a run of its rows, in order. Fewer or more rows than ``shape`` is an error."""
+    dtype = np.dtype(dtype)
+    expected_bytes = math.prod(shape) * dtype.itemsize
+    written = 0
+    with self._archive.open(f"{name}.npy", "w", force_zip64=True) as member:
+      header = {"descr": np.lib.format.dtype_to_descr(dtype), "fortran_order": False}
+      np.lib.format.write_array_header_1_0(member, {**header, "shape": tuple(shape)})
+
+      def write(piece) -> None:
+        nonlocal written
+        piece = np.ascontiguousarray(piece, dtype)
+        if piece.shape[1:] != tuple(shape[1:]):
+          raise ValueError(f"{name}: a piece of shape {piece.shape} in an array {shape}")
+        member.write(piece.data.cast("B"))
+        written += piece.nbytes
+
+      yield write
+      if written != expected_bytes:
+        raise ValueError(f"{name}: wrote {written} bytes of {expected_bytes}")
+
+
+@contextlib.contextmanager
+def npz_writer(path) -> Iterator[NpzWriter]:
+  """An uncompressed .npz (as ``np.savez`` writes it) written atomically, array by array.
+
+  Unlike ``np.savez``, an array may be streamed in pieces (``NpzWriter.stream``) while the
+  rest is still being computed.
+  """
+  with atomic_path(path) as tmp:
+    with zipfile.ZipFile(tmp, "w", zipfile.ZIP_STORED, allowZip64=True) as archive:
+      yield NpzWriter(archive)
 
 
 def write_text(path, text: str) -> None:

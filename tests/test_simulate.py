@@ -473,3 +473,23 @@ def test_simulate_script_keeps_existing_output_on_failure(tmp_path, script):
   result = script("simulate.py", "--diffusion=nan", f"--output={out}")
   assert_one_line_error(result, "diffusion_um2_s")
   assert out.read_bytes() == b"precious"
+
+
+def test_npz_writer_streams_an_array_in_pieces_and_fails_whole(tmp_path):
+  rows = np.arange(24, dtype=np.float32).reshape(6, 2, 2)
+  with io.npz_writer(tmp_path / "a.npz") as npz:
+    with npz.stream("rows", rows.shape, np.float32) as write:
+      write(rows[:4])
+      write(rows[4:])
+    npz.add("label", "six rows")
+  with np.load(tmp_path / "a.npz") as saved:
+    np.testing.assert_array_equal(saved["rows"], rows)
+    assert str(saved["label"]) == "six rows"
+  # A stream that ends short is an error, and the file written before stays as it was.
+  with pytest.raises(ValueError, match="rows"):
+    with io.npz_writer(tmp_path / "a.npz") as npz:
+      with npz.stream("rows", rows.shape, np.float32) as write:
+        write(rows[:4])
+  assert sorted(p.name for p in tmp_path.iterdir()) == ["a.npz"]
+  with np.load(tmp_path / "a.npz") as saved:
+    np.testing.assert_array_equal(saved["rows"], rows)

@@ -18,3 +18,18 @@ def median_seconds(fn, repeats: int = 5, warmup: int = 1) -> float:
     fn()
     times.append(time.perf_counter() - start)
   return statistics.median(times)
+
+
+def interleaved_medians(fns: dict, repeats: int = 5, warmup: int = 1) -> dict:
+  """Median wall time of each ``fns[name]()``, the functions run in turn within each repeat,
+  so a load that comes and goes on a shared machine falls on all of them alike."""
+  for _ in range(warmup):
+    for fn in fns.values():
+      fn()
+  times = {name: [] for name in fns}
+  for _ in range(repeats):
+    for name, fn in fns.items():
+      start = time.perf_counter()
+      fn()
+      times[name].append(time.perf_counter() - start)
+  return {name: statistics.median(t) for name, t in times.items()}

@@ -5,19 +5,36 @@
 * ``rng_bound``: drawing the same random numbers alone (the path normals, the start and D
   uniforms, and the Poisson counts of an image like the simulated ones), with no physics.
   The simulator cannot beat this; the ratio says how much the physics costs on top.
+
+``write`` measures what ``experiments/simulate.py`` does: ``data.write`` (simulate in chunks,
+store, save to a file) of ``num_frames`` frames, beside ``data.generate`` (the same frames in
+memory), the in-memory simulator at one chunk, and the NumPy reference's compute alone, all
+interleaved in one loop. ``chunks`` times ``data.generate`` at several chunk sizes,
+``compression`` the file formats of the frames, and ``cli`` one cold run of the script
+(imports and compilation included).
 """
 
 from __future__ import annotations
 
 import functools
+import io
 import math
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
 
 import jax
 import numpy as np
 from scipy.special import erf
 
-from qdjax import detector, presets, scan, simulate
-from qdjax.benchmarks import median_seconds
+from qdjax import data, detector, presets, scan, simulate
+from qdjax.benchmarks import interleaved_medians, median_seconds
+
+# Frames per call of the NumPy reference beside the write path (its memory grows with it).
+NUMPY_BATCH = 1024
 
 
 def numpy_reference(rng: np.random.Generator, p: simulate.Params, n: int) -> np.ndarray:
@@ -105,6 +122,10 @@ def run(repeats: int = 5, quick: bool = False) -> dict:
       }
     )
   best = max(rows, key=lambda r: r["jax_frames_per_s"])
+  num_frames = 512 if quick else 8192
+  write = write_rates(preset, params, num_frames, repeats)
+  chunk_sizes = (64, 256) if quick else (64, 128, 256, 512, 1024, 2048)
+  chunk_rows = chunk_rates(params, num_frames, chunk_sizes, repeats)
   return {
     "what": "simulate",
     "preset": preset.name,
@@ -115,8 +136,127 @@ def run(repeats: int = 5, quick: bool = False) -> dict:
     "repeats": repeats,
     "rows": rows,
     "best_batch": best["batch"],
+    "write": write,
+    "chunks": chunk_rows,
+    "best_chunk": max(chunk_rows, key=lambda r: r["frames_per_s"])["chunk"],
+    "compression": compression(preset, params, num_frames, repeats),
+    "cli": None if quick else cli_rate(20000, regime),
     "targets": {
       "speedup_vs_numpy>=2": best["speedup_vs_numpy"] >= 2,
       "slowdown_vs_rng_bound<=2.5": best["slowdown_vs_rng_bound"] <= 2.5,
+      "write_vs_numpy>=2": write["write_vs_numpy"] >= 2,
     },
+  }
+
+
+def write_rates(preset, params, num_frames: int, repeats: int) -> dict:
+  """``data.write`` to a file beside ``data.generate``, the simulator at one chunk and the
+  NumPy reference (compute only), interleaved; frames/s of each."""
+  rng = np.random.default_rng(1)
+  key = jax.random.key(0)
+  with tempfile.TemporaryDirectory() as tmp:
+    path = Path(tmp) / "frames.npz"
+    seconds = interleaved_medians(
+      {
+        "write": lambda: data.write(path, params, num_frames, seed=0, preset=preset),
+        "generate": lambda: data.generate(params, num_frames, seed=0),
+        "simulator": lambda: simulate.simulate_batch(
+          key, params, data.CHUNK
+        ).counts.block_until_ready(),
+        "numpy": lambda: numpy_reference(rng, params, NUMPY_BATCH),
+      },
+      repeats,
+    )
+    size = path.stat().st_size
+    with np.load(path) as saved:
+      dtype = saved["images"].dtype.name
+  rates = {
+    "write": num_frames / seconds["write"],
+    "generate": num_frames / seconds["generate"],
+    "simulator": data.CHUNK / seconds["simulator"],
+    "numpy": NUMPY_BATCH / seconds["numpy"],
+  }
+  return {
+    "num_frames": num_frames,
+    "chunk": data.CHUNK,
+    "numpy_batch": NUMPY_BATCH,
+    "images_dtype": dtype,
+    "file_bytes_per_frame": size / num_frames,
+    "write_frames_per_s": rates["write"],
+    "generate_frames_per_s": rates["generate"],
+    "simulator_frames_per_s": rates["simulator"],
+    "numpy_compute_frames_per_s": rates["numpy"],
+    "write_vs_numpy": rates["write"] / rates["numpy"],
+    "generate_vs_simulator": rates["generate"] / rates["simulator"],
+  }
+
+
+def chunk_rates(params, num_frames: int, chunk_sizes, repeats: int) -> list[dict]:
+  """``data.generate`` frames/s at each chunk size, interleaved."""
+  seconds = interleaved_medians(
+    {c: functools.partial(data.generate, params, num_frames, 0, chunk=c) for c in chunk_sizes},
+    repeats,
+  )
+  return [{"chunk": c, "frames_per_s": num_frames / seconds[c]} for c in chunk_sizes]
+
+
+def compression(preset, params, num_frames: int, repeats: int) -> list[dict]:
+  """``np.savez`` against ``np.savez_compressed`` on the arrays of a simulated file: the
+  counts as float32 and in the stored integer dtype, and the float32 expected image."""
+  arrays = data.generate(params, num_frames, seed=0)
+  candidates = {
+    "images float32": arrays["images"],
+    f"images {data.stored_images(arrays['images'], params.detector).dtype.name}": (
+      data.stored_images(arrays["images"], params.detector)
+    ),
+    "expected float32": arrays["expected"],
+  }
+  sizes = {}
+
+  def saver(save, name, array):
+    def run():
+      buffer = io.BytesIO()
+      save(buffer, images=array)
+      sizes[name, save.__name__] = buffer.tell()
+
+    return run
+
+  fns = {
+    (name, save.__name__): saver(save, name, array)
+    for name, array in candidates.items()
+    for save in (np.savez, np.savez_compressed)
+  }
+  seconds = interleaved_medians(fns, repeats)
+  return [
+    {
+      "array": name,
+      "writer": writer,
+      "bytes_per_frame": sizes[name, writer] / num_frames,
+      "frames_per_s": num_frames / seconds[name, writer],
+    }
+    for name, writer in fns
+  ]
+
+
+def cli_rate(num_frames: int, regime: int) -> dict | None:
+  """One cold run of ``experiments/simulate.py`` (imports and compilation included)."""
+  script = Path(__file__).resolve().parents[2] / "experiments" / "simulate.py"
+  if not script.is_file():  # an installed package without the repository's scripts
+    return None
+  with tempfile.TemporaryDirectory() as tmp:
+    command = [
+      sys.executable,
+      str(script),
+      f"--regime={regime}",
+      f"--num_images={num_frames}",
+      f"--output={os.path.join(tmp, 'frames.npz')}",
+    ]
+    start = time.perf_counter()
+    subprocess.run(command, check=True, capture_output=True)
+    seconds = time.perf_counter() - start
+  return {
+    "command": " ".join(["python experiments/simulate.py"] + command[2:-1]),
+    "num_frames": num_frames,
+    "seconds": seconds,
+    "frames_per_s": num_frames / seconds,
   }
