@@ -43,6 +43,13 @@ _MIN_FRAMES = flags.DEFINE_integer("min_frames", 5, "Shortest track given a D.",
 _MIN_SCORE = flags.DEFINE_float(
   "min_score", None, "Drop detections scoring below this (trackpy: mass) before linking."
 )
+_WINDOW = flags.DEFINE_integer(
+  "window",
+  20,
+  "Frames per window of the edge-corrected ensemble D (tracks cut at frames 0, W, 2W, ...; "
+  "windows weighted by how likely their path fits in the field).",
+  lower_bound=3,
+)
 _CHUNK = flags.DEFINE_integer("chunk", 256, "Frames per chunk (bounds memory).", lower_bound=1)
 _PLOT = flags.DEFINE_bool("plot", False, "Also draw tracks and MSD curves (<output>.png).")
 
@@ -70,14 +77,16 @@ def main(argv):
     min_frames=_MIN_FRAMES.value,
     chunk=_CHUNK.value,
     min_score=_MIN_SCORE.value,
+    window=_WINDOW.value,
     plot_path=plot,
   )
-  ens = summary["ensemble"]
+  ens, field = summary["ensemble"], summary["field_ensemble"]
   print(
     f"{summary['frames']} frames, {summary['detections']} detections, {summary['tracks']} "
     f"tracks ({summary['tracks_with_D']} with D); ensemble D = {ens['D_um2_s']:.4g} +- "
-    f"{ens['D_se_um2_s']:.2g} um^2/s -> {_OUTPUT.value}, {_DIFFUSION_OUTPUT.value}"
-    + (f" (+ {plot})" if plot else "")
+    f"{ens['D_se_um2_s']:.2g} um^2/s; edge-corrected over {field['windows']} windows: "
+    f"{field['D_um2_s']:.4g} +- {field['D_se_um2_s']:.2g} um^2/s -> {_OUTPUT.value}, "
+    f"{_DIFFUSION_OUTPUT.value}" + (f" (+ {plot})" if plot else "")
   )
 
 

@@ -240,3 +240,45 @@ def cramer_rao_diffusion(
     0.5 * dims * np.array([[np.sum(a * a.T), np.sum(a * b.T)], [np.sum(b * a.T), np.sum(b * b.T)]])
   )
   return float(math.sqrt(np.linalg.inv(fisher)[0, 0]))
+
+
+# --- selection by the field's edge ------------------------------------------------------------
+
+
+def inclusion_weight(low, high, lower, upper):
+  """Horvitz-Thompson weights of windows of paths seen inside the box [lower, upper].
+
+  A particle placed uniformly at random (a stationary, uniform density of particles) shows
+  a window of its path inside the box only if the whole window fits: the path's shape is
+  independent of where it starts, so the chance is proportional to
+  prod_c (L_c - range_c), L_c the box's side and range_c = max - min of the window's
+  coordinate c. Windows that wander far are seen less often; weighting each by the inverse
+  of that chance, ``1 / prod_c (L_c - range_c)``, makes a weighted mean over the windows seen
+  an unbiased (ratio) estimate of the mean over all windows (docs/diffusion.md, section 5).
+
+  Args:
+    low, high: [..., d] each window's smallest and largest coordinates.
+    lower, upper: [d] the box.
+
+  Returns:
+    [...] weights, in 1 / units^d; 0 for a window that does not lie inside the box.
+  """
+  low, high = np.asarray(low, np.float64), np.asarray(high, np.float64)
+  lower, upper = np.asarray(lower, np.float64), np.asarray(upper, np.float64)
+  room = (upper - lower) - (high - low)
+  inside = np.all((low >= lower) & (high <= upper) & (room > 0), axis=-1)
+  return np.where(inside, 1.0 / np.prod(np.where(room > 0, room, 1.0), axis=-1), 0.0)
+
+
+def weighted_mean(values, weights) -> tuple[float, float]:
+  """(sum w v / sum w, its standard error) for independent units: the ratio (Hajek) mean of
+  a Horvitz-Thompson design and its linearised SE, sqrt(sum w^2 (v - mean)^2) / sum w.
+  Non-finite values and zero weights are left out; (NaN, NaN) if nothing is left."""
+  values, weights = np.asarray(values, np.float64), np.asarray(weights, np.float64)
+  keep = np.isfinite(values) & np.isfinite(weights) & (weights > 0)
+  values, weights = values[keep], weights[keep]
+  if len(values) == 0:
+    return math.nan, math.nan
+  total = weights.sum()
+  mean = float(np.sum(weights * values) / total)
+  return mean, float(np.sqrt(np.sum(weights**2 * (values - mean) ** 2)) / total)

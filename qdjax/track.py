@@ -199,6 +199,77 @@ def ensemble(table: pd.DataFrame) -> dict:
   }
 
 
+def field_windows(
+  tracks: pd.DataFrame, length: int, width: int, height: int, inset_px: float = 2.0
+) -> pd.DataFrame:
+  """Tracks cut into windows of ``length`` frames on a fixed grid, with edge weights.
+
+  Tracks that stay long in a small field belong to slow particles: whether a particle is
+  seen depends on its path. A rule that does not look at the path removes that bias: cut
+  every track at frames 0, length, 2 length, ... of the movie, keep each window the track
+  covers from its first to its last frame while every position lies inside the field
+  inset by ``inset_px``, and weight it by ``diffusion.inclusion_weight`` (the inverse of the
+  chance that a uniformly placed particle's window fits in the inset field). A weighted
+  mean over the windows (``field_ensemble``) is then unbiased for particles spread evenly
+  beyond the field (docs/diffusion.md, section 5).
+
+  Args:
+    tracks: frame, x, y, particle (px; the field spans [-1/2, width - 1/2]).
+    length: frames per window (>= 3).
+    width, height: the frame's size, px.
+    inset_px: distance kept from the frame's edge, where a localiser sees only part of a
+      spot.
+
+  Returns:
+    the windows' rows, with ``particle`` a new id per window, ``track`` the track it came
+    from, ``start`` its first frame and ``weight`` its inclusion weight (px^-2).
+  """
+  if length < 3:
+    raise ValueError(f"window length must be >= 3 frames, got {length}")
+  lower = np.full(2, inset_px - 0.5)
+  upper = np.array([width, height], np.float64) - 0.5 - inset_px
+  if np.any(upper <= lower):
+    raise ValueError(f"inset_px={inset_px} leaves no field in a {width}x{height} frame")
+  if len(tracks) == 0:
+    return tracks.assign(track=0, start=0, weight=0.0).iloc[:0]
+  rows = tracks.sort_values(["particle", "frame"], kind="stable").reset_index(drop=True)
+  frame = rows["frame"].to_numpy()
+  particle = rows["particle"].to_numpy()
+  xy = rows[["x", "y"]].to_numpy(np.float64)
+  window = frame // length
+  first = np.flatnonzero(
+    np.concatenate([[True], (particle[1:] != particle[:-1]) | (window[1:] != window[:-1])])
+  )
+  start = window[first] * length
+  complete = (frame[first] == start) & (np.maximum.reduceat(frame, first) == start + length - 1)
+  weight = diffusion.inclusion_weight(
+    np.minimum.reduceat(xy, first), np.maximum.reduceat(xy, first), lower, upper
+  )
+  weight = np.where(complete, weight, 0.0)
+  group = np.repeat(np.arange(len(first)), np.diff(np.append(first, len(rows))))
+  keep = weight[group] > 0
+  out = rows[keep].assign(
+    track=particle[keep], start=start[group][keep], weight=weight[group][keep]
+  )
+  out["particle"] = np.unique(group[keep], return_inverse=True)[1]
+  return out.reset_index(drop=True)
+
+
+def field_ensemble(windows: pd.DataFrame, table: pd.DataFrame) -> dict:
+  """Edge-corrected D over windows: the inclusion-weighted mean of their CVE D, with its SE.
+
+  Args:
+    windows: ``field_windows`` output.
+    table: ``estimate(windows, ...)``: one row per window.
+  """
+  if len(table) == 0:
+    return {"D_um2_s": math.nan, "D_se_um2_s": math.nan, "windows": 0}
+  weight = windows.groupby("particle")["weight"].first().reindex(table["particle"]).to_numpy()
+  values = table["D_um2_s"].to_numpy(np.float64)
+  mean, se = diffusion.weighted_mean(values, weight)
+  return {"D_um2_s": mean, "D_se_um2_s": se, "windows": int(np.isfinite(values).sum())}
+
+
 def analysis_for(preset, height: int, width: int, frame_interval_s=None, **kwargs) -> Analysis:
   """Analysis of a height x width movie recorded with ``preset``'s scan and optics.
 
@@ -243,6 +314,7 @@ def track_file(
   min_frames: int = 5,
   chunk: int = 256,
   min_score: float | None = None,
+  window: int = 20,
   plot_path: str | None = None,
   progress: bool = True,
 ) -> dict:
@@ -260,10 +332,13 @@ def track_file(
     min_frames: shortest track that gets a D.
     chunk: frames per localiser call (bounds memory).
     min_score: drop detections scoring below this before linking.
+    window: frames per window of the edge-corrected ensemble D (``field_windows``).
     plot_path: PNG of the tracks over the mean frame and their MSD curves.
 
   Returns:
-    summary dict: frames, detections, tracks, ensemble D, search range, R, frame interval.
+    summary dict: frames, detections, tracks, ensemble D (inverse-variance weighted over
+    tracks) and field_ensemble D (edge-corrected, over ``window``-frame windows), search
+    range, R, frame interval.
 
   Raises:
     FileNotFoundError, ValueError: bad input, before anything is written.
@@ -271,9 +346,10 @@ def track_file(
   for path in (tracks_path, diffusion_path, plot_path):
     if path is not None:
       io.check_output_path(path)
-  if memory < 0 or min_frames < 3 or chunk < 1:
+  if memory < 0 or min_frames < 3 or chunk < 1 or window < 3:
     raise ValueError(
-      f"need memory >= 0, min_frames >= 3, chunk >= 1; got {memory}, {min_frames}, {chunk}"
+      f"need memory >= 0, min_frames >= 3, chunk >= 1, window >= 3; got {memory}, "
+      f"{min_frames}, {chunk}, {window}"
     )
   frames = io.open_frames(input_path, movie=True)
   t, h, w = frames.shape
@@ -288,6 +364,10 @@ def track_file(
     detections = detections[detections["score"] >= min_score].reset_index(drop=True)
   tracks = link(detections, reach, memory)
   table = estimate(tracks, analysis)
+  windows = field_windows(tracks, window, w, h)
+  field = field_ensemble(
+    windows, estimate(windows, dataclasses.replace(analysis, min_frames=window))
+  )
   io.write_csv(tracks_path, tracks, {"x": "%.4f", "y": "%.4f", "score": "%.6g"})
   io.write_csv(diffusion_path, table, {c: "%.6g" for c in DIFFUSION_COLUMNS[2:]})
   if plot_path is not None:
@@ -300,6 +380,7 @@ def track_file(
     "tracks": int(tracks["particle"].nunique()) if len(tracks) else 0,
     "tracks_with_D": len(table),
     "ensemble": ensemble(table),
+    "field_ensemble": field,
     "search_range_px": reach,
     "blur_coefficient": analysis.blur,
     "frame_interval_s": analysis.frame_interval_s,

@@ -1,6 +1,7 @@
 """Diffusion estimators against simulation with known truth; linking; track.py end to end."""
 
 import math
+import re
 
 import numpy as np
 import pandas as pd
@@ -126,8 +127,10 @@ def test_track_script_end_to_end(script, tmp_path, suffix):
   tracks, table = tmp_path / "tracks.csv", tmp_path / "diffusion.csv"
   args = [f"--input={movie}", "--method=trackpy", f"--output={tracks}"]
   args += [f"--diffusion_output={table}", "--max_diffusion=1"]
-  result = script("track.py", *args, *(["--plot"] if suffix == ".npy" else []))
+  result = script("track.py", *args, *(["--plot"] if suffix == ".npy" else ["--window=6"]))
   assert result.returncode == 0, result.stderr
+  if suffix == ".tif":  # windows of frames 0-5 and 6-11: both QDs', edge-weighted
+    assert re.search(r"edge-corrected over [2-9]\d* windows: \d", result.stdout), result.stdout
   found = pd.read_csv(tracks)
   assert list(found.columns) == ["frame", "x", "y", "score", "particle"]
   assert found["frame"].max() == 11
@@ -181,3 +184,35 @@ def test_track_bad_inputs(script, tmp_path):
     "--frame_interval_s=-1",
   )
   assert_one_line_error(result, "frame_interval_s")
+
+
+def test_field_windows_undo_the_edge_selection():
+  """Fast particles leave a small field; the windows that stay are the slow-looking ones.
+  Particles spread evenly far beyond a 64 x 64 px field: the plain mean of the windows'
+  CVE reads low, the inclusion-weighted mean recovers D within its standard error."""
+  rng = np.random.default_rng(1)
+  d, dt, frames, length, size, sigma = 60.0, 0.08, 40, 20, 64, 0.3  # px^2/s, s, px
+  reach = 4 * math.sqrt(2 * d * frames * dt)  # start far enough out that the density is flat
+  n = 60000
+  start = rng.uniform(-reach, size + reach, (n, 1, 2))
+  steps = rng.normal(0, math.sqrt(2 * d * dt), (n, frames - 1, 2))
+  path = np.concatenate([start, start + np.cumsum(steps, axis=1)], axis=1)
+  seen = path + rng.normal(0, sigma, path.shape)
+  inside = np.all((seen >= -0.5) & (seen <= size - 0.5), axis=2)
+  # A track is a run of frames inside the field (a linker without memory).
+  run = np.cumsum(np.concatenate([inside[:, :1], inside[:, 1:] & ~inside[:, :-1]], 1), axis=1)
+  p, f = np.nonzero(inside)
+  tracks = pd.DataFrame(
+    {"frame": f, "x": seen[p, f, 0], "y": seen[p, f, 1], "particle": p * frames + run[p, f]}
+  )
+  windows = track.field_windows(tracks, length, size, size, inset_px=2.0)
+  # No gaps here: each window is `length` consecutive rows.
+  xy = windows.sort_values(["particle", "frame"])[["x", "y"]].to_numpy().reshape(-1, length, 2)
+  weights = windows.groupby("particle")["weight"].first().to_numpy()
+  est = np.array([diffusion.cve(one, dt, 0.0).diffusion for one in xy])
+  plain, plain_se = est.mean(), est.std(ddof=1) / math.sqrt(len(est))
+  mean, se = diffusion.weighted_mean(est, weights)
+  assert len(est) > 2000
+  assert plain < d - 5 * plain_se  # the selection's bias is real at this D and field
+  assert abs(mean - d) < 3.5 * se, (mean, se, plain)
+  assert se < 0.03 * d
