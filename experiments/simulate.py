@@ -57,8 +57,12 @@ _FRAME_INTERVAL = flags.DEFINE_float(
 _OUTSIDE = flags.DEFINE_float(
   "outside_px", 0.0, "Movie: QDs start up to this far further out than the margin (enter later)."
 )
-_BLINK_ON = flags.DEFINE_float("blink_on_s", 1.0, "Movie: mean on time of a blinking QD, s.")
-_BLINK_OFF = flags.DEFINE_float("blink_off_s", 0.0, "Movie: mean off time, s; 0: no blinking.")
+_BLINK_ON = flags.DEFINE_float(
+  "blink_on_s", None, "Movie: mean on time of a blinking QD, s; default: the preset's (1)."
+)
+_BLINK_OFF = flags.DEFINE_float(
+  "blink_off_s", None, "Movie: mean off time, s; 0: no blinking; default: the preset's (0)."
+)
 _PLOT = flags.DEFINE_bool("plot", False, "Also write a PNG contact sheet beside --output.")
 
 
@@ -118,8 +122,8 @@ def _write_movie(params, preset):
     _NUM_FRAMES.value,
     frame_interval_s=_FRAME_INTERVAL.value,
     outside_px=_OUTSIDE.value,
-    blink_on_s=_BLINK_ON.value,
-    blink_off_s=_BLINK_OFF.value,
+    blink_on_s=preset.blinking_s[0] if _BLINK_ON.value is None else _BLINK_ON.value,
+    blink_off_s=preset.blinking_s[1] if _BLINK_OFF.value is None else _BLINK_OFF.value,
   )
   if not _OUTPUT.value.endswith((".npz", ".tif", ".tiff")):
     raise ValueError(f"--output must end in .npz or .tif for a movie, got {_OUTPUT.value}")

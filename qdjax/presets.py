@@ -40,6 +40,7 @@ class Preset:
     split_sizes: frames per split at the study's sizes.
     provenance: one line per value: where it comes from.
     calibration: the calibration record (fit, per-cell gap), or None.
+    blinking_s: (mean on, mean off) dwell times of a movie's QDs, s; off = 0: no blinking.
   """
 
   name: str
@@ -50,6 +51,7 @@ class Preset:
   split_sizes: types.MappingProxyType
   provenance: types.MappingProxyType
   calibration: types.MappingProxyType | None = None
+  blinking_s: tuple[float, float] = (1.0, 0.0)
 
   def sim_params(self, diffusion=None, regime: int | None = None, **overrides) -> simulate.Params:
     """Validated simulation Params.
@@ -81,6 +83,8 @@ class Preset:
       "regimes": list(self.regimes),
       "train_diffusion": list(self.train_diffusion),
       "epsilons_px": list(self.epsilons_px),
+      "blink_on_s": self.blinking_s[0],
+      "blink_off_s": self.blinking_s[1],
       "provenance": dict(self.provenance),
     }
 
@@ -293,6 +297,8 @@ FILE_EXTRAS = (
   "regimes",  # [D1, D2, D3] um^2/s
   "train_diffusion",  # [lo, hi] um^2/s
   "epsilons_px",  # the metric's distance thresholds, px
+  "blink_on_s",  # a movie's QDs blink: mean on dwell, s (default 1)
+  "blink_off_s",  # mean off dwell, s (default 0: no blinking)
   "provenance",  # {name: where the value comes from}
   "standard_errors",  # {name: standard error of a fitted value}
   "fit",  # a fit's record (fit_microscope.py): kept as written
@@ -377,6 +383,16 @@ def load_file(path) -> Preset:
   epsilons = base.epsilons_px
   if "epsilons_px" in record:
     epsilons = _positive_numbers(path, "epsilons_px", record["epsilons_px"])
+  blinking = list(base.blinking_s)
+  for i, key in enumerate(("blink_on_s", "blink_off_s")):
+    if key in record:
+      value = record[key]
+      ok = isinstance(value, (int, float)) and not isinstance(value, bool)
+      if not ok or not math.isfinite(value) or value < 0:
+        raise _file_error(path, f"{key} must be a finite number >= 0, got {value!r}")
+      blinking[i] = float(value)
+  if blinking[1] > 0 and blinking[0] <= 0:
+    raise _file_error(path, f"blink_on_s must be > 0 when QDs blink, got {blinking[0]}")
   for key in ("provenance", "standard_errors", "fit"):
     if key in record and not isinstance(record[key], dict):
       raise _file_error(path, f"{key} must be a JSON object, got {record[key]!r}")
@@ -390,7 +406,7 @@ def load_file(path) -> Preset:
   for key in record:
     if key in FILE_VALUES or key in ("diffusion_um2_s", "regimes", "train_diffusion"):
       provenance[key if key != "diffusion_um2_s" else "regimes"] = "set by the preset file"
-    elif key == "epsilons_px":
+    elif key in ("epsilons_px", "blink_on_s", "blink_off_s"):
       provenance[key] = "set by the preset file"
   provenance.update(record.get("provenance", {}))
   provenance["preset_file"] = f"{path} (sha256 {hashlib.sha256(raw).hexdigest()[:16]})"
@@ -401,6 +417,7 @@ def load_file(path) -> Preset:
     train_diffusion=tuple(train),
     epsilons_px=tuple(epsilons),
     split_sizes=base.split_sizes,
+    blinking_s=tuple(blinking),
     provenance=types.MappingProxyType(provenance),
     calibration=types.MappingProxyType(
       {k: record[k] for k in ("standard_errors", "fit") if k in record}

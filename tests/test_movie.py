@@ -144,14 +144,20 @@ def test_bad_movie_values():
 
 
 def test_simulate_script_writes_movies(script, tmp_path):
-  common = ["--preset=paper", "--diffusion=0.5", "--num_frames=3", "--num_particles=2"]
-  common += ["--config.overrides.height=12", "--config.overrides.width=10", "--blink_off_s=0.01"]
+  scope = tmp_path / "scope.json"  # blinking named in the preset
+  scope.write_text(json.dumps({"base": "paper", "blink_on_s": 0.02, "blink_off_s": 0.01}))
+  common = [f"--preset={scope}", "--diffusion=0.5", "--num_frames=3", "--num_particles=2"]
+  common += ["--config.overrides.height=12", "--config.overrides.width=10"]
   result = script("simulate.py", *common, f"--output={tmp_path / 'm.tif'}")
   assert result.returncode == 0, result.stderr
   assert tifffile.imread(tmp_path / "m.tif").shape == (3, 12, 10)
   truth = pd.read_csv(tmp_path / "m_truth.csv")
   assert len(truth) == 6 and set(truth["particle"]) == {0, 1}
-  assert json.loads((tmp_path / "m_params.json").read_text())["num_frames"] == 3
+  record = json.loads((tmp_path / "m_params.json").read_text())
+  assert record["num_frames"] == 3
+  assert record["blink_on_s"] == pytest.approx(0.02) and record["blink_off_s"] == pytest.approx(
+    0.01
+  )
   bad = script("simulate.py", *common, "--frame_interval_s=-1", f"--output={tmp_path / 'x.npz'}")
   assert_one_line_error(bad, "frame_interval_s")
 

@@ -26,6 +26,8 @@ def test_preset_file_round_trip(tmp_path):
     "pmt_dark_sigma": 4.0,
     "pmt_offset": 1.5,
     "diffusion_um2_s": 0.7,
+    "blink_on_s": 0.5,
+    "blink_off_s": 0.2,
     "provenance": {"peak_photons": "fitted to my frames"},
     "standard_errors": {"peak_photons": 0.4},
   }
@@ -34,6 +36,7 @@ def test_preset_file_round_trip(tmp_path):
   preset = presets.get(str(path))
   assert preset.name == "my_scope"
   assert preset.regimes == (0.7, 0.7, 0.7) and preset.train_diffusion == (0.35, 1.4)
+  assert preset.blinking_s == (0.5, 0.2) and presets.get("paper").blinking_s[1] == 0
   params = preset.sim_params(regime=1)
   out = params.to_dict()
   for key in ("peak_photons", "background_photons", "sigma_xy_um", "pmt_alpha", "pmt_offset"):
@@ -55,6 +58,8 @@ def test_preset_file_round_trip(tmp_path):
     ({"peak_photons": "many"}, "peak_photons"),
     ({"regimes": [0.1, 0.2]}, "regimes"),
     ({"train_diffusion": [3, 1]}, "train_diffusion"),
+    ({"blink_off_s": -1}, "blink_off_s"),
+    ({"blink_on_s": 0, "blink_off_s": 1}, "blink_on_s"),
     ({"detector": "ccd"}, "detector"),
     ({"base": "nope"}, "base"),
     ({"provenance": {"peak_photons": 3}}, "provenance"),
