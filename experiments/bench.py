@@ -4,6 +4,7 @@ r"""Throughput benchmarks; prints and writes JSON.
   python experiments/bench.py --what=train
   python experiments/bench.py --what=locate
   python experiments/bench.py --what=diffusion   # per-track D accuracy of whole pipelines
+  python experiments/bench.py --what=diffusion --quick --photon_scale=0.25   # dimmer QDs
   python experiments/bench.py --what=fit   # microscope-fit recovery errors, not a time
   python experiments/bench.py --what=tradeoff --train_frames=131072 --models=base,s2
 
@@ -33,6 +34,9 @@ _TRAIN_FRAMES = flags.DEFINE_integer(
 )
 _MODELS = flags.DEFINE_list("models", None, "tradeoff: model presets to train and compare.")
 _WORKDIR = flags.DEFINE_string("workdir", None, "tradeoff: where the training runs go.")
+_PHOTON_SCALE = flags.DEFINE_float(
+  "photon_scale", 1.0, "diffusion: QDs' peak photons times this (< 1: dimmer than in vivo)."
+)
 
 
 def main(argv):
@@ -51,6 +55,8 @@ def main(argv):
     options["config"] = (tiny if _QUICK.value else pretrained).get_config()
     options.update(train_frames=_TRAIN_FRAMES.value, workdir=_WORKDIR.value)
     options["models"] = tuple(_MODELS.value) if _MODELS.value else None
+  if _WHAT.value == "diffusion":
+    options["photon_scale"] = _PHOTON_SCALE.value
   result = module.run(repeats=_REPEATS.value, quick=_QUICK.value, **options)
   text = json.dumps(result, indent=2)
   print(text)

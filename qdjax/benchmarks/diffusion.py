@@ -68,16 +68,19 @@ def _preset():
     return None
 
 
-def frame_params(d: float, qds: int = QDS):
-  """The benchmark's frame Params at D (invivo preset, or its section-9 values on ``paper``)."""
+def frame_params(d: float, qds: int = QDS, photon_scale: float = 1.0):
+  """The benchmark's frame Params at D (invivo preset, or its section-9 values on ``paper``),
+  with the QDs' peak photons times ``photon_scale`` (background unchanged)."""
   preset = _preset()
   extra = dict(height=SIZE, width=SIZE, num_particles=qds, sigma_z_um=1e3, margin_px=0.0)
   if preset is None:
     base = presets.get("paper")
-    return base.sim_params(
-      diffusion=d, pixel_size_um=0.2, peak_photons=19.9, background_photons=0.9, **extra
-    )
-  return preset.sim_params(diffusion=d, **extra)
+    extra.update(pixel_size_um=0.2, peak_photons=19.9, background_photons=0.9)
+  else:
+    base = preset
+    extra["peak_photons"] = float(base.values["peak_photons"])
+  extra["peak_photons"] *= photon_scale
+  return base.sim_params(diffusion=d, **extra)
 
 
 def to_photons(values, params):
@@ -94,7 +97,7 @@ def outside_px(d: float, dt: float) -> float:
   return REACH_SD * math.sqrt(2 * d * FRAMES * dt) / float(frame.pixel_size_um)
 
 
-def simulate(d: float, num_movies: int, seed: int):
+def simulate(d: float, num_movies: int, seed: int, photon_scale: float = 1.0):
   """(frames [M, T, h, w] photons, centroids [M, T, P, 2], present [M, T, P], params).
 
   QDs start uniformly over the field widened by ``outside_px`` on every side, their number
@@ -104,7 +107,8 @@ def simulate(d: float, num_movies: int, seed: int):
   frame = frame_params(d)
   dt = diffusion.default_frame_interval(frame)
   outside = outside_px(d, dt)
-  frame = frame_params(d, round(QDS * ((SIZE - 1 + 2 * outside) / SIZE) ** 2))
+  qds = round(QDS * ((SIZE - 1 + 2 * outside) / SIZE) ** 2)
+  frame = frame_params(d, qds, photon_scale)
   params = movie.make_params(frame, FRAMES, outside_px=outside)
   out = jax.device_get(movie.simulate_movies(jax.random.key(seed), params, num_movies))
   return to_photons(np.asarray(out.counts), frame), out.centroids, out.present, params
@@ -317,12 +321,18 @@ def summarise(estimates, d: float, analysis) -> dict:
   }
 
 
-def run(repeats: int = 1, quick: bool = False) -> dict:
+def run(repeats: int = 1, quick: bool = False, photon_scale: float = 1.0) -> dict:
+  """The benchmark (--quick: 3 movies at D = 0.1 and 2); ``photon_scale`` dims (< 1) or
+  brightens the QDs, validation movies included."""
+  if not (math.isfinite(photon_scale) and photon_scale > 0):
+    raise ValueError(f"photon_scale must be a positive number, got {photon_scale}")
   del repeats  # accuracy, not timing: one pass
   start = time.perf_counter()
   num_movies = 3 if quick else 24
   diffusions = (0.1, 2.0) if quick else DIFFUSIONS
-  validation = [simulate(d, 1 if quick else 2, 1000 + i) for i, d in enumerate(DIFFUSIONS)]
+  validation = [
+    simulate(d, 1 if quick else 2, 1000 + i, photon_scale) for i, d in enumerate(DIFFUSIONS)
+  ]
   locators, notes = make_locators(validation, quick)
   params = validation[0][3]
   dt = float(params.frame_interval_s)
@@ -330,7 +340,7 @@ def run(repeats: int = 1, quick: bool = False) -> dict:
   rows: dict[str, dict] = {}
   counts_all: dict[str, dict] = {}
   for i, d in enumerate(tqdm(diffusions, desc="diffusion bench", unit="D")):
-    frames, centroids, present, params = simulate(d, num_movies, 2000 + i)
+    frames, centroids, present, params = simulate(d, num_movies, 2000 + i, photon_scale)
     results, counts, analysis = run_pipelines(frames, centroids, present, params, locators, reach)
     for name, estimates in results.items():
       rows.setdefault(name, {})[str(d)] = summarise(estimates, d, analysis)
@@ -356,6 +366,8 @@ def run(repeats: int = 1, quick: bool = False) -> dict:
   return {
     "what": "diffusion",
     "preset": "invivo" if _preset() is not None else "paper+spec section 9 photon levels",
+    "peak_photons": float(params.frame.peak_photons),
+    "background_photons": float(params.frame.background_photons),
     "field_px": [SIZE, SIZE],
     "qds_per_field": QDS,
     "frames": FRAMES,
