@@ -17,9 +17,9 @@ from tqdm.auto import tqdm
 from qdjax import chunks, io, simulate
 
 # Frames per device call. Measured by ``experiments/bench.py --what=simulate`` (its
-# ``chunks`` rows): on the CPU, chunks of 128 to 512 frames run faster than larger ones,
-# whose working set spills out of the caches.
-CHUNK = 256
+# ``chunks`` rows): on the CPU, chunks of 512 frames ran fastest, 128 to 256 a little
+# slower and 1024 or more at about half the rate (their working set spills out of the caches).
+CHUNK = 512
 
 # Unsigned integer types a file may store Poisson counts in, smallest first.
 _COUNT_DTYPES = (np.uint8, np.uint16, np.uint32)
@@ -61,14 +61,16 @@ def generate(
 
 
 def _arrays(frames: simulate.Frame) -> dict[str, np.ndarray]:
-  return {
-    "images": frames.counts.astype(np.float32, copy=False),
-    "expected": frames.expected.astype(np.float32, copy=False),
-    "keypoints": frames.keypoints.astype(np.float32, copy=False),
-    "present": frames.present.astype(bool, copy=False),
-    "z": frames.z.astype(np.float32, copy=False),
-    "diffusion": frames.diffusion.astype(np.float32, copy=False),
+  """A Frame's arrays by their dataset names (``expected`` only where the Frame has it)."""
+  named = {
+    "images": (frames.counts, np.float32),
+    "expected": (frames.expected, np.float32),
+    "keypoints": (frames.keypoints, np.float32),
+    "present": (frames.present, bool),
+    "z": (frames.z, np.float32),
+    "diffusion": (frames.diffusion, np.float32),
   }
+  return {k: v.astype(t, copy=False) for k, (v, t) in named.items() if v is not None}
 
 
 def stored_images(images: np.ndarray, detector: str) -> np.ndarray:
@@ -111,7 +113,7 @@ def write(
   are written chunk by chunk while the next chunk computes.
 
   Returns:
-    ``generate``'s arrays (``images`` float32), as written.
+    ``generate``'s arrays as written (``images`` float32), but ``expected``.
   """
   if num_images < 0:
     raise ValueError(f"num_images must be >= 0, got {num_images}")
@@ -124,19 +126,19 @@ def write(
       with npz.stream("expected", shape, np.float32) as write_expected:
         for _, part in chunks.stream_chunks(draw, np.arange(num_images), chunk):
           write_expected(part.expected)
-          parts.append(part)
+          parts.append(part.replace(expected=None))  # written: not kept in memory
           bar.update(len(part.expected))
       if parts:
         arrays = _arrays(jax.tree.map(lambda *xs: np.concatenate(xs), *parts))
       else:
         arrays = generate(params, 0, seed)
+        del arrays["expected"]
       images = stored_images(arrays["images"], params.detector)
       record = params_record(params, preset)
       record["images_dtype"] = images.dtype.name
       record["images_unit"] = "photons" if params.detector == "poisson" else "PMT output units"
       for name, array in arrays.items():
-        if name != "expected":
-          npz.add(name, images if name == "images" else array)
+        npz.add(name, images if name == "images" else array)
       npz.add("params", json.dumps(record, sort_keys=True))
   return arrays
 

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import functools
 import io
+import itertools
 import math
 import os
 import subprocess
@@ -155,10 +156,17 @@ def write_rates(preset, params, num_frames: int, repeats: int) -> dict:
   rng = np.random.default_rng(1)
   key = jax.random.key(0)
   with tempfile.TemporaryDirectory() as tmp:
-    path = Path(tmp) / "frames.npz"
+    paths = (Path(tmp) / f"frames{i}.npz" for i in itertools.count())
+    path = None
+
+    def write():
+      nonlocal path
+      path = next(paths)  # a new file each time, as a user writes it (no old file to replace)
+      data.write(path, params, num_frames, seed=0, preset=preset)
+
     seconds = interleaved_medians(
       {
-        "write": lambda: data.write(path, params, num_frames, seed=0, preset=preset),
+        "write": write,
         "generate": lambda: data.generate(params, num_frames, seed=0),
         "simulator": lambda: simulate.simulate_batch(
           key, params, data.CHUNK
