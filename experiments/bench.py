@@ -2,7 +2,8 @@ r"""Throughput benchmarks; prints and writes JSON.
 
   python experiments/bench.py --what=simulate --output=bench_simulate.json
   python experiments/bench.py --what=train
-  python experiments/bench.py --what=locate
+  python experiments/bench.py --what=locate   # fast model, full-accuracy model, trackpy
+  python experiments/bench.py --what=startup  # one locate.py call: imports, compilation
   python experiments/bench.py --what=diffusion   # per-track D accuracy of whole pipelines
   python experiments/bench.py --what=diffusion --quick --photon_scale=0.25   # dimmer QDs
   python experiments/bench.py --what=fit   # microscope-fit recovery errors, not a time
@@ -21,7 +22,7 @@ from qdjax import cli, io
 _WHAT = flags.DEFINE_enum(
   "what",
   "simulate",
-  ["simulate", "train", "locate", "diffusion", "fit", "tradeoff"],
+  ["simulate", "train", "locate", "startup", "diffusion", "fit", "tradeoff"],
   "What to measure.",
 )
 _OUTPUT = flags.DEFINE_string("output", None, "JSON output path (default: bench_<what>.json).")

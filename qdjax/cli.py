@@ -9,6 +9,11 @@ Every script in ``experiments/`` runs through ``run`` and exits with:
   keeps its traceback;
 - 130: interrupted (Ctrl-C, SIGINT): one line. Outputs are written to a temporary name
   and renamed when complete (``qdjax.io``), so an interrupted run leaves no partial file.
+
+``run`` also turns on JAX's persistent compilation cache (``use_compilation_cache``), so
+a second call of a script does not compile its programs again: it holds most of the
+fixed cost of a small job (``python experiments/bench.py --what=startup``). Set
+``QDJAX_COMPILATION_CACHE=0`` to turn it off, or to a directory to put it there.
 """
 
 from __future__ import annotations
@@ -33,6 +38,11 @@ logging.getLogger("jax._src.xla_bridge").setLevel(logging.WARNING)
 EXIT_FAILURE = 1
 EXIT_USAGE = 2
 EXIT_INTERRUPTED = 130
+
+# The persistent compilation cache: unset, the user's cache directory; 0/off/false/no, off;
+# anything else, the directory to use.
+CACHE_ENV = "QDJAX_COMPILATION_CACHE"
+CACHE_MAX_BYTES = 1 << 30  # least recently used programs are dropped beyond this
 
 # Errors that mean "bad input", reported as one line with EXIT_USAGE. Other OSErrors (disk
 # full, ...) are one line with EXIT_FAILURE; anything else is a bug and keeps its traceback.
@@ -184,8 +194,47 @@ def _parse_flags(argv):
     fail(_config_error(e, _config_path(_CONFIG.get("default", "?"))))
 
 
+def compilation_cache_dir() -> Path | None:
+  """Where ``use_compilation_cache`` keeps compiled programs: ``$QDJAX_COMPILATION_CACHE``,
+  or ``$XDG_CACHE_HOME/qdjax/jax`` (default ``~/.cache/qdjax/jax``); None when the variable
+  is 0, off, false or no."""
+  value = os.environ.get(CACHE_ENV, "").strip()
+  if value.lower() in ("0", "off", "false", "no"):
+    return None
+  if value:
+    return Path(value).expanduser()
+  root = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
+  return Path(root) / "qdjax" / "jax"
+
+
+def use_compilation_cache() -> Path | None:
+  """Turns on JAX's persistent compilation cache (see ``compilation_cache_dir``) for every
+  program, however small or quick to compile: a command line compiles a few dozen small
+  ones, and together they are most of its fixed cost. A directory already chosen through
+  JAX's own ``JAX_COMPILATION_CACHE_DIR`` is kept. JAX checks that a cached program was
+  compiled for this machine and version, and recompiles when it was not.
+
+  Returns:
+    the cache directory, or None when it is off.
+  """
+  import jax
+
+  directory = jax.config.jax_compilation_cache_dir
+  if directory:
+    return Path(directory)
+  directory = compilation_cache_dir()
+  if directory is None:
+    return None
+  jax.config.update("jax_compilation_cache_dir", str(directory))
+  jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
+  jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)
+  jax.config.update("jax_compilation_cache_max_size", CACHE_MAX_BYTES)
+  return directory
+
+
 def run(main) -> None:
-  """``absl.app.run(main)`` under the exit-code convention above.
+  """``absl.app.run(main)`` under the exit-code convention above, with the persistent
+  compilation cache on (``use_compilation_cache``).
 
   Library logging (absl, Orbax, TFDS) stays at WARNING unless ``--verbosity`` asks for more.
   """
@@ -193,6 +242,7 @@ def run(main) -> None:
   def quiet_main(argv):
     if not flags.FLAGS["verbosity"].present:
       quiet_logging()
+    use_compilation_cache()
     return one_line_errors(main)(argv)
 
   sys.excepthook = _excepthook

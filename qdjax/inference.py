@@ -15,10 +15,16 @@ Shipped models live in ``qdjax/pretrained/<name>/``: ``weights.npz`` (the model'
 ``nnx.State`` as flat arrays named by their path, readable by NumPy alone) and
 ``config.json`` (model and decoding settings, the preset it was trained on, and the
 command and seed that trained it). ``export_pretrained`` writes such a directory from a
-training workdir. Two names are known: ``general`` (trained over ``qdjax.prior``: many
-photon levels, Poisson and PMT frames, 0 to several QDs, several frame sizes) and
-``paper`` (the ``paper`` preset only). ``general`` is the default wherever its weights are
-shipped, ``paper`` otherwise.
+training workdir. The shipped names (``MODELS``, the preferred default first):
+
+- ``general``: the ``base`` network trained over ``qdjax.prior`` (many photon levels,
+  Poisson and PMT frames, 0 to several QDs, several frame sizes); the default wherever
+  its weights are shipped.
+- ``paper_fast``: the ``s4_light`` network (``qdjax.model``) trained on the ``paper``
+  preset only, 1M frames. On the study's test sets its mean AUC is within 0.001 of
+  ``paper``'s, at many times its speed (``experiments/bench.py --what=locate``).
+- ``paper``: the ``base`` network trained on the ``paper`` preset only, 300k frames: the
+  full-accuracy reference of the study's table.
 """
 
 from __future__ import annotations
@@ -40,10 +46,15 @@ from qdjax import model as model_lib
 PRETRAINED_ROOT = Path(__file__).parent / "pretrained"
 PRETRAINED_DIR = PRETRAINED_ROOT / "paper"
 # Shipped model names, the preferred default first.
-MODELS = ("general", "paper")
+MODELS = ("general", "paper_fast", "paper")
 WEIGHTS = "weights.npz"
 CONFIG = "config.json"
-CHUNK_PIXELS = 1 << 22  # pixels per jitted call at most (whole fields are large)
+# Pixels per jitted call at most: a memory bound on an accelerator, where large calls fill
+# the device. On a CPU small calls run faster (cache-sized work; measured side by side on
+# 2 cores: 32 to 128 crops of 24 x 25 per call 1.5-2x the frames/s of 1024, one
+# 512 x 512 field per call ~2x eight fields in one call).
+CHUNK_PIXELS = 1 << 22
+CPU_CHUNK_PIXELS = 1 << 16
 DECODE_SETTINGS = (
   "area_per_detection",
   "min_detections",
@@ -107,7 +118,8 @@ class Locator:
     weights: the model state as a pure dict (nested, as ``nnx.State.to_pure_dict``).
     min_score: detections scored below this are dropped.
     chunk: at most this many frames per jitted call, and at most ``CHUNK_PIXELS`` pixels
-      (a memory bound: 16 whole 512 x 512 fields, or 1024 crops of 24 x 25).
+      (a memory bound: 16 whole 512 x 512 fields, or 1024 crops of 24 x 25), or on a CPU
+      ``CPU_CHUNK_PIXELS`` (one field, or 109 crops).
     info: provenance (config, preset, validation), kept as ``locator.info``.
   """
 
@@ -163,10 +175,11 @@ class Locator:
     def run(block):
       return self._run(self._state, block, threshold)
 
-    # Chunks hold at most CHUNK_PIXELS pixels, and short stacks are padded to 8 frames only
+    # Chunks hold at most that many pixels, and short stacks are padded to 8 frames only
     # where 8 frames are cheap: a single whole field is never run 8 times.
     h, w = images.shape[1:]
-    chunk = max(1, min(self.chunk, CHUNK_PIXELS // (h * w)))
+    pixels = CPU_CHUNK_PIXELS if jax.default_backend() == "cpu" else CHUNK_PIXELS
+    chunk = max(1, min(self.chunk, pixels // (h * w)))
     minimum = max(1, min(8, (1 << 16) // (h * w)))
     out = chunks.map_chunks(run, images, chunk, progress=progress, minimum=minimum)
     # A frame without contrast (every pixel equal; any 1 x 1 frame) says nothing about where
@@ -206,12 +219,14 @@ def pretrained_dir(model: str) -> Path:
   return PRETRAINED_ROOT / model
 
 
+def shipped_models() -> tuple[str, ...]:
+  """The names of ``MODELS`` whose weights are shipped, in ``MODELS``' order."""
+  return tuple(name for name in MODELS if (PRETRAINED_ROOT / name / WEIGHTS).is_file())
+
+
 def default_model() -> str:
-  """The first of ``MODELS`` whose weights are shipped (``general``, else ``paper``)."""
-  for name in MODELS:
-    if (PRETRAINED_ROOT / name / WEIGHTS).is_file():
-      return name
-  return MODELS[-1]
+  """The first of ``MODELS`` whose weights are shipped (``general`` where shipped)."""
+  return (shipped_models() or MODELS[-1:])[0]
 
 
 def load(

@@ -26,8 +26,8 @@ METHODS = ("model", "trackpy", "mle")
 # The --model flag's help, shared by the scripts that take it.
 MODEL_HELP = (
   "Shipped model for --method=model: 'general' (many photon levels, Poisson and PMT frames, "
-  "whole fields) or 'paper' (the study's preset only); default: general where shipped, else "
-  "paper."
+  "whole fields), 'paper_fast' (the study's preset only; fast) or 'paper' (the study's preset "
+  "only; the full-accuracy reference, slow on whole fields); default: general where shipped."
 )
 
 
@@ -74,7 +74,7 @@ def make(
       shipped with qdjax), 'trackpy', or 'mle' (Poisson maximum-likelihood Gaussian fit).
     workdir: a training workdir or exported model directory, for 'model' only.
     model: a shipped model's name (``inference.MODELS``), for 'model' without ``workdir``;
-      default ``inference.default_model()``: 'general' where shipped, else 'paper'.
+      default ``inference.default_model()``: 'general' where shipped.
     preset: a ``presets.Preset``: for trackpy without ``trackpy_settings``, its
       calibrated settings when it has them (trackpy's defaults otherwise).
     trackpy_settings: ``trackpy.Settings`` or a dict of them.

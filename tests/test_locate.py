@@ -7,7 +7,7 @@ import pytest
 import tifffile
 from conftest import assert_one_line_error
 
-from qdjax import data, io, presets
+from qdjax import cli, data, io, presets
 from qdjax import locate as locate_lib
 
 
@@ -181,3 +181,32 @@ def test_locate_script_bad_input(tmp_path, script, args, needle):
   result = script("locate.py", "--method=trackpy", *args, f"--output={tmp_path / 'o.csv'}")
   assert_one_line_error(result, needle)
   assert not (tmp_path / "o.csv").exists()
+
+
+def test_compilation_cache_directory_follows_its_variable(monkeypatch, tmp_path):
+  monkeypatch.delenv(cli.CACHE_ENV, raising=False)
+  monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
+  assert cli.compilation_cache_dir() == tmp_path / "qdjax" / "jax"
+  for off in ("0", "off", "False", "no"):
+    monkeypatch.setenv(cli.CACHE_ENV, off)
+    assert cli.compilation_cache_dir() is None
+  monkeypatch.setenv(cli.CACHE_ENV, str(tmp_path / "mine"))
+  assert cli.compilation_cache_dir() == tmp_path / "mine"
+
+
+def test_a_second_locate_call_reads_its_programs_from_the_cache(tmp_path, frames, script):
+  """The first call stores its compiled programs; the second finds every one of them (a
+  miss would compile and store it again, rewriting its file) and writes the same CSV."""
+  np.save(tmp_path / "f.npy", frames["images"][:2])
+  cache = tmp_path / "cache"
+  env = {cli.CACHE_ENV: str(cache)}
+  args = [f"--input={tmp_path / 'f.npy'}", "--model=paper_fast", "--min_score=0.01"]
+  first = script("locate.py", *args, f"--output={tmp_path / 'a.csv'}", env=env)
+  assert first.returncode == 0, first.stderr
+  stored = {p.name: p.stat().st_mtime_ns for p in cache.glob("*-cache")}
+  assert any(name.startswith("jit_run") for name in stored), sorted(stored)
+  second = script("locate.py", *args, f"--output={tmp_path / 'b.csv'}", env=env)
+  assert second.returncode == 0, second.stderr
+  assert {p.name: p.stat().st_mtime_ns for p in cache.glob("*-cache")} == stored
+  assert read_csv(tmp_path / "a.csv") == read_csv(tmp_path / "b.csv")
+  assert read_csv(tmp_path / "a.csv")

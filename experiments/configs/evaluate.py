@@ -14,7 +14,7 @@ def get_config():
   config.scale = 1.0  # test-set size factor; 1 = the study's 2570 / 2410 / 1870 frames
   config.methods = "trackpy,mle,model"  # comma-separated, any of trackpy, mle, model
   config.workdir = config_dict.placeholder(str)  # model training dir; None = a shipped model
-  config.model = config_dict.placeholder(str)  # shipped model: general or paper; None = default
+  config.model = config_dict.placeholder(str)  # shipped model (inference.MODELS); None = default
   config.output_dir = "out/evaluate"  # table.md, table.json and pr_curves.png go here
   config.trackpy_settings = "auto"  # auto (calibrated if any, else tune), preset or tune
   config.trackpy_workers = config_dict.placeholder(int)  # trackpy processes; None = by cores

@@ -1,0 +1,86 @@
+"""The fixed cost of one ``locate`` call on one frame, with and without the compilation cache.
+
+``python experiments/bench.py --what=startup``: wall seconds of whole processes,
+``python experiments/locate.py --input=<one 24 x 25 frame> --output=...``, per shipped
+model, medians of repeats:
+
+- ``imports``: the interpreter starting and importing what ``locate.py`` imports;
+- ``no_cache``: ``QDJAX_COMPILATION_CACHE=0``, so every call compiles its programs;
+- ``first_cached``: the first call with an empty cache directory (compiles and stores);
+- ``cached``: later calls with that directory (programs read back, not compiled).
+"""
+
+from __future__ import annotations
+
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+from qdjax import cli, inference
+
+SCRIPT = Path(__file__).resolve().parents[2] / "experiments" / "locate.py"
+IMPORTS = "import qdjax.cli, qdjax.inference, qdjax.locate, qdjax.locator, qdjax.presets"
+
+
+def _seconds(command: list[str], env: dict) -> float:
+  start = time.perf_counter()
+  subprocess.run(command, env=env, check=True, capture_output=True)
+  return time.perf_counter() - start
+
+
+def run(repeats: int = 5, quick: bool = False, models: tuple[str, ...] | None = None) -> dict:
+  """Times whole ``locate.py`` processes on one frame (see the module docstring).
+
+  Args:
+    repeats: processes per measurement (median); 1 with ``quick``.
+    quick: one repeat and the default model only.
+    models: shipped model names (default: every shipped one).
+  """
+  repeats = 1 if quick else repeats
+  shipped = inference.shipped_models()
+  models = (inference.default_model(),) if quick else tuple(models or shipped)
+  env = {
+    **os.environ,
+    "PYTHONPATH": os.pathsep.join(
+      filter(None, [str(SCRIPT.parents[1]), os.environ.get("PYTHONPATH")])
+    ),
+  }
+  env.pop("JAX_COMPILATION_CACHE_DIR", None)
+  rows = {}
+  with tempfile.TemporaryDirectory() as tmp:
+    frame = Path(tmp) / "frame.npy"
+    rng = np.random.default_rng(0)
+    np.save(frame, rng.poisson(3.0, (24, 25)).astype(np.float32))
+    imports = [_seconds([sys.executable, "-c", IMPORTS], env) for _ in range(repeats)]
+    for name in models:
+      command = [sys.executable, str(SCRIPT), f"--model={name}", f"--input={frame}"]
+      output = Path(tmp) / f"{name}.csv"
+
+      def locate(cache: str, command=command, output=output) -> float:
+        output.unlink(missing_ok=True)
+        return _seconds(command + [f"--output={output}"], {**env, cli.CACHE_ENV: cache})
+
+      no_cache = [locate("0") for _ in range(repeats)]
+      cache = str(Path(tmp) / f"cache_{name}")
+      first = locate(cache)
+      cached = [locate(cache) for _ in range(repeats)]
+      rows[name] = {
+        "no_cache_s": statistics.median(no_cache),
+        "first_cached_s": first,
+        "cached_s": statistics.median(cached),
+        "cache_bytes": sum(p.stat().st_size for p in Path(cache).iterdir()),
+      }
+  return {
+    "what": "startup",
+    "frame": [24, 25],
+    "command": "python experiments/locate.py --model=M --input=<one frame .npy> --output=x.csv",
+    "repeats": repeats,
+    "imports_s": statistics.median(imports),
+    "rows": rows,
+  }
