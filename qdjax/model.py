@@ -33,6 +33,9 @@ epsilon 1, 2, 3 px; 64k training frames unless stated):
   and 2.6x on 512 x 512 fields with 20 QDs; ``s4`` 12x and 1.0x; ``s2_light`` 19x and
   1.3x; the shipped ``base`` ~0.7x and ~0.1x. ``s4_light`` is the default: capacity was
   never what limited accuracy here (``base`` has 5x ``small``'s parameters for +0.003).
+  Given the frames its speed buys (1M, 19 min of the 2-core CPU: the shipped
+  ``paper_fast``), it matches the shipped ``base`` (300k frames) on the study's test sets:
+  mean AUC 0.5806 against 0.5811 (``results/paper_fast_table.md``).
 - **Head**: per pixel, a presence logit, a sub-pixel offset (dx, dy) to the keypoint and
   the log of the offset's predicted rms error sigma; what they are trained to mean and how
   they become detections is ``qdjax.head``.

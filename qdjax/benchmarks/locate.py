@@ -9,9 +9,9 @@ and trackpy (single process, and with its worker pool) on two kinds of frames:
 
 Every locator gets the whole stack in one call, as ``locate.py`` passes it a chunk of a
 file (the model splits it into its own jitted calls), after a warm-up call (compilation,
-the worker pool's start); timings are medians. The targets compare the default shipped
-model with single-process ``trackpy.locate``: at least 5x its frames/s on crops and 3x on
-fields.
+the worker pool's start); timings are medians. The targets compare each shipped model
+with single-process ``trackpy.locate``: at least 5x its frames/s on crops and 3x on
+fields (``paper_fast`` is the model built to meet them).
 """
 
 from __future__ import annotations
@@ -62,11 +62,14 @@ def run(repeats: int = 5, quick: bool = False) -> dict:
     "models": {name: inference.load(model=name).model_config["name"] for name in shipped},
     "rows": rows,
   }
-  if default is not None:
-    result["targets"] = {
-      f"{kind}: model_{default} >= {target:g}x trackpy_1_process": (
-        rows[kind][f"model_{default}"]["vs_trackpy_1_process"] >= target
+  # Each shipped model against the targets: the fast one is there to meet them.
+  result["targets"] = {
+    f"model_{name}": {
+      f"{kind} >= {target:g}x trackpy_1_process": (
+        rows[kind][f"model_{name}"]["vs_trackpy_1_process"] >= target
       )
       for kind, target in TARGETS.items()
     }
+    for name in shipped
+  }
   return result
