@@ -33,7 +33,9 @@ _QUICK = flags.DEFINE_bool("quick", False, "Small sizes, for a smoke test.")
 _TRAIN_FRAMES = flags.DEFINE_integer(
   "train_frames", None, "tradeoff: training frames per model (equal budget).", lower_bound=1
 )
-_MODELS = flags.DEFINE_list("models", None, "tradeoff: model presets to train and compare.")
+_MODELS = flags.DEFINE_list(
+  "models", None, "tradeoff: model presets to train and compare; startup: shipped models."
+)
 _WORKDIR = flags.DEFINE_string("workdir", None, "tradeoff: where the training runs go.")
 _PHOTON_SCALE = flags.DEFINE_float(
   "photon_scale", 1.0, "diffusion: QDs' peak photons times this (< 1: dimmer than in vivo)."
@@ -58,6 +60,8 @@ def main(argv):
     options["models"] = tuple(_MODELS.value) if _MODELS.value else None
   if _WHAT.value == "diffusion":
     options["photon_scale"] = _PHOTON_SCALE.value
+  if _WHAT.value == "startup" and _MODELS.value:
+    options["models"] = tuple(_MODELS.value)
   result = module.run(repeats=_REPEATS.value, quick=_QUICK.value, **options)
   text = json.dumps(result, indent=2)
   print(text)

@@ -40,7 +40,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from qdjax import checkpoint, chunks, head, io
+from qdjax import chunks, head, io
 from qdjax import model as model_lib
 
 PRETRAINED_ROOT = Path(__file__).parent / "pretrained"
@@ -272,6 +272,8 @@ def load(
     )
   if not directory.is_dir():
     raise FileNotFoundError(f"no such workdir: {directory}")
+  from qdjax import checkpoint  # Orbax: imported only for training workdirs (start-up time)
+
   config = _read_json(directory / "config.json")
   _, abstract_state = _abstract_model(_model_config(config))
   weights, record = checkpoint.restore_best(directory, abstract_state)
@@ -291,7 +293,7 @@ def export_pretrained(workdir, out_dir=PRETRAINED_DIR, *, command: str | None = 
   Returns:
     ``out_dir`` as a Path.
   """
-  from qdjax import presets  # only the export records the preset's values
+  from qdjax import checkpoint, presets  # only the export restores and records these
 
   workdir, out_dir = Path(workdir), Path(out_dir)
   config = _read_json(workdir / "config.json")

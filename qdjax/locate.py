@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 from tqdm.auto import tqdm
 
-from qdjax import io, locator, plotting
+from qdjax import io, locator
 
 # What a method's score means, and the least score ``experiments/locate.py`` keeps by default
 # (measured on 400 frames per case of the calibrated paper preset, simulated apart from
@@ -96,6 +96,8 @@ def locate_file(
   with tqdm(total=len(frames), unit="frame", disable=not progress, desc="locate") as bar:
     io.write_localisations(output_path, _rows(frames, locate, chunk, min_score, keep, bar))
   if plot_path is not None and keep:
+    from qdjax import plotting  # matplotlib: imported only to draw (a second of start-up)
+
     images = [k[0] for k in keep]
     plotting.contact_sheet(images, plot_path, detections=[k[1] for k in keep])
   return len(frames)
