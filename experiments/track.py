@@ -12,6 +12,8 @@ localisation error; the naive MSD fit (trackpy.imsd, MSD = 4 D t) is the column
 D_msd_um2_s. Writes --output (frame,x,y,score,particle; px, the centre of pixel (0, 0) is
 (0, 0)) and --diffusion_output (particle,n_frames,D_um2_s,D_se_um2_s,sigma_um,D_msd_um2_s).
 --plot also writes <output>.png: the tracks over the mean frame and their MSD curves.
+It prints the ensemble D over tracks and, since fast QDs leave the field sooner, an
+edge-corrected D over --window-frame windows of the tracks (docs/diffusion.md, section 5).
 """
 
 from absl import flags
