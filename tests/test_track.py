@@ -216,3 +216,23 @@ def test_field_windows_undo_the_edge_selection():
   assert plain < d - 5 * plain_se  # the selection's bias is real at this D and field
   assert abs(mean - d) < 3.5 * se, (mean, se, plain)
   assert se < 0.03 * d
+
+
+def test_diffusion_bench_targets_fail_where_qdjax_is_worse_at_one_d():
+  from qdjax.benchmarks import diffusion as bench
+
+  def row(mean, rmse):
+    return {"windows": 10, "mean_ratio": mean, "relative_rmse": rmse, "rmse_over_bound": 1.0}
+
+  rows = {
+    "qdjax": {"0.1": row(1.0, 0.3), "2.0": row(1.0, 0.5)},
+    "trackpy": {"0.1": row(1.1, 0.4), "2.0": row(1.0, 0.4)},
+  }
+  targets = bench.judge(rows)
+  assert targets["qdjax_mean_ratio_in_0.95_1.05_at_every_D"]
+  assert not targets["qdjax_rmse_below_trackpy_at_every_D"]
+  assert targets["qdjax_rmse_over_trackpy_rmse"] == pytest.approx({"0.1": 0.75, "2.0": 1.25})
+  rows["qdjax"]["2.0"] = row(0.9, 0.3)
+  targets = bench.judge(rows)
+  assert targets["qdjax_rmse_below_trackpy_at_every_D"]
+  assert not targets["qdjax_mean_ratio_in_0.95_1.05_at_every_D"]
