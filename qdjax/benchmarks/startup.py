@@ -57,25 +57,30 @@ def run(repeats: int = 5, quick: bool = False, models: tuple[str, ...] | None = 
     frame = Path(tmp) / "frame.npy"
     rng = np.random.default_rng(0)
     np.save(frame, rng.poisson(3.0, (24, 25)).astype(np.float32))
-    imports = [_seconds([sys.executable, "-c", IMPORTS], env) for _ in range(repeats)]
-    for name in models:
-      command = [sys.executable, str(SCRIPT), f"--model={name}", f"--input={frame}"]
+
+    def locate(name: str, cache: str) -> float:
       output = Path(tmp) / f"{name}.csv"
+      output.unlink(missing_ok=True)
+      command = [sys.executable, str(SCRIPT), f"--model={name}", f"--input={frame}"]
+      return _seconds(command + [f"--output={output}"], {**env, cli.CACHE_ENV: cache})
 
-      def locate(cache: str, command=command, output=output) -> float:
-        output.unlink(missing_ok=True)
-        return _seconds(command + [f"--output={output}"], {**env, cli.CACHE_ENV: cache})
-
-      no_cache = [locate("0") for _ in range(repeats)]
-      cache = str(Path(tmp) / f"cache_{name}")
-      first = locate(cache)
-      cached = [locate(cache) for _ in range(repeats)]
+    caches = {name: str(Path(tmp) / f"cache_{name}") for name in models}
+    first = {name: locate(name, caches[name]) for name in models}
+    # Round robin, so that a change of the machine's load falls on every measurement alike.
+    times: dict[str, list[float]] = {"imports": []}
+    for _ in range(repeats):
+      times["imports"].append(_seconds([sys.executable, "-c", IMPORTS], env))
+      for name in models:
+        times.setdefault(f"{name}/no_cache", []).append(locate(name, "0"))
+        times.setdefault(f"{name}/cached", []).append(locate(name, caches[name]))
+    for name in models:
       rows[name] = {
-        "no_cache_s": statistics.median(no_cache),
-        "first_cached_s": first,
-        "cached_s": statistics.median(cached),
-        "cache_bytes": sum(p.stat().st_size for p in Path(cache).iterdir()),
+        "no_cache_s": statistics.median(times[f"{name}/no_cache"]),
+        "first_cached_s": first[name],
+        "cached_s": statistics.median(times[f"{name}/cached"]),
+        "cache_bytes": sum(p.stat().st_size for p in Path(caches[name]).iterdir()),
       }
+    imports = times["imports"]
   return {
     "what": "startup",
     "frame": [24, 25],
