@@ -5,19 +5,20 @@ repeated timings, and ratios measured side by side in one run.
 """
 
 import statistics
+import subprocess
 import time
 
 
 def median_seconds(fn, repeats: int = 5, warmup: int = 1) -> float:
   """Median wall time of ``fn()`` (which must block until its work is done)."""
-  for _ in range(warmup):
-    fn()
-  times = []
-  for _ in range(repeats):
-    start = time.perf_counter()
-    fn()
-    times.append(time.perf_counter() - start)
-  return statistics.median(times)
+  return interleaved_medians({"fn": fn}, repeats, warmup)["fn"]
+
+
+def process_seconds(command: list[str], env: dict) -> float:
+  """Wall time of one whole process (interpreter start, imports and compilation included)."""
+  start = time.perf_counter()
+  subprocess.run(command, env=env, check=True, capture_output=True)
+  return time.perf_counter() - start
 
 
 def interleaved_medians(fns: dict, repeats: int = 5, warmup: int = 1) -> dict:

@@ -21,10 +21,8 @@ import io
 import itertools
 import math
 import os
-import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 import jax
@@ -32,7 +30,7 @@ import numpy as np
 from scipy.special import erf
 
 from qdjax import data, detector, presets, scan, simulate
-from qdjax.benchmarks import interleaved_medians, median_seconds
+from qdjax.benchmarks import interleaved_medians, median_seconds, process_seconds
 
 # Frames per call of the NumPy reference beside the write path (its memory grows with it).
 NUMPY_BATCH = 1024
@@ -262,10 +260,7 @@ def cli_rate(num_frames: int, regime: int) -> dict | None:
     ]
 
     def seconds(cache: str) -> float:
-      env = {**os.environ, "QDJAX_COMPILATION_CACHE": cache}
-      start = time.perf_counter()
-      subprocess.run(command, check=True, capture_output=True, env=env)
-      return time.perf_counter() - start
+      return process_seconds(command, {**os.environ, "QDJAX_COMPILATION_CACHE": cache})
 
     cold = seconds("0")
     seconds(os.path.join(tmp, "cache"))

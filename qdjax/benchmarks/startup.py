@@ -13,25 +13,17 @@ model, medians of repeats:
 from __future__ import annotations
 
 import os
-import statistics
-import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 import numpy as np
 
 from qdjax import cli, inference
+from qdjax.benchmarks import interleaved_medians, process_seconds
 
 SCRIPT = Path(__file__).resolve().parents[2] / "experiments" / "locate.py"
 IMPORTS = "import qdjax.cli, qdjax.inference, qdjax.locate, qdjax.locator, qdjax.presets"
-
-
-def _seconds(command: list[str], env: dict) -> float:
-  start = time.perf_counter()
-  subprocess.run(command, env=env, check=True, capture_output=True)
-  return time.perf_counter() - start
 
 
 def run(repeats: int = 5, quick: bool = False, models: tuple[str, ...] | None = None) -> dict:
@@ -62,30 +54,28 @@ def run(repeats: int = 5, quick: bool = False, models: tuple[str, ...] | None = 
       output = Path(tmp) / f"{name}.csv"
       output.unlink(missing_ok=True)
       command = [sys.executable, str(SCRIPT), f"--model={name}", f"--input={frame}"]
-      return _seconds(command + [f"--output={output}"], {**env, cli.CACHE_ENV: cache})
+      return process_seconds(command + [f"--output={output}"], {**env, cli.CACHE_ENV: cache})
 
     caches = {name: str(Path(tmp) / f"cache_{name}") for name in models}
     first = {name: locate(name, caches[name]) for name in models}
     # Round robin, so that a change of the machine's load falls on every measurement alike.
-    times: dict[str, list[float]] = {"imports": []}
-    for _ in range(repeats):
-      times["imports"].append(_seconds([sys.executable, "-c", IMPORTS], env))
-      for name in models:
-        times.setdefault(f"{name}/no_cache", []).append(locate(name, "0"))
-        times.setdefault(f"{name}/cached", []).append(locate(name, caches[name]))
+    fns = {"imports": lambda: process_seconds([sys.executable, "-c", IMPORTS], env)}
+    for name in models:
+      fns[f"{name}/no_cache"] = lambda name=name: locate(name, "0")
+      fns[f"{name}/cached"] = lambda name=name: locate(name, caches[name])
+    seconds = interleaved_medians(fns, repeats, warmup=0)
     for name in models:
       rows[name] = {
-        "no_cache_s": statistics.median(times[f"{name}/no_cache"]),
+        "no_cache_s": seconds[f"{name}/no_cache"],
         "first_cached_s": first[name],
-        "cached_s": statistics.median(times[f"{name}/cached"]),
+        "cached_s": seconds[f"{name}/cached"],
         "cache_bytes": sum(p.stat().st_size for p in Path(caches[name]).iterdir()),
       }
-    imports = times["imports"]
   return {
     "what": "startup",
     "frame": [24, 25],
     "command": "python experiments/locate.py --model=M --input=<one frame .npy> --output=x.csv",
     "repeats": repeats,
-    "imports_s": statistics.median(imports),
+    "imports_s": seconds["imports"],
     "rows": rows,
   }
