@@ -3,11 +3,12 @@ r"""Simulate two-photon raster-scan frames of diffusing QDs and save them as .np
   python experiments/simulate.py --preset=paper --regime=1 --num_images=100 \
       --seed=0 --output=frames.npz --plot
 
-Writes an uncompressed .npz: ``images`` (n, h, w), photon counts as the smallest unsigned
-integer type that holds them (uint8 unless a count exceeds 255), or float32 PMT output with
-``--config.overrides.detector=pmt``; ``keypoints`` (n, P, 2) float32 trajectory centroids in
-px (trackpy convention, NaN where absent), ``present`` (n, P), ``diffusion`` (n,), ``z``,
-``expected`` (float32) and ``params`` (JSON, with ``images_dtype`` and ``images_unit``).
+Writes an uncompressed .npz: ``images`` (n, h, w) float32, photon counts (or PMT output
+with ``--config.overrides.detector=pmt``; ``--integer_counts`` stores photon counts as the
+smallest unsigned integer type that holds them, uint8 unless a count exceeds 255);
+``keypoints`` (n, P, 2) float32 trajectory centroids in px (trackpy convention, NaN where
+absent), ``present`` (n, P), ``diffusion`` (n,), ``z``, ``expected`` (float32) and
+``params`` (JSON, with ``images_dtype`` and ``images_unit``).
 ``--plot`` also writes <output>.png, a contact sheet of the first frames with the ground
 truth marked.
 
@@ -63,6 +64,13 @@ _BLINK_ON = flags.DEFINE_float(
 _BLINK_OFF = flags.DEFINE_float(
   "blink_off_s", None, "Movie: mean off time, s; 0: no blinking; default: the preset's (0)."
 )
+_INTEGER_COUNTS = flags.DEFINE_bool(
+  "integer_counts",
+  False,
+  "Store photon counts as the smallest unsigned integer type that holds them (uint8 unless a "
+  "count exceeds 255) instead of float32: a smaller file; cast to float before arithmetic "
+  "(uint8 - 3 wraps around). PMT output stays float32.",
+)
 _PLOT = flags.DEFINE_bool("plot", False, "Also write a PNG contact sheet beside --output.")
 
 
@@ -92,7 +100,13 @@ def main(argv):
   if _PLOT.value:
     io.check_output_path(_OUTPUT.value[:-4] + ".png")
   arrays = data.write(
-    _OUTPUT.value, params, _NUM_IMAGES.value, _SEED.value, preset=preset, progress="simulate"
+    _OUTPUT.value,
+    params,
+    _NUM_IMAGES.value,
+    _SEED.value,
+    preset=preset,
+    integer_counts=_INTEGER_COUNTS.value,
+    progress="simulate",
   )
   print(f"wrote {_NUM_IMAGES.value} frames to {_OUTPUT.value}")
   if _PLOT.value:

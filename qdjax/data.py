@@ -101,12 +101,15 @@ def write(
   *,
   preset=None,
   chunk: int = CHUNK,
+  integer_counts: bool = False,
   progress: bool | str = False,
 ) -> dict[str, np.ndarray]:
   """Simulates a dataset and writes it as an uncompressed .npz, atomically.
 
-  The file holds ``generate``'s arrays, ``images`` in ``stored_images``' dtype, and
-  ``params``, the JSON of ``params_record`` plus ``images_dtype`` and ``images_unit``.
+  The file holds ``generate``'s arrays (``images`` float32, the format of the command-line
+  contract; with ``integer_counts``, in ``stored_images``' dtype: smaller files, but a user
+  must cast before arithmetic), and ``params``, the JSON of ``params_record`` plus
+  ``images_dtype`` and ``images_unit``.
   Nothing is compressed: deflate halves the size of small integer counts but runs slower
   than the simulator (measured by ``experiments/bench.py --what=simulate``), and the
   float32 arrays are noise that barely compresses. The expected images, most of the file,
@@ -133,7 +136,9 @@ def write(
       else:
         arrays = generate(params, 0, seed)
         del arrays["expected"]
-      images = stored_images(arrays["images"], params.detector)
+      images = arrays["images"]
+      if integer_counts:
+        images = stored_images(images, params.detector)
       record = params_record(params, preset)
       record["images_dtype"] = images.dtype.name
       record["images_unit"] = "photons" if params.detector == "poisson" else "PMT output units"

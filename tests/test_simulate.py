@@ -387,8 +387,8 @@ def test_simulate_script_end_to_end(tmp_path, script):
   )
   assert result.returncode == 0, result.stderr
   saved = np.load(out)
-  # Photon counts are stored as integers: the paper's counts all fit uint8.
-  assert saved["images"].shape == (5, 24, 25) and saved["images"].dtype == np.uint8
+  # The command-line contract: float32 images.
+  assert saved["images"].shape == (5, 24, 25) and saved["images"].dtype == np.float32
   assert saved["keypoints"].shape == (5, 1, 2) and saved["keypoints"].dtype == np.float32
   assert saved["present"].dtype == bool and saved["diffusion"].shape == (5,)
   record = json.loads(str(saved["params"]))
@@ -406,7 +406,7 @@ def test_simulate_script_end_to_end(tmp_path, script):
   ):
     assert name in record
   assert record["diffusion_um2_s"] == pytest.approx(presets.get("paper").regimes[1])
-  assert record["images_dtype"] == "uint8" and record["images_unit"] == "photons"
+  assert record["images_dtype"] == "float32" and record["images_unit"] == "photons"
   assert (tmp_path / "frames.png").stat().st_size > 1000
   # Same seed through the library gives the same frames, count for count.
   again = data.generate(presets.get("paper").sim_params(regime=2), 5, seed=1)
@@ -417,6 +417,16 @@ def test_simulate_script_end_to_end(tmp_path, script):
   (start, block), *rest = io.iter_chunks(io.open_frames(out), 8)
   assert not rest and block.dtype == np.float32
   np.testing.assert_array_equal(block, again["images"])
+  # --integer_counts: the same counts, exactly, in the smallest type (the paper's fit uint8).
+  small = tmp_path / "counts.npz"
+  args = ("--preset=paper", "--regime=2", "--num_images=5", "--seed=1", "--integer_counts")
+  result = script("simulate.py", *args, f"--output={small}")
+  assert result.returncode == 0, result.stderr
+  counts = np.load(small)
+  assert counts["images"].dtype == np.uint8
+  assert json.loads(str(counts["params"]))["images_dtype"] == "uint8"
+  np.testing.assert_array_equal(counts["images"], saved["images"])
+  assert small.stat().st_size < out.stat().st_size
 
 
 def test_written_counts_equal_the_simulator_counts_in_the_stored_dtype(tmp_path):
@@ -424,7 +434,7 @@ def test_written_counts_equal_the_simulator_counts_in_the_stored_dtype(tmp_path)
   # size the chunking test compiles already.)
   p = sim_params(peak_photons=400.0, diffusion_um2_s=0.0)
   out = tmp_path / "bright.npz"
-  arrays = data.write(out, p, 4, seed=2)
+  arrays = data.write(out, p, 4, seed=2, integer_counts=True)
   frames = simulate.simulate_indices(2, p, np.arange(4))
   saved = np.load(out)
   assert 255 < frames.counts.max() < 65536 and saved["images"].dtype == np.uint16

@@ -7,7 +7,8 @@
   The simulator cannot beat this; the ratio says how much the physics costs on top.
 
 ``write`` measures what ``experiments/simulate.py`` does: ``data.write`` (simulate in chunks,
-store, save to a file) of ``num_frames`` frames, beside ``data.generate`` (the same frames in
+store, save to a file) of ``num_frames`` frames, with float32 images (the default) and with
+``integer_counts``, beside ``data.generate`` (the same frames in
 memory), the in-memory simulator at one chunk, and the NumPy reference's compute alone, all
 interleaved in one loop. ``chunks`` times ``data.generate`` at several chunk sizes,
 ``compression`` the file formats of the frames, and ``cli`` one cold run of the script
@@ -157,14 +158,16 @@ def write_rates(preset, params, num_frames: int, repeats: int) -> dict:
     paths = (Path(tmp) / f"frames{i}.npz" for i in itertools.count())
     path = None
 
-    def write():
+    def write(integer_counts=False):
       nonlocal path
       path = next(paths)  # a new file each time, as a user writes it (no old file to replace)
-      data.write(path, params, num_frames, seed=0, preset=preset)
+      data.write(path, params, num_frames, seed=0, preset=preset, integer_counts=integer_counts)
+      return path
 
     seconds = interleaved_medians(
       {
         "write": write,
+        "write_integer_counts": lambda: write(integer_counts=True),
         "generate": lambda: data.generate(params, num_frames, seed=0),
         "simulator": lambda: simulate.simulate_batch(
           key, params, data.CHUNK
@@ -173,11 +176,15 @@ def write_rates(preset, params, num_frames: int, repeats: int) -> dict:
       },
       repeats,
     )
-    size = path.stat().st_size
-    with np.load(path) as saved:
-      dtype = saved["images"].dtype.name
+    files = {"float32": write(), "integer_counts": write(integer_counts=True)}
+    sizes, dtypes = {}, {}
+    for name, file in files.items():
+      sizes[name] = file.stat().st_size / num_frames
+      with np.load(file) as saved:
+        dtypes[name] = saved["images"].dtype.name
   rates = {
     "write": num_frames / seconds["write"],
+    "write_integer_counts": num_frames / seconds["write_integer_counts"],
     "generate": num_frames / seconds["generate"],
     "simulator": data.CHUNK / seconds["simulator"],
     "numpy": NUMPY_BATCH / seconds["numpy"],
@@ -186,13 +193,17 @@ def write_rates(preset, params, num_frames: int, repeats: int) -> dict:
     "num_frames": num_frames,
     "chunk": data.CHUNK,
     "numpy_batch": NUMPY_BATCH,
-    "images_dtype": dtype,
-    "file_bytes_per_frame": size / num_frames,
+    "images_dtype": dtypes["float32"],
+    "file_bytes_per_frame": sizes["float32"],
     "write_frames_per_s": rates["write"],
+    "integer_counts_images_dtype": dtypes["integer_counts"],
+    "integer_counts_file_bytes_per_frame": sizes["integer_counts"],
+    "write_integer_counts_frames_per_s": rates["write_integer_counts"],
     "generate_frames_per_s": rates["generate"],
     "simulator_frames_per_s": rates["simulator"],
     "numpy_compute_frames_per_s": rates["numpy"],
     "write_vs_numpy": rates["write"] / rates["numpy"],
+    "write_integer_counts_vs_numpy": rates["write_integer_counts"] / rates["numpy"],
     "generate_vs_simulator": rates["generate"] / rates["simulator"],
   }
 
