@@ -21,7 +21,9 @@ Writes a preset file (usable wherever a preset name is) with the estimates, thei
 standard errors, the fit record and one provenance line per value.
 """
 
-from absl import app, flags
+import os
+
+from absl import flags
 
 from qdjax import cli, fit, io, pmt_calibration, presets
 
@@ -40,10 +42,13 @@ _STEPS = flags.DEFINE_integer("steps", 200, "Adam steps.", lower_bound=1)
 _SEED = flags.DEFINE_integer("seed", 0, "Seed of the simulation's common random numbers.")
 
 
-@cli.one_line_errors
 def main(argv):
   cli.check_no_extra_args(argv)
-  output = io.check_output_path(_OUTPUT.value)
+  # Every file read (frames, PMT calibration, a preset file) is an input not to write over.
+  inputs = [_INPUT.value, _PMT.value]
+  if os.path.isfile(_PRESET.value):
+    inputs.append(_PRESET.value)
+  output = io.check_output_path(_OUTPUT.value, inputs=[p for p in inputs if p is not None])
   preset = presets.get(_PRESET.value)
   pmt = None if _PMT.value is None else pmt_calibration.load_pmt(_PMT.value)
   frames = io.open_frames(_INPUT.value)
@@ -67,4 +72,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-  app.run(main)
+  cli.run(main)
