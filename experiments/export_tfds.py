@@ -7,9 +7,11 @@ Needs no TensorFlow. Read it back with
 ``--data_dir`` generates nothing: it verifies the stored export instead.
 """
 
+from pathlib import Path
+
 from absl import flags
 
-from qdjax import cli, datasets, presets
+from qdjax import cli, datasets, io, presets
 
 _DATA_DIR = flags.DEFINE_string("data_dir", None, "TFDS data directory.", required=True)
 _PRESET = flags.DEFINE_string("preset", "paper", f"Builder config: one of {presets.NAMES}.")
@@ -20,6 +22,8 @@ _WITH_EXPECTED = flags.DEFINE_bool("with_expected", False, "Also store noise-fre
 
 def main(argv):
   cli.check_no_extra_args(argv)
+  if not (Path(_DATA_DIR.value).expanduser() / "qd2pm").is_dir():  # a verify only reads
+    io.check_output_dir(_DATA_DIR.value)
   # On Ctrl-C or SIGTERM TFDS removes its incomplete directory; a data_dir this run made is
   # removed too.
   with cli.removed_on_failure(_DATA_DIR.value):

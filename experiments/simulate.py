@@ -98,7 +98,7 @@ def main(argv):
     raise ValueError(f"--output must end in .npz, got {_OUTPUT.value}")
   io.check_output_path(_OUTPUT.value)
   if _PLOT.value:
-    io.check_output_path(_OUTPUT.value[:-4] + ".png")
+    io.check_output_path(_OUTPUT.value[:-4] + ".png", inputs=[_OUTPUT.value])
   arrays = data.write(
     _OUTPUT.value,
     params,
@@ -141,7 +141,7 @@ def _write_movie(params, preset):
   )
   if not _OUTPUT.value.endswith((".npz", ".tif", ".tiff")):
     raise ValueError(f"--output must end in .npz or .tif for a movie, got {_OUTPUT.value}")
-  io.check_output_path(_OUTPUT.value)
+  movie.check_output_paths(_OUTPUT.value)
   arrays = movie.generate(movie_params, _SEED.value)
   written = movie.save(_OUTPUT.value, arrays, movie.params_record(movie_params, preset))
   print(f"wrote a movie of {_NUM_FRAMES.value} frames to {', '.join(written)}")

@@ -13,7 +13,7 @@ from pathlib import Path
 
 from absl import flags
 
-from qdjax import cli, presets, train
+from qdjax import cli, io, presets, train
 
 _CONFIG = cli.define_config(
   __file__,
@@ -34,6 +34,7 @@ def _has_checkpoint(workdir: Path) -> bool:
 
 def main(argv):
   cli.check_no_extra_args(argv)
+  io.check_output_dir(_WORKDIR.value)
   config = _CONFIG.value
   if _DIFFUSION.value is not None:
     cli.parse_diffusion(_DIFFUSION.value)  # fail on a bad value before any work

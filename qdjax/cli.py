@@ -240,9 +240,11 @@ def run(main) -> None:
   """
 
   def quiet_main(argv):
-    if not flags.FLAGS["verbosity"].present:
+    verbose = flags.FLAGS["verbosity"].present
+    if not verbose:
       quiet_logging()
-    use_compilation_cache()
+    if use_compilation_cache() is not None and not verbose:
+      _quiet_cpu_cache_loader()
     return one_line_errors(main)(argv)
 
   sys.excepthook = _excepthook
@@ -255,6 +257,24 @@ def run(main) -> None:
     app.run(quiet_main, flags_parser=_parse_flags)
   except KeyboardInterrupt:  # during flag parsing or imports, before main's own handler
     fail("interrupted; no partial output was written", EXIT_INTERRUPTED)
+
+
+def _quiet_cpu_cache_loader() -> None:
+  """XLA's C++ log at FATAL only, so that programs loaded from the cache print nothing.
+
+  XLA:CPU logs an error for every program it loads from the persistent cache, because it
+  takes the compiler's tuning preferences (+prefer-no-gather, +prefer-no-scatter) recorded
+  with the program for CPU features that this host lacks, even on the host that compiled
+  it. The program loads and runs; only the message is wrong (10 to 144 lines per run).
+  XLA's C++ log level can be set only before jax is imported, or through this private
+  setter; without it the lines stay. ``--verbosity`` keeps XLA's log as it was.
+  """
+  try:
+    from jax._src.lib import utils
+
+    utils.absl_set_min_log_level(3)  # absl's kFatal
+  except (ImportError, AttributeError):
+    pass
 
 
 def _interrupt(signum, frame) -> None:
@@ -333,15 +353,18 @@ def config_from_flags(argv, config_flag, *overrides):
 
 
 def output_dir(path: str | os.PathLike) -> Path:
-  """``path`` as a Path, for ``--output_dir``.
+  """``path`` as a Path, for ``--output_dir``, checked before any work.
 
   Raises:
     NotADirectoryError: ``path`` exists and is not a directory.
+    PermissionError: no file can be made in it (or, while it does not exist, where it would be).
   """
+  from qdjax import io
+
   path = Path(path)
   if path.exists() and not path.is_dir():
     raise NotADirectoryError(f"--output_dir is not a directory: {path}")
-  return path
+  return io.check_output_dir(path)
 
 
 def parse_diffusion(text: str):

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import csv
+import errno
 import math
 import os
 import tempfile
@@ -45,6 +46,7 @@ def check_output_path(path: str | os.PathLike, *, inputs=()) -> Path:
     IsADirectoryError: ``path`` is a directory (or ends in a separator).
     FileNotFoundError: ``path``'s directory does not exist.
     ValueError: ``path`` is one of ``inputs``.
+    PermissionError: no file can be made in ``path``'s directory.
   """
   text = os.fspath(path)
   path = Path(path)
@@ -56,6 +58,51 @@ def check_output_path(path: str | os.PathLike, *, inputs=()) -> Path:
   for source in inputs:
     if same_file(path, source):
       raise ValueError(f"output {text} would overwrite {os.fspath(source)}, an input or output")
+  check_writable_dir(parent, what=f"output {text}")
+  return path
+
+
+# What making a file says when the directory, not the machine, is the problem.
+_NOT_WRITABLE = (errno.EACCES, errno.EPERM, errno.EROFS)
+
+
+def check_writable_dir(directory: str | os.PathLike, what: str | None = None) -> None:
+  """Fails unless a file can be made in ``directory``: one is made and removed again.
+
+  (Permission bits alone do not tell: root ignores them, and a read-only file system or an
+  immutable directory refuses whatever they say.)
+
+  Raises:
+    PermissionError: naming ``what`` (default: the directory) and the reason.
+  """
+  what = what or f"directory {os.fspath(directory)}"
+  try:
+    fd, tmp = tempfile.mkstemp(prefix=".qdjax-write-test.", dir=directory)
+  except OSError as e:
+    if e.errno in _NOT_WRITABLE:
+      raise PermissionError(
+        f"cannot write {what}: directory {os.fspath(directory)} is not writable ({e.strerror})"
+      ) from None
+    raise
+  os.close(fd)
+  os.unlink(tmp)
+
+
+def check_output_dir(path: str | os.PathLike) -> Path:
+  """Fails early on an output directory (made by the command if missing) that cannot be
+  written: it is a file, or it or the nearest existing folder above it is not writable.
+
+  Raises:
+    NotADirectoryError: ``path`` (or a folder above it) exists and is not a directory.
+    PermissionError: no file can be made where the directory is or would be.
+  """
+  path = Path(path).expanduser()
+  for existing in (path, *path.absolute().parents):
+    if existing.exists():
+      break
+  if not existing.is_dir():
+    raise NotADirectoryError(f"output directory {os.fspath(path)}: {existing} is not a directory")
+  check_writable_dir(existing, what=f"output directory {os.fspath(path)}")
   return path
 
 

@@ -29,6 +29,7 @@ vmapped over movies; the same key gives the same movie in any batch.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import math
 from typing import Any
@@ -299,6 +300,30 @@ def params_record(params: MovieParams, preset=None) -> dict:
   return record
 
 
+def output_paths(path: str) -> list[str]:
+  """The files ``save`` writes for ``path``: itself, and beside a .tif its truth and params.
+
+  Raises:
+    ValueError: ``path`` ends in neither .npz nor .tif/.tiff.
+  """
+  if path.endswith(".npz"):
+    return [path]
+  if not path.endswith((".tif", ".tiff")):
+    raise ValueError(f"movie output must end in .npz or .tif, got {path}")
+  stem = path.rsplit(".", 1)[0]
+  return [path, stem + "_truth.csv", stem + "_params.json"]
+
+
+def check_output_paths(path: str, inputs=()) -> list[str]:
+  """Every file ``save`` would write, checked before the work (``io.check_output_path``)."""
+  from qdjax import io
+
+  paths = output_paths(path)
+  for i, one in enumerate(paths):
+    io.check_output_path(one, inputs=[*inputs, *paths[:i]])
+  return paths
+
+
 def save(path: str, arrays: dict, record: dict) -> list[str]:
   """Writes a movie: .npz (arrays + ``params`` JSON), or .tif (the images) with
   ``<stem>_truth.csv`` (frame, particle, x, y, z_um, present, on_fraction) and
@@ -315,12 +340,10 @@ def save(path: str, arrays: dict, record: dict) -> list[str]:
   if path.endswith(".npz"):
     io.save_npz(path, params=text, **arrays)
     return [path]
-  if not path.endswith((".tif", ".tiff")):
-    raise ValueError(f"movie output must end in .npz or .tif, got {path}")
+  paths = output_paths(path)
   import pandas as pd
   import tifffile
 
-  stem = path.rsplit(".", 1)[0]
   t, p = arrays["present"].shape
   truth = pd.DataFrame(
     {
@@ -333,8 +356,14 @@ def save(path: str, arrays: dict, record: dict) -> list[str]:
       "on_fraction": arrays["on_fraction"].reshape(-1),
     }
   )
-  with io.atomic_path(path) as tmp:
-    tifffile.imwrite(tmp, arrays["images"], photometric="minisblack")
-  io.write_csv(stem + "_truth.csv", truth, {c: "%.4f" for c in ("x", "y", "z_um")})
-  io.write_text(stem + "_params.json", json.dumps(record, indent=1, sort_keys=True) + "\n")
-  return [path, stem + "_truth.csv", stem + "_params.json"]
+  # All three are written under temporary names first and renamed only when all are
+  # complete, so a failure on the last leaves none of them.
+  with contextlib.ExitStack() as stack:
+    tif_tmp, truth_tmp, params_tmp = (stack.enter_context(io.atomic_path(f)) for f in paths)
+    tifffile.imwrite(tif_tmp, arrays["images"], photometric="minisblack")
+    formats = {c: "%.4f" for c in ("x", "y", "z_um")}
+    for column, fmt in formats.items():
+      truth[column] = truth[column].map(lambda v, fmt=fmt: fmt % v)
+    truth.to_csv(truth_tmp, index=False)
+    params_tmp.write_text(json.dumps(record, indent=1, sort_keys=True) + "\n")
+  return paths

@@ -3,6 +3,8 @@ that cannot be written fails before any work, and every refusal is one line."""
 
 import hashlib
 import os
+import subprocess
+import time
 
 import numpy as np
 import pytest
@@ -53,3 +55,92 @@ def test_fit_microscope_bad_flag_is_one_line(fit_inputs):
     "fit_microscope.py", f"--input={tif}", f"--output={tif.parent / 'o.json'}", "--config.bogus=1"
   )
   assert_only_line(result, "config.bogus", code=2)
+
+
+@pytest.fixture
+def read_only_dir(tmp_path):
+  """A directory in which nothing can be made, root included (immutable where root)."""
+  folder = tmp_path / "ro"
+  folder.mkdir()
+  folder.chmod(0o555)
+  immutable = os.geteuid() == 0 and (
+    subprocess.run(["chattr", "+i", str(folder)], capture_output=True).returncode == 0
+  )
+  try:
+    try:
+      (folder / "probe").touch()
+    except OSError:
+      pass
+    else:
+      pytest.skip("cannot make a read-only directory here")
+    yield folder
+  finally:
+    if immutable:
+      subprocess.run(["chattr", "-i", str(folder)], check=True)
+    folder.chmod(0o755)
+
+
+def _write_inputs(folder):
+  frames = np.random.default_rng(0).poisson(2.0, (4, 24, 25)).astype(np.float32)
+  np.save(folder / "in.npy", frames)
+  (folder / "pmt.json").write_text('{"alpha": 0.44, "dark_sigma": 8.1, "offset": -2.74}')
+
+
+READ_ONLY_CASES = [
+  ("simulate.py", "--regime=1", "--num_images=2", "--output={ro}/x.npz"),
+  ("simulate.py", "--regime=1", "--num_frames=3", "--output={ro}/x.tif"),
+  ("locate.py", "--method=trackpy", "--input={inp}/in.npy", "--output={ro}/l.csv"),
+  (
+    "track.py",
+    "--method=trackpy",
+    "--input={inp}/in.npy",
+    "--output={ro}/t.csv",
+    "--diffusion_output={inp}/d.csv",
+  ),
+  ("fit_microscope.py", "--input={inp}/in.npy", "--output={ro}/m.json"),
+  ("calibrate_pmt.py", "--input={inp}/in.npy", "--output={ro}/p.json"),
+  ("calibrate.py", "--output={ro}/c.json"),
+  ("evaluate.py", "--output_dir={ro}/ev"),
+  ("evaluate.py", "--output_dir={ro}"),
+  ("reproduction.py", "--output_dir={ro}/rep"),
+  ("train.py", "--workdir={ro}/w"),
+  ("export_tfds.py", "--data_dir={ro}/tfds"),
+  ("figures.py", "--output={ro}/f.png"),
+  ("bench.py", "--what=simulate", "--quick", "--output={ro}/b.json"),
+]
+
+
+@pytest.mark.parametrize("case", READ_ONLY_CASES, ids=lambda case: " ".join(case[:2]))
+def test_an_output_in_a_read_only_directory_fails_before_any_work(read_only_dir, case):
+  script, *args = case
+  inputs = read_only_dir.parent
+  _write_inputs(inputs)
+  before = sorted(inputs.iterdir())
+  start = time.monotonic()
+  result = run_script(script, *(a.format(ro=read_only_dir, inp=inputs) for a in args))
+  assert_only_line(result, "not writable", str(read_only_dir), code=2)
+  assert time.monotonic() - start < 60, "the check came after the work"
+  assert not list(read_only_dir.iterdir())
+  assert sorted(inputs.iterdir()) == before
+
+
+def test_simulate_leaves_no_movie_when_its_truth_cannot_be_written(tmp_path):
+  (tmp_path / "m_truth.csv").mkdir()  # the truth's name is taken by a directory
+  result = run_script(
+    "simulate.py", "--regime=1", "--num_frames=3", f"--output={tmp_path / 'm.tif'}"
+  )
+  assert_only_line(result, "m_truth.csv", "is a directory", code=2)
+  assert sorted(p.name for p in tmp_path.iterdir()) == ["m_truth.csv"]
+
+
+def test_a_second_run_from_the_compilation_cache_prints_nothing_more(tmp_path):
+  cache = tmp_path / "cache"
+  env = {"QDJAX_COMPILATION_CACHE": str(cache)}
+  args = ["--regime=1", "--num_images=2", f"--output={tmp_path / 'x.npz'}"]
+  first = run_script("simulate.py", *args, env=env)
+  assert first.returncode == 0, first.stderr
+  assert any(cache.glob("*-cache"))  # programs were kept
+  second = run_script("simulate.py", *args, env=env)
+  assert second.returncode == 0, second.stderr
+  assert "cpu_aot_loader" not in second.stderr and "SIGILL" not in second.stderr, second.stderr
+  assert len(second.stderr.splitlines()) <= len(first.stderr.splitlines()), second.stderr
