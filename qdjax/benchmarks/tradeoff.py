@@ -23,7 +23,8 @@ from pathlib import Path
 import jax
 import numpy as np
 
-from qdjax import baselines, data, inference, io, metrics, presets, train
+from qdjax import data, inference, io, metrics, presets, train
+from qdjax import locator as locator_lib
 from qdjax.benchmarks import median_seconds
 
 MODELS = ("base", "small", "fast", "s2", "s2_light", "s4", "s4_light")
@@ -81,7 +82,7 @@ def run(
       steps replaced): ``experiments/configs/pretrained.py``, the shipped model's recipe.
     repeats: timed repeats (median).
     quick: a smoke-test size (tiny budget and sets).
-    train_frames: training budget per model (default: 64k, or 512 with ``quick``).
+    train_frames: training budget per model (default: 64k, or 16 with ``quick``).
     models: model presets (default ``MODELS``).
     workdir: where the training runs go (default: workdirs/tradeoff).
     scale: validation set size factor (1: 667 frames per regime).
@@ -93,7 +94,7 @@ def run(
   base_config = config
   preset = presets.get("paper")
   models = tuple(models or (("tiny",) if quick else MODELS))
-  train_frames = train_frames or (512 if quick else 65536)
+  train_frames = train_frames or (16 if quick else 65536)
   root = Path(workdir or "workdirs/tradeoff")
   sets = {
     split: data.load_split(preset, split, VALIDATION_SEED, 0.05 if quick else scale)
@@ -101,7 +102,7 @@ def run(
   }
   crop_frames = crops(64 if quick else 1024)
   field_frames = fields(1 if quick else 4, size=128 if quick else 512)
-  tp = baselines.make("trackpy", preset=preset, workers=1)
+  tp = locator_lib.make("trackpy", preset=preset, workers=1)
   reference = speeds(tp, crop_frames, field_frames, repeats)
   rows = {"trackpy_1_process": reference}
 
