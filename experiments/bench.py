@@ -6,6 +6,7 @@ r"""Throughput benchmarks; prints and writes JSON.
   python experiments/bench.py --what=startup  # one locate.py call: imports, compilation
   python experiments/bench.py --what=diffusion   # per-track D accuracy of whole pipelines
   python experiments/bench.py --what=diffusion --quick --photon_scale=0.25   # dimmer QDs
+  python experiments/bench.py --what=blind   # track.py's defaults on another simulator's movies
   python experiments/bench.py --what=fit   # microscope-fit recovery errors, not a time
   python experiments/bench.py --what=tradeoff --train_frames=131072 --models=base,s2
 
@@ -22,7 +23,7 @@ from qdjax import cli, io
 _WHAT = flags.DEFINE_enum(
   "what",
   "simulate",
-  ["simulate", "train", "locate", "startup", "diffusion", "fit", "tradeoff"],
+  ["simulate", "train", "locate", "startup", "diffusion", "blind", "fit", "tradeoff"],
   "What to measure.",
 )
 _OUTPUT = flags.DEFINE_string("output", None, "JSON output path (default: bench_<what>.json).")

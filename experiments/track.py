@@ -1,19 +1,28 @@
 r"""Track quantum dots through a movie and estimate each track's diffusion coefficient.
 
-  python experiments/track.py --input=movie.tif --preset=paper --method=model \
+  python experiments/track.py --input=movie.tif --preset=invivo \
       --output=tracks.csv --diffusion_output=diffusion.csv --plot
 
 --input: a movie (T, H, W), T >= 2, as .npy, .npz (array ``images``) or .tif, any frame
-size. Frames are localised in chunks of --chunk (memory bounded on long movies), linked
-with trackpy.link (search range from the largest D and the frame interval, --memory
-frames to bridge blinks), and each track's D is estimated by the covariance-based
-estimator (Vestergaard et al. 2014), which corrects the raster scan's motion blur and the
-localisation error; the naive MSD fit (trackpy.imsd, MSD = 4 D t) is the column
-D_msd_um2_s. Writes --output (frame,x,y,score,particle; px, the centre of pixel (0, 0) is
-(0, 0)) and --diffusion_output (particle,n_frames,D_um2_s,D_se_um2_s,sigma_um,D_msd_um2_s).
---plot also writes <output>.png: the tracks over the mean frame and their MSD curves.
-It prints the ensemble D over tracks and, since fast QDs leave the field sooner, an
-edge-corrected D over --window-frame windows of the tracks (docs/diffusion.md, section 5).
+size. The defaults need no knowledge of the answer: the detections are thresholded where
+the movie's scores split into noise and QDs, the link range comes from the step size
+fitted to the detections of consecutive frames, tracks shorter than --min_frames
+detections are dropped, motion common to all tracks is subtracted where it is
+significant, and each track's D comes from the covariance-based estimator (Vestergaard et
+al. 2014) per axis, with the raster scan's blur and the localisation error corrected and
+missed frames allowed, or from the maximum-likelihood estimator where the localisation
+error dominates (docs/diffusion.md). Every choice can be set instead (--min_score,
+--max_diffusion, --drift, --estimator).
+
+Writes --output (frame,x,y,score,particle; px, the centre of pixel (0, 0) is (0, 0)) and
+--diffusion_output (particle, n_detections, n_frames_spanned, D_um2_s, D_se_um2_s,
+estimator, D_x_um2_s, D_y_um2_s, sigma_x_um, sigma_y_um, D_msd_um2_s; D may be negative on
+a noisy track, since the estimator is unbiased, and sigma 0 means the estimated sigma^2
+came out <= 0). --plot also writes <output>.png, a quality report (score histogram and
+threshold, detections per frame, track lengths, tracks and MSD curves labelled by
+particle, common motion), and <output>_drift.csv. It prints the ensemble D over tracks
+(weighted by displacements) and an edge-corrected D over --window-frame windows
+(docs/diffusion.md, section 5).
 """
 
 from absl import flags
@@ -38,12 +47,31 @@ _DIFFUSION_OUTPUT = flags.DEFINE_string(
   "diffusion_output", None, "Per-track diffusion CSV to write.", required=True
 )
 _MAX_DIFFUSION = flags.DEFINE_float(
-  "max_diffusion", None, "Largest D (um^2/s) to link for; default: top of the preset's range."
+  "max_diffusion", None, "Link for steps up to this D (um^2/s); default: fitted to the movie."
 )
 _MEMORY = flags.DEFINE_integer("memory", 3, "Frames a track may skip (blinks).", lower_bound=0)
-_MIN_FRAMES = flags.DEFINE_integer("min_frames", 5, "Shortest track given a D.", lower_bound=3)
+_MIN_FRAMES = flags.DEFINE_integer(
+  "min_frames",
+  track_lib.MIN_DETECTIONS,
+  "Shortest track kept and given a D (detections).",
+  lower_bound=3,
+)
 _MIN_SCORE = flags.DEFINE_float(
-  "min_score", None, "Drop detections scoring below this (trackpy: mass) before linking."
+  "min_score",
+  None,
+  "Drop detections scoring below this (trackpy: mass); default: where the scores split.",
+)
+_DRIFT = flags.DEFINE_enum(
+  "drift",
+  "auto",
+  ["auto", "on", "off"],
+  "Subtract motion common to all tracks: where significant (auto), always, never.",
+)
+_ESTIMATOR = flags.DEFINE_enum(
+  "estimator",
+  "auto",
+  ["auto", "cve", "mle"],
+  "Per-track D: CVE, MLE, or the MLE where the localisation error dominates (auto).",
 )
 _WINDOW = flags.DEFINE_integer(
   "window",
@@ -53,16 +81,20 @@ _WINDOW = flags.DEFINE_integer(
   lower_bound=3,
 )
 _CHUNK = flags.DEFINE_integer("chunk", 256, "Frames per chunk (bounds memory).", lower_bound=1)
-_PLOT = flags.DEFINE_bool("plot", False, "Also draw tracks and MSD curves (<output>.png).")
+_PLOT = flags.DEFINE_bool(
+  "plot", False, "Also write a quality report <output>.png and the motion <output>_drift.csv."
+)
 
 
 def main(argv):
   cli.check_no_extra_args(argv)
   preset = presets.get(_PRESET.value)
-  plot = (_OUTPUT.value.rsplit(".", 1)[0] + ".png") if _PLOT.value else None
+  stem = _OUTPUT.value.rsplit(".", 1)[0]
+  plot = stem + ".png" if _PLOT.value else None
+  drift_csv = stem + "_drift.csv" if _PLOT.value else None
   # Every output is checked before any work: none may be a directory, the input or another.
   written = [_INPUT.value]
-  for path in (_OUTPUT.value, _DIFFUSION_OUTPUT.value, plot):
+  for path in (_OUTPUT.value, _DIFFUSION_OUTPUT.value, plot, drift_csv):
     if path is not None:
       io.check_output_path(path, inputs=written)
       written.append(path)
@@ -76,20 +108,18 @@ def main(argv):
     frame_interval_s=_FRAME_INTERVAL.value,
     max_diffusion=_MAX_DIFFUSION.value,
     memory=_MEMORY.value,
-    min_frames=_MIN_FRAMES.value,
+    min_detections=_MIN_FRAMES.value,
     chunk=_CHUNK.value,
     min_score=_MIN_SCORE.value,
     window=_WINDOW.value,
+    drift={"auto": None, "on": True, "off": False}[_DRIFT.value],
+    estimator=_ESTIMATOR.value,
     plot_path=plot,
+    drift_path=drift_csv,
   )
-  ens, field = summary["ensemble"], summary["field_ensemble"]
-  print(
-    f"{summary['frames']} frames, {summary['detections']} detections, {summary['tracks']} "
-    f"tracks ({summary['tracks_with_D']} with D); ensemble D = {ens['D_um2_s']:.4g} +- "
-    f"{ens['D_se_um2_s']:.2g} um^2/s; edge-corrected over {field['windows']} windows: "
-    f"{field['D_um2_s']:.4g} +- {field['D_se_um2_s']:.2g} um^2/s -> {_OUTPUT.value}, "
-    f"{_DIFFUSION_OUTPUT.value}" + (f" (+ {plot})" if plot else "")
-  )
+  print(track_lib.describe(summary))
+  written = [_OUTPUT.value, _DIFFUSION_OUTPUT.value] + ([plot, drift_csv] if plot else [])
+  print("-> " + ", ".join(written))
 
 
 if __name__ == "__main__":

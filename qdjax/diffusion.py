@@ -75,23 +75,37 @@ def raster_blur_coefficient(
     frame_interval_s: dt between frames.
     window: 'centroid': uniform weight over all recorded samples (the spec's ground truth);
       closed form ``(H W dwell + retrace (H^2 - 1)/H) / (6 dt)`` for K -> infinity.
-      'local': each line weighted by the share of the QD's photons it records,
-      ``exp(-(r - y)^2 / (2 (sigma_xy / a)^2))``, the weighting of a centroid-like
-      localiser, which sees the QD only on the lines near it.
+      'local': R of x for a localiser: each line weighted by the share of the QD's photons
+      it records, ``g(r) = exp(-(r - y)^2 / (2 s^2))``, s = sigma_xy / a; about
+      ``s / (sqrt(pi) H)`` at the default interval.
+      'local_y': R of y for a localiser: line r moves the spot's row centroid by its
+      weight ``(r - y)^2 g(r)`` (the flanks of the spot carry the row position, the middle
+      line none); about ``0.987 s / H``, 1.75 times R of x (docs/diffusion.md, section 3).
     row_px: the QD's row for 'local' (default: the frame's middle row).
   """
   h, w, k = params.height, params.width, params.substeps
   times = raster_sample_times(h, w, k, float(params.dwell_s), float(params.retrace_s))
   if window == "centroid":
     weights = np.ones_like(times)
-  elif window == "local":
+  elif window in ("local", "local_y"):
     row = (h - 1) / 2 if row_px is None else row_px
     spread = float(params.sigma_xy_um) / float(params.pixel_size_um)
     rows = np.arange(h, dtype=np.float64)
-    weights = np.broadcast_to(np.exp(-((rows - row) ** 2) / (2 * spread**2))[:, None], times.shape)
+    line = np.exp(-((rows - row) ** 2) / (2 * spread**2))
+    if window == "local_y":
+      line = line * (rows - row) ** 2
+    weights = np.broadcast_to(line[:, None], times.shape)
   else:
-    raise ValueError(f"window must be 'centroid' or 'local', got {window!r}")
+    raise ValueError(f"window must be 'centroid', 'local' or 'local_y', got {window!r}")
   return blur_coefficient(times, weights, frame_interval_s)
+
+
+def localiser_blur(params, frame_interval_s: float) -> tuple[float, float]:
+  """(R_x, R_y) of what a localiser sees in this raster scan ('local', 'local_y')."""
+  return (
+    raster_blur_coefficient(params, frame_interval_s, "local"),
+    raster_blur_coefficient(params, frame_interval_s, "local_y"),
+  )
 
 
 def centroid_blur_closed_form(params, frame_interval_s: float) -> float:
@@ -113,35 +127,40 @@ def default_frame_interval(params, height: int | None = None, width: int | None 
 
 @dataclasses.dataclass(frozen=True)
 class Estimate:
-  """Per-track diffusion estimate (per-coordinate values averaged over coordinates).
+  """Per-track diffusion estimate.
 
   Attributes:
-    diffusion: D, um^2/s (or the positions' unit^2/s).
-    diffusion_se: standard error of D.
-    localisation_variance: sigma^2 per coordinate (estimated, or the one given).
-    num_displacements: frame-to-frame displacements used per coordinate.
+    diffusion: D, um^2/s (or the positions' unit^2/s): the mean over coordinates.
+    diffusion_se: its standard error.
+    localisation_variance: sigma^2 per coordinate, mean over coordinates (estimated, or the
+      one given).
+    num_displacements: displacements between consecutive detections (per coordinate).
+    diffusion_axes: D of each coordinate (CVE).
+    diffusion_se_axes: their standard errors.
+    localisation_variance_axes: sigma^2 of each coordinate.
+    method: 'cve' or 'mle'.
   """
 
   diffusion: float
   diffusion_se: float
   localisation_variance: float
   num_displacements: int
+  diffusion_axes: tuple = ()
+  diffusion_se_axes: tuple = ()
+  localisation_variance_axes: tuple = ()
+  method: str = "cve"
 
 
-def _moments(positions):
-  """Per coordinate: mean dx^2, mean dx_f dx_{f+1}, counts; positions [n, d] with NaN rows."""
-  steps = np.diff(np.asarray(positions, np.float64), axis=0)
-  valid = np.all(np.isfinite(steps), axis=1)
-  n2 = int(valid.sum())
-  pairs = valid[:-1] & valid[1:]
-  n11 = int(pairs.sum())
-  m2 = np.mean(steps[valid] ** 2, axis=0) if n2 else np.full(steps.shape[1], np.nan)
-  m11 = (
-    np.mean(steps[:-1][pairs] * steps[1:][pairs], axis=0)
-    if n11
-    else np.full(steps.shape[1], np.nan)
-  )
-  return m2, m11, n2, n11
+def steps(positions):
+  """(displacements [n, d], lags [n] in frames) between consecutive finite rows of
+  ``positions`` [n_frames, d] (NaN rows: frames without a detection)."""
+  positions = np.asarray(positions, np.float64)
+  rows = np.flatnonzero(np.all(np.isfinite(positions), axis=1))
+  return np.diff(positions[rows], axis=0), np.diff(rows)
+
+
+def _per_axis(value, dims: int) -> np.ndarray:
+  return np.broadcast_to(np.asarray(value, np.float64), (dims,))
 
 
 def cve_variance(diffusion, localisation_variance, blur, frame_interval_s, n, dims=2):
@@ -152,42 +171,175 @@ def cve_variance(diffusion, localisation_variance, blur, frame_interval_s, n, di
   return d**2 * ((6 + 4 * eps + 2 * eps**2) / n + 4 * (1 + eps) ** 2 / n**2) / dims
 
 
-def cve(
-  positions, frame_interval_s: float, blur: float, localisation_variance: float | None = None
+def cve_steps(
+  displacements, lags, frame_interval_s: float, blur, localisation_variance=None
 ) -> Estimate:
-  """Covariance-based estimate of D from one track (Vestergaard et al. 2014).
+  """Covariance-based estimate of D from one track's displacements, gaps allowed.
+
+  Between detections k frames apart (k > 1 where a blink was bridged), with R and sigma^2
+  per coordinate,
+
+      <dx_i^2>        = 2 D dt (k_i - 2R) + 2 sigma^2
+      <dx_i dx_{i+1}> = 2 D dt R - sigma^2        (any lags: the two share one position)
+
+  so with S2 = sum dx_i^2 over the n displacements, K = sum k_i and c the mean product of
+  the n - 1 adjacent pairs, ``D = (S2 + 2 n c) / (2 dt K)`` and ``sigma^2 = 2 D dt R - c``,
+  both unbiased. With every k = 1 this is Vestergaard et al.'s CVE, ``D = <dx^2>/(2 dt) +
+  <dx_i dx_{i+1}>/dt``. With sigma^2 known, ``D = (S2 - 2 n sigma^2) / (2 dt (K - 2 n R))``.
+  D may come out negative on a short or noisy track: the estimator is unbiased, not
+  truncated, so a mean over tracks stays unbiased.
 
   Args:
-    positions: [n_frames, d] positions of consecutive frames (NaN rows for missed frames).
+    displacements: [n, d].
+    lags: [n] frames between the two detections of each displacement (>= 1).
     frame_interval_s: dt.
-    blur: R of the measurement (``raster_blur_coefficient``).
-    localisation_variance: known sigma^2 per coordinate, or None to estimate it.
+    blur: R, one value or one per coordinate (``localiser_blur``).
+    localisation_variance: known sigma^2 per coordinate (one value or [d]), or None.
 
   Returns:
-    Estimate (NaN where the track is too short: fewer than 2 displacements, or no pair of
-    consecutive ones when sigma^2 is estimated).
+    Estimate; NaN where there are fewer than 2 displacements.
   """
-  positions = np.asarray(positions, np.float64)
-  dims = positions.shape[1]
-  m2, m11, n2, n11 = _moments(positions)
+  dx = np.asarray(displacements, np.float64)
+  dx = dx.reshape(len(lags), dx.shape[-1] if dx.ndim > 1 else 1)
+  lags = np.asarray(lags, np.float64)
+  n, dims = dx.shape
+  if n < 2:
+    nan = (math.nan,) * dims
+    return Estimate(math.nan, math.nan, math.nan, n, nan, nan, nan)
   dt = frame_interval_s
+  blur = _per_axis(blur, dims)
+  s2, total_lag = np.sum(dx**2, axis=0), lags.sum()
   if localisation_variance is None:
-    d_coord = m2 / (2 * dt) + m11 / dt
-    sigma2 = float(np.mean(blur * m2 + (2 * blur - 1) * m11))
-    diffusion = float(np.mean(d_coord))
-    ok = n2 >= 2 and n11 >= 1
-    var = cve_variance(diffusion, sigma2, blur, dt, max(n2, 1), dims)
+    c = np.mean(dx[:-1] * dx[1:], axis=0)
+    d_axes = (s2 + 2 * n * c) / (2 * dt * total_lag)
+    sigma2 = 2 * d_axes * dt * blur - c
+    var = cve_variance(d_axes, sigma2, blur, dt, n, dims=1)
   else:
-    sigma2 = float(localisation_variance)
-    diffusion = float(np.mean((m2 - 2 * sigma2) / (2 * (1 - 2 * blur) * dt)))
-    ok = n2 >= 2
+    sigma2 = _per_axis(localisation_variance, dims).astype(np.float64)
+    d_axes = (s2 - 2 * n * sigma2) / (2 * dt * (total_lag - 2 * n * blur))
     # Gaussian displacements correlated at lag 1 only: var(mean dx^2) = 2 (g0^2 + 2 g1^2) / n.
-    g0 = 2 * max(diffusion, 0.0) * dt * (1 - 2 * blur) + 2 * sigma2
-    g1 = 2 * max(diffusion, 0.0) * dt * blur - sigma2
-    var = 2 * (g0**2 + 2 * g1**2) / max(n2, 1) / (2 * (1 - 2 * blur) * dt) ** 2 / dims
-  if not ok:
-    return Estimate(math.nan, math.nan, math.nan, n2)
-  return Estimate(diffusion, float(math.sqrt(var)), sigma2, n2)
+    dpos = np.maximum(d_axes, 0.0)
+    g0 = 2 * dpos * dt * (1 - 2 * blur) + 2 * sigma2
+    g1 = 2 * dpos * dt * blur - sigma2
+    var = 2 * (g0**2 + 2 * g1**2) / n / (2 * (1 - 2 * blur) * dt) ** 2
+  return Estimate(
+    float(np.mean(d_axes)),
+    float(math.sqrt(np.sum(var)) / dims),
+    float(np.mean(sigma2)),
+    n,
+    tuple(float(v) for v in d_axes),
+    tuple(float(v) for v in np.sqrt(var)),
+    tuple(float(v) for v in sigma2),
+  )
+
+
+def cve(
+  positions, frame_interval_s: float, blur, localisation_variance: float | None = None
+) -> Estimate:
+  """``cve_steps`` of a track given as positions [n_frames, d] (NaN rows for missed frames)."""
+  dx, lags = steps(positions)
+  return cve_steps(dx, lags, frame_interval_s, blur, localisation_variance)
+
+
+def _tridiagonal(lags, diffusion, sigma2, blur, dt):
+  """Banded (upper) covariance of one coordinate's displacements with these lags."""
+  band = np.zeros((2, len(lags)))
+  band[1] = 2 * diffusion * dt * (lags - 2 * blur) + 2 * sigma2
+  band[0, 1:] = 2 * diffusion * dt * blur - sigma2
+  return band
+
+
+def _neg_log_likelihood(log_params, dx, lags, blur, dt):
+  import scipy.linalg
+
+  d = math.exp(log_params[0])
+  total = 0.0
+  for axis in range(dx.shape[1]):
+    band = _tridiagonal(lags, d, math.exp(log_params[1 + axis]), blur[axis], dt)
+    try:
+      chol = scipy.linalg.cholesky_banded(band)
+    except np.linalg.LinAlgError:
+      return 1e300
+    alpha = scipy.linalg.cho_solve_banded((chol, False), dx[:, axis])
+    # -log N(dx; 0, C) up to a constant: dx' C^-1 dx / 2 + log det(C) / 2.
+    total += 0.5 * float(dx[:, axis] @ alpha) + float(np.sum(np.log(chol[-1])))
+  return total
+
+
+def mle_steps(displacements, lags, frame_interval_s: float, blur, start: Estimate | None = None):
+  """Maximum-likelihood D and sigma^2 per coordinate from one track's displacements.
+
+  The displacements of each coordinate are Gaussian with the tridiagonal covariance of
+  blurred, noisy positions (Berglund, Phys. Rev. E 82, 011917, 2010; Michalet and
+  Berglund, Phys. Rev. E 85, 061916, 2012): variances ``2 D dt (k_i - 2R) + 2 sigma^2``
+  and adjacent covariances ``2 D dt R - sigma^2``. One D is shared by the coordinates;
+  each has its own sigma^2 and R. Where sigma^2 / (D dt) is large the CVE's variance grows
+  as its square (Vestergaard et al. 2014), and this estimator stays near the Cramer-Rao
+  bound. D > 0 here by construction (the covariance must be positive definite), so on a
+  track of an immobile QD it is biased up where the CVE is not.
+
+  Args:
+    displacements: [n, d]; lags: [n] frames; frame_interval_s: dt; blur: R (one or [d]).
+    start: a first guess (the CVE), optional.
+
+  Returns:
+    Estimate with method 'mle' (SE: the Cramer-Rao bound at the estimate), or the CVE
+    where the fit fails.
+  """
+  import scipy.optimize
+
+  dx = np.asarray(displacements, np.float64)
+  dx = dx.reshape(len(lags), dx.shape[-1] if dx.ndim > 1 else 1)
+  lags = np.asarray(lags, np.float64)
+  n, dims = dx.shape
+  start = start or cve_steps(dx, lags, frame_interval_s, blur)
+  if n < 3:
+    return start
+  dt = frame_interval_s
+  blur = _per_axis(blur, dims)
+  scale = float(np.mean(dx**2 / lags[:, None])) / 2  # ~ D dt + sigma^2, a step's size
+  d0 = start.diffusion if np.isfinite(start.diffusion) and start.diffusion > 0 else scale / dt / 2
+  s0 = [
+    v if np.isfinite(v) and v > 0 else scale / 2
+    for v in (start.localisation_variance_axes or (math.nan,) * dims)
+  ]
+  x0 = np.log(np.maximum([d0, *s0], 1e-12 * max(scale, 1e-30)))
+  fit = scipy.optimize.minimize(
+    _neg_log_likelihood,
+    x0,
+    args=(dx, lags, blur, dt),
+    method="Nelder-Mead",
+    options={"xatol": 1e-4, "fatol": 1e-6, "maxiter": 2000},
+  )
+  if not np.isfinite(fit.fun) or fit.fun >= 1e299:
+    return start
+  d = float(math.exp(fit.x[0]))
+  sigma2 = np.exp(fit.x[1:])
+  # The MLE's asymptotic SE: the Cramer-Rao bound at the estimate (gaps read as n + 1 frames).
+  se = cramer_rao_diffusion(n + 1, d, float(np.mean(sigma2)), float(np.mean(blur)), dt, dims)
+  return Estimate(
+    d,
+    se,
+    float(np.mean(sigma2)),
+    n,
+    start.diffusion_axes,
+    start.diffusion_se_axes,
+    tuple(float(v) for v in sigma2),
+    "mle",
+  )
+
+
+# Vestergaard et al. (2014): the CVE is near the Cramer-Rao bound while the reduced
+# localisation error x = sigma^2 / (D dt) - 2R stays below about 1; beyond it, its variance
+# grows as x^2 and the maximum-likelihood estimator is the better one.
+MLE_ABOVE_X = 1.0
+
+
+def reduced_localisation_error(diffusion, localisation_variance, frame_interval_s, blur):
+  """x = sigma^2 / (D dt) - 2R (infinite where D <= 0): the CVE's precision parameter."""
+  if not diffusion > 0:
+    return math.inf
+  return localisation_variance / (diffusion * frame_interval_s) - 2 * float(np.mean(blur))
 
 
 def msd_fit(lag_s, msd, dims: int = 2) -> float:

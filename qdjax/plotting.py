@@ -46,26 +46,59 @@ def contact_sheet(
   plt.close(fig)
 
 
-def tracks_figure(mean_frame, tracks, table, analysis, path, max_tracks: int = 30):
-  """Tracks over the mean frame (left) and their MSD curves with the fitted lines (right).
+def tracks_figure(result, path, max_tracks: int = 20):
+  """The quality report of a tracked movie, as a PNG.
+
+  Top: the score histogram with the threshold used; detections per frame, before and
+  after it; the tracks' lengths with the shortest kept. Bottom: the longest tracks over the
+  mean frame, each labelled with its particle id; their MSD curves, the CVE's expected MSD
+  4 (D t - 2 R D dt + sigma^2) (solid) and the naive fit 4 D t (dashed), labelled with the
+  same ids; and the common motion per frame (subtracted before D when marked so).
 
   Args:
-    mean_frame: [h, w].
-    tracks: DataFrame frame, x, y, particle (px).
-    table: per-track D (``qdjax.track.estimate``): the CVE line is the blur- and
-      noise-aware expected MSD, 4 (D t - 2 R D dt + sigma^2); dashed, the naive fit 4 D t.
-    analysis: ``qdjax.track.Analysis``.
+    result: ``qdjax.track.Result``.
     path: PNG to write (atomically).
+    max_tracks: tracks drawn (the longest).
   """
   from qdjax import diffusion, track
 
-  fig, (left, right) = plt.subplots(1, 2, figsize=(10, 4.6))
-  left.imshow(mean_frame, cmap="gray", interpolation="nearest")
-  left.set_title("tracks over the mean frame")
-  left.set_axis_off()
-  shown = table.sort_values("n_frames", ascending=False).head(max_tracks)
-  colors = plt.cm.tab10(np.arange(len(shown)) % 10)
+  summary, analysis = result.summary, result.analysis
+  fig, axes = plt.subplots(2, 3, figsize=(15, 8.6))
+  (hist, per_frame, lengths), (image, msd_ax, drift_ax) = axes
+  scores = result.detections["score"].to_numpy(np.float64)
+  positive = scores[scores > 0]
+  if len(positive):
+    bins = np.geomspace(positive.min(), positive.max() * 1.0001, 60)
+    hist.hist(positive, bins=bins, color="0.5")
+    hist.set_xscale("log")
+  if summary["min_score"] is not None:
+    hist.axvline(summary["min_score"], color="red", label=f"threshold {summary['min_score']:.3g}")
+    hist.legend(fontsize=8)
+  hist.set(xlabel="detection score", ylabel="detections", title="scores")
+  frames = np.arange(summary["frames"])
+  every = np.bincount(result.detections["frame"], minlength=len(frames))[: len(frames)]
+  kept = result.detections["score"] >= (summary["min_score"] or -np.inf)
+  above = np.bincount(result.detections["frame"][kept], minlength=len(frames))[: len(frames)]
+  in_tracks = np.bincount(result.tracks["frame"], minlength=len(frames))[: len(frames)]
+  per_frame.plot(frames, every, color="0.6", lw=1, label="all peaks")
+  per_frame.plot(frames, above, color="C0", lw=1, label="above threshold")
+  per_frame.plot(frames, in_tracks, color="C2", lw=1.5, label="in kept tracks")
+  per_frame.set(xlabel="frame", ylabel="detections", title="detections per frame")
+  per_frame.legend(fontsize=8)
+  table = result.diffusion
+  if len(table):
+    lengths.hist(table["n_detections"], bins=20, color="C2")
+  lengths.axvline(analysis.min_frames, color="red", label=f"shortest kept ({analysis.min_frames})")
+  lengths.set(xlabel="detections per track", ylabel="tracks", title="track lengths")
+  lengths.legend(fontsize=8)
+
+  image.imshow(result.mean_frame, cmap="gray", interpolation="nearest")
+  image.set_title("tracks over the mean frame (particle ids)")
+  image.set_axis_off()
+  shown = table.sort_values("n_detections", ascending=False).head(max_tracks)
+  colors = plt.cm.tab20(np.arange(len(shown)) % 20)
   lag_max = 20
+  tracks = result.tracks
   msd = (
     track.imsd(tracks[tracks["particle"].isin(shown["particle"])], analysis, lag_max)
     if len(shown)
@@ -73,21 +106,30 @@ def tracks_figure(mean_frame, tracks, table, analysis, path, max_tracks: int = 3
   )
   for color, row in zip(colors, shown.itertuples(), strict=True):
     one = tracks[tracks["particle"] == row.particle]
-    left.plot(one["x"], one["y"], "-", color=color, lw=1)
-    left.plot(one["x"].iloc[:1], one["y"].iloc[:1], "o", color=color, ms=3)
+    image.plot(one["x"], one["y"], "-", color=color, lw=1)
+    image.text(one["x"].iloc[0], one["y"].iloc[0], str(row.particle), color=color, fontsize=7)
     curve = msd[row.particle].dropna()
     lag = curve.index.to_numpy(np.float64)
-    right.plot(lag, curve.to_numpy(), "o", color=color, ms=3)
+    msd_ax.plot(lag, curve.to_numpy(), "o", color=color, ms=3)
+    sigma2 = (row.sigma_x_um**2 + row.sigma_y_um**2) / 2
     line = diffusion.expected_msd(
-      lag, row.D_um2_s, row.sigma_um**2, analysis.blur, analysis.frame_interval_s
+      lag, row.D_um2_s, sigma2, analysis.mean_blur, analysis.frame_interval_s
     )
-    right.plot(lag, line, "-", color=color, lw=1)
-    right.plot(lag, 4 * row.D_msd_um2_s * lag, "--", color=color, lw=0.8)
-  right.set_xlabel("lag time (s)")
-  right.set_ylabel("MSD (um$^2$)")
-  right.set_title("MSD: CVE fit (solid), naive MSD fit (dashed)")
+    msd_ax.plot(lag, line, "-", color=color, lw=1)
+    msd_ax.plot(lag, 4 * row.D_msd_um2_s * lag, "--", color=color, lw=0.8)
+    if len(lag):
+      msd_ax.text(lag[-1], curve.to_numpy()[-1], f" {row.particle}", color=color, fontsize=7)
+  msd_ax.set(xlabel="lag time (s)", ylabel="MSD (um$^2$)",
+             title="MSD: CVE (solid), naive fit (dashed)")  # fmt: skip
+  motion = result.motion
+  drift_ax.plot(motion.frames, motion.offset_px[:, 0], label="x")
+  drift_ax.plot(motion.frames, motion.offset_px[:, 1], label="y")
+  state = "subtracted" if motion.applied else "not subtracted"
+  drift_ax.set(xlabel="frame", ylabel="common motion (px)",
+               title=f"common motion, p = {motion.p_value:.2g} ({state})")  # fmt: skip
+  drift_ax.legend(fontsize=8)
   fig.tight_layout()
-  io.save_figure(fig, path, dpi=110)
+  io.save_figure(fig, path, dpi=100)
   plt.close(fig)
 
 

@@ -90,25 +90,34 @@ def test_centroid_blur_coefficient_matches_simulation(movies, gapped_movies):
 
 def test_localiser_sees_the_local_blur_coefficient(movies):
   """A photon-weighted centroid of the noise-free image measures the QD on the lines near
-  it: its R is the derivation's 'local' one (about 1/3 of the trajectory centroid's here)."""
+  it: its R in x is the derivation's 'local' one (line weights g), in y the 'local_y' one
+  (weights (r - y)^2 g, 1.75 times larger), both well below the trajectory centroid's."""
   params, _ = movies
   slow = 0.05
   params = params.replace(frame=params.frame.replace(diffusion_um2_s=np.full(2, slow, np.float32)))
-  frames = jax.device_get(movie.simulate_movies(jax.random.key(4), params, MOVIES))
-  signal = np.clip(frames.expected - 1.0, 0, None)  # minus B: the QD's photons
   rows, cols = np.mgrid[:24, :24]
-  mass = signal.sum(axis=(2, 3))
-  x = (signal * cols).sum(axis=(2, 3)) / mass
-  y = (signal * rows).sum(axis=(2, 3)) / mass
-  # Keep movies whose QD stayed well inside (the centroid of a cut-off spot is biased).
-  inside = np.all((frames.centroids[:, :, 0] > 6) & (frames.centroids[:, :, 0] < 17), axis=-1)
-  assert inside.mean() > 0.5
-  positions = np.where(inside[..., None], np.stack([x, y], -1), np.nan) * 0.1
+  positions = []
+  for k in range(4):  # 1024 movies: R per axis to +-0.018 (4 sd), half of R_y - R_x
+    frames = jax.device_get(movie.simulate_movies(jax.random.key(4 + 10 * k), params, 256))
+    signal = np.clip(frames.expected - 1.0, 0, None)  # minus B: the QD's photons
+    mass = signal.sum(axis=(2, 3))
+    x = (signal * cols).sum(axis=(2, 3)) / mass
+    y = (signal * rows).sum(axis=(2, 3)) / mass
+    # Keep movies whose QD stayed well inside (the centroid of a cut-off spot is biased).
+    inside = np.all((frames.centroids[:, :, 0] > 6) & (frames.centroids[:, :, 0] < 17), axis=-1)
+    assert inside.mean() > 0.5
+    positions.append(np.where(inside[..., None], np.stack([x, y], -1), np.nan) * 0.1)
+  positions = np.concatenate(positions)
   dt = float(params.frame_interval_s)
-  local = diffusion.raster_blur_coefficient(params.frame, dt, "local")
+  local_x, local_y = diffusion.localiser_blur(params.frame, dt)
   centroid = diffusion.raster_blur_coefficient(params.frame, dt, "centroid")
-  assert local < centroid / 2
-  _check_blur(positions, dt, local, "local", slow)
+  assert local_x < local_y < centroid / 2
+  assert local_y / local_x == pytest.approx(0.987 * math.sqrt(math.pi), rel=0.05)
+  _check_blur(positions[..., :1], dt, local_x, "local x", slow)
+  _check_blur(positions[..., 1:], dt, local_y, "local y", slow)
+  # y is not blurred like x: the x coefficient is rejected for y.
+  _, m11, n = _lag_one(positions[..., 1:])
+  assert abs(m11 / (2 * slow * dt) - local_x) > 4 / math.sqrt(n)
 
 
 def test_blinking_follows_the_two_state_process(movies):

@@ -8,17 +8,25 @@ density all movie long. Detector output is converted back to photons with the pr
 PMT gain and offset, as a user would with ``calibrate_pmt.py``'s result.
 
 Pipelines (each: localiser -> ``trackpy.link`` -> estimator):
-  * qdjax: the shipped model (``max_detections`` raised to twice the field's QD count) + CVE;
-  * trackpy: ``trackpy.locate`` + naive MSD fit via ``trackpy.imsd`` (the ecosystem's way);
-  * trackpy_cve: ``trackpy.locate`` + CVE;
+  * qdjax: what a user gets: ``track.track_movie`` with every default on each movie (the
+    shipped model at its default settings, the threshold from the movie's score split, the
+    link range fitted to its steps, tracks of >= 10 detections, common motion subtracted
+    where significant, CVE or MLE); nothing is chosen by looking at any ground truth;
+  * qdjax_tuned (an oracle): the shipped model (``max_detections`` raised to twice the
+    field's QD count) with its threshold at the best F1 on validation movies' ground truth
+    and the link range from the largest D of the bench, + CVE;
+  * trackpy (tuned on truth, as below): ``trackpy.locate`` + naive MSD fit via
+    ``trackpy.imsd`` (the ecosystem's way);
+  * trackpy_cve (tuned on truth): ``trackpy.locate`` + CVE;
   * truth_cve: the ground-truth trajectory centroids + CVE with the centroid's R, the
     estimator alone on the same windows (no localiser, no linking);
   * truth_linked: the ground-truth centroids of every QD in the frame, without their
     identities, through the same linker and purity rule + CVE: what linking and its
     selection do alone.
-Settings of each localiser are chosen on separate validation movies (trackpy: diameter,
-percentile, minmass by AUC, as ``baselines.trackpy.tune``; then every localiser's score
-threshold at the best F1), never on the movies measured.
+Settings of the tuned localisers are chosen on separate validation movies, with their
+ground truth (trackpy: diameter, percentile, minmass by AUC, as ``baselines.trackpy.tune``;
+then the score threshold at the best F1), never on the movies measured; no user has that
+truth, so those rows show what tuning could buy, not what a user gets.
 
 Two traps are designed around. (1) Blur lowers and localisation error raises the naive
 MSD; they can cancel at one D, so every D of the range is shown. (2) Tracks that stay
@@ -170,6 +178,8 @@ def make_locators(validation, quick: bool):
     threshold = _threshold(locator, frames, keypoints, present)
     notes[f"{name}_min_score"] = threshold
     locators[name] = _Thresholded(locator, threshold)
+  if "model" in raw:  # the shipped model as locate.py and track.py load it: no truth used
+    locators["defaults"] = inference.load()
   return locators, notes
 
 
@@ -202,36 +212,41 @@ def truth_tracks(centroids, present) -> pd.DataFrame:
   return pd.DataFrame({"frame": f, "x": xy[:, 0], "y": xy[:, 1], "particle": np.cumsum(new)})
 
 
-def measure_windows(tracks, analysis, with_msd=False, centroids=None):
-  """[(D, naive D or NaN, sigma^2, weight, pure)] of the edge-weighted windows of these
-  tracks; ``pure``: with ``centroids`` ([T, P, 2], the truth), whether the window follows
-  one QD (``_identify``), else True."""
-  windows = track.field_windows(tracks, WINDOW, SIZE, SIZE, INSET_PX)
-  if len(windows) == 0:
-    return []
+def _window_tuples(windows, table, centroids):
+  """[(D, naive D, sigma^2, weight, pure)] of estimated windows; ``pure``: with
+  ``centroids`` ([T, P, 2], the truth), whether the window follows one QD (``_identify``),
+  else True."""
   identity = _identify(windows, centroids) if centroids is not None else {}
-  table = track.estimate(windows, analysis) if with_msd else _cve_only(windows, analysis)
   weight = windows.groupby("particle")["weight"].first()
+  sigma2 = (table["sigma_x_um"] ** 2 + table["sigma_y_um"] ** 2) / 2
   return [
     (
       row.D_um2_s,
       row.D_msd_um2_s,
-      row.sigma_um**2,
+      s2,
       float(weight[row.particle]),
       identity.get(row.particle, 0) >= 0,
     )
-    for row in table.itertuples()
+    for row, s2 in zip(table.itertuples(), sigma2, strict=True)
   ]
 
 
-def _cve_only(windows, analysis):
-  rows = []
-  for particle, one in windows.groupby("particle", sort=True):
-    est = diffusion.cve(
-      track.track_positions(one, analysis.pixel_size_um), analysis.frame_interval_s, analysis.blur
-    )
-    rows.append((particle, est.diffusion, math.nan, math.sqrt(max(est.localisation_variance, 0))))
-  return pd.DataFrame(rows, columns=["particle", "D_um2_s", "D_msd_um2_s", "sigma_um"])
+def measure_windows(tracks, analysis, centroids=None):
+  """``_window_tuples`` of the edge-weighted windows of these tracks (every window, gaps
+  allowed: ``analysis.min_frames`` should be small)."""
+  windows = track.field_windows(tracks, WINDOW, SIZE, SIZE, INSET_PX)
+  if len(windows) == 0:
+    return []
+  return _window_tuples(windows, track.estimate(windows, analysis), centroids)
+
+
+def measure_result(result, centroids):
+  """``_window_tuples`` of the windows of a ``track.track_movie`` result (its tracks with
+  the common motion removed, its own Analysis and estimator)."""
+  if len(result.windows) == 0:
+    return []
+  analysis = dataclasses.replace(result.analysis, min_frames=3)
+  return _window_tuples(result.windows, track.estimate(result.windows, analysis), centroids)
 
 
 def run_pipelines(frames, centroids, present, params, locators, reach):
@@ -243,8 +258,9 @@ def run_pipelines(frames, centroids, present, params, locators, reach):
   analysis = track.Analysis(
     frame_interval_s=dt,
     pixel_size_um=a,
-    blur=diffusion.raster_blur_coefficient(frame, dt, "local"),
-    min_frames=WINDOW,
+    blur=diffusion.localiser_blur(frame, dt),
+    min_frames=3,
+    estimator="cve",
   )
   truth = dataclasses.replace(
     analysis, blur=diffusion.raster_blur_coefficient(frame, dt, "centroid")
@@ -252,12 +268,14 @@ def run_pipelines(frames, centroids, present, params, locators, reach):
   results: dict[str, list] = {}
   counts: dict[str, dict] = {}
   for name, locator in locators.items():
+    if name == "defaults":
+      continue
     for m in range(len(frames)):
       tick = time.perf_counter()
       detections, _ = track.detect(frames[m], locator, chunk=FRAMES)
       SECONDS[name] = SECONDS.get(name, 0.0) + time.perf_counter() - tick
       linked = track.link(detections, reach, memory=3)
-      found = measure_windows(linked, analysis, name == "trackpy", centroids[m])
+      found = measure_windows(linked, analysis, centroids[m])
       c = counts.setdefault(name, {"tracks": 0, "windows": 0, "impure_windows": 0})
       c["tracks"] += int(linked["particle"].nunique()) if len(linked) else 0
       c["windows"] += len(found)
@@ -267,9 +285,25 @@ def run_pipelines(frames, centroids, present, params, locators, reach):
           results.setdefault("trackpy", []).append((d_msd, sigma2, weight, pure))
           results.setdefault("trackpy_cve", []).append((d_cve, sigma2, weight, pure))
         else:
-          results.setdefault("qdjax" if name == "model" else name, []).append(
+          results.setdefault("qdjax_tuned" if name == "model" else name, []).append(
             (d_cve, sigma2, weight, pure)
           )
+  # What a user gets: track_movie with every default, per movie.
+  if "defaults" in locators:
+    preset = _preset() or presets.get("paper")
+    for m in range(len(frames)):
+      tick = time.perf_counter()
+      result = track.track_movie(
+        frames[m], locators["defaults"], preset, frame_interval_s=dt, window=WINDOW
+      )
+      SECONDS["defaults"] = SECONDS.get("defaults", 0.0) + time.perf_counter() - tick
+      found = measure_result(result, centroids[m])
+      c = counts.setdefault("qdjax", {"tracks": 0, "windows": 0, "impure_windows": 0})
+      c["tracks"] += result.summary["tracks"]
+      c["windows"] += len(found)
+      c["impure_windows"] += sum(not pure for *_, pure in found)
+      for d_est, _, sigma2, weight, pure in found:
+        results.setdefault("qdjax", []).append((d_est, sigma2, weight, pure))
   # The estimator alone, on the same kind of window of the ground-truth centroids.
   for m in range(len(frames)):
     for d_cve, _, sigma2, weight, _ in measure_windows(
@@ -282,7 +316,7 @@ def run_pipelines(frames, centroids, present, params, locators, reach):
     xy = centroids[m][f, q]
     detections = pd.DataFrame({"frame": f, "x": xy[:, 0], "y": xy[:, 1], "score": 1.0})
     linked = track.link(detections, reach, memory=3)
-    found = measure_windows(linked, truth, False, centroids[m])
+    found = measure_windows(linked, truth, centroids[m])
     c = counts.setdefault("truth_linked", {"tracks": 0, "windows": 0, "impure_windows": 0})
     c["tracks"] += int(linked["particle"].nunique()) if len(linked) else 0
     c["windows"] += len(found)
@@ -319,7 +353,10 @@ def summarise(estimates, d: float, analysis) -> dict:
   mean, se = diffusion.weighted_mean(ratio, weight)
   sigma2 = float(np.median([max(e[1], 0.0) for e in estimates]))
   bound = (
-    diffusion.cramer_rao_diffusion(WINDOW, d, sigma2, analysis.blur, analysis.frame_interval_s) / d
+    diffusion.cramer_rao_diffusion(
+      WINDOW, d, sigma2, analysis.mean_blur, analysis.frame_interval_s
+    )
+    / d
   )
   rmse = float(np.sqrt(np.sum(weight * (ratio - 1) ** 2) / weight.sum()))
   return {
@@ -339,8 +376,8 @@ def summarise(estimates, d: float, analysis) -> dict:
 
 
 def judge(rows: dict) -> dict:
-  """The issue's three targets for the qdjax pipeline, from the per-pipeline, per-D rows; a
-  D counts only where both pipelines measured windows."""
+  """The three targets for the qdjax pipeline (its defaults), from the per-pipeline, per-D
+  rows; a D counts only where both pipelines measured windows."""
   q, tp = rows.get("qdjax", {}), rows.get("trackpy", {})
   measured = [k for k, r in q.items() if r.get("windows")]
   both = [k for k in measured if tp.get(k, {}).get("windows")]
@@ -350,8 +387,8 @@ def judge(rows: dict) -> dict:
     "qdjax_mean_ratio_in_0.95_1.05_at_every_D": all(
       0.95 <= q[k]["mean_ratio"] <= 1.05 for k in measured
     ),
-    "qdjax_rmse_within_1.5x_bound_at_every_D": all(
-      q[k]["rmse_over_bound"] <= 1.5 for k in measured
+    "qdjax_rmse_within_1.2x_bound_at_every_D": all(
+      q[k]["rmse_over_bound"] <= 1.2 for k in measured
     ),
     "qdjax_rmse_below_trackpy_at_every_D": bool(both)
     and all(q[k]["relative_rmse"] < tp[k]["relative_rmse"] for k in both),
@@ -404,6 +441,7 @@ def run(repeats: int = 1, quick: bool = False, photon_scale: float = 1.0) -> dic
     "movies_per_D": num_movies,
     "frame_interval_s": dt,
     "blur_local": diffusion.raster_blur_coefficient(params.frame, dt, "local"),
+    "blur_local_y": diffusion.raster_blur_coefficient(params.frame, dt, "local_y"),
     "blur_centroid": diffusion.raster_blur_coefficient(params.frame, dt, "centroid"),
     "search_range_px": reach,
     "settings": notes,
