@@ -30,6 +30,14 @@ _MIN_SCORE = flags.DEFINE_float(
   "mle the log-likelihood ratio against a flat background (see the README).",
 )
 _CHUNK = flags.DEFINE_integer("chunk", 4096, "Frames per chunk (bounds memory).", lower_bound=1)
+_LAYOUT = flags.DEFINE_enum(
+  "layout",
+  "auto",
+  ["auto", "stack", "channels"],
+  "How to read a 3-D array whose last axis is 3 or 4, such as (64, 64, 3): an RGB(A) image "
+  "or frames a few px wide? channels: one image, each channel a frame; stack: frames as "
+  "stored; auto: refuse such a shape.",
+)
 _PLOT = flags.DEFINE_bool("plot", False, "Also draw detections on the first frames (<output>.png).")
 
 
@@ -45,7 +53,13 @@ def main(argv):
     _METHOD.value, workdir=_WORKDIR.value, model=_MODEL.value, preset=presets.get("paper")
   )
   n = locate_lib.locate_file(
-    _INPUT.value, output, locate, chunk=_CHUNK.value, min_score=min_score, plot_path=plot
+    _INPUT.value,
+    output,
+    locate,
+    chunk=_CHUNK.value,
+    min_score=min_score,
+    plot_path=plot,
+    layout=_LAYOUT.value,
   )
   print(f"located {n} frames -> {output}" + (f" (+ {plot})" if plot else ""))
 

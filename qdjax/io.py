@@ -206,13 +206,41 @@ def check_stack(frames, dtype, wrong_rank: str, too_few: str) -> np.ndarray:
     raise ValueError(f"{wrong_rank}, got shape {frames.shape}")
   if len(frames) < 2:
     raise ValueError(f"{too_few}, got {len(frames)}")
-  bad = ~np.isfinite(frames)
-  if bad.any():
-    raise ValueError(f"frame {int(np.argwhere(bad)[0][0])} has NaN or infinite pixels")
+  _check_finite(frames, 0)
   return frames
 
 
-def _check_frames(frames: np.ndarray, source: str, movie: bool = False) -> np.ndarray:
+def _check_finite(block: np.ndarray, start: int, source: str | None = None) -> None:
+  """Raises ValueError naming ``source``, the frame and the pixel of the first NaN or
+  infinite value in ``block`` (frames ``start``, ``start + 1``, ...)."""
+  bad = ~np.isfinite(block)
+  if not bad.any():
+    return
+  index, row, column = (int(i) for i in np.argwhere(bad)[0])
+  count = int(bad[index].sum())
+  where = f"{source}: " if source else ""
+  value = "NaN" if np.isnan(block[index, row, column]) else "infinite"
+  raise ValueError(
+    f"{where}frame {start + index} has NaN or infinite pixels: the first at row {row}, "
+    f"column {column} (x {column}, y {row}) is {value}, {count} in that frame; replace "
+    "them (e.g. by the frame's median, where a registration left no data) and run again"
+  )
+
+
+LAYOUTS = ("auto", "stack", "channels")
+
+
+def _looks_like_channels(shape: tuple[int, ...]) -> bool:
+  """(h, w, 3 or 4) with h and w many times the last axis: an RGB(A) image's shape, which
+  could also be a stack of frames a few pixels wide."""
+  return shape[-1] in (3, 4) and min(shape[:2]) >= 4 * shape[-1]
+
+
+def _check_frames(
+  frames: np.ndarray, source: str, movie: bool = False, layout: str = "auto"
+) -> np.ndarray:
+  if layout not in LAYOUTS:
+    raise ValueError(f"layout must be one of {', '.join(LAYOUTS)}, got {layout!r}")
   if movie and frames.ndim != 3:
     raise ValueError(
       f"{source}: a movie must be an array (frames, h, w), got a {frames.ndim}-D array "
@@ -220,6 +248,19 @@ def _check_frames(frames: np.ndarray, source: str, movie: bool = False) -> np.nd
     )
   if movie and len(frames) < 2:
     raise ValueError(f"{source}: a movie needs at least 2 frames, got {len(frames)}")
+  if layout == "channels":
+    if frames.ndim != 3:
+      raise ValueError(
+        f"{source}: layout 'channels' needs one (h, w, channels) image, got shape {frames.shape}"
+      )
+    frames = np.moveaxis(frames, -1, 0)
+  elif frames.ndim == 3 and layout == "auto" and _looks_like_channels(frames.shape):
+    n, h, w = frames.shape
+    raise ValueError(
+      f"{source}: shape {frames.shape} is ambiguous: one {n} x {h} image with {w} colour "
+      f"channels, or {n} frames of {h} x {w} px? Say which (layout 'channels': each "
+      "channel a frame; 'stack': frames as stored; locate.py --layout)"
+    )
   if frames.ndim == 2:
     frames = frames[None]
   if frames.ndim != 3:
@@ -251,11 +292,16 @@ def _read(path: Path, suffix: str):
     return tifffile.imread(path)
 
 
-def open_frames(path: str | os.PathLike, movie: bool = False) -> np.ndarray:
+def open_frames(path: str | os.PathLike, movie: bool = False, layout: str = "auto") -> np.ndarray:
   """Frames from .npy, .npz (array ``images``) or .tif/.tiff, as a lazy [n, h, w] array.
 
   With ``movie=True`` the file must hold a (T, h, w) stack with T >= 2 (a 2-D array is
   one frame, not a movie).
+
+  A 3-D array whose last axis is 3 or 4 and several times smaller than the other two,
+  such as (64, 64, 3), may be an RGB(A) image or a stack of narrow frames: ``layout``
+  says which ('channels': one image, each of its channels read as a frame; 'stack': the
+  frames as stored); with 'auto' (the default) such a shape is refused.
 
   .npy files are memory-mapped and TIFF stacks are opened through tifffile's memmap or
   zarr store where possible, so a stack of a million frames is not read whole; slice it
@@ -263,7 +309,7 @@ def open_frames(path: str | os.PathLike, movie: bool = False) -> np.ndarray:
 
   Raises:
     FileNotFoundError: missing file.
-    ValueError: unreadable file, unknown suffix, or wrong rank.
+    ValueError: unreadable file, unknown suffix, wrong rank, or an ambiguous shape.
   """
   path = Path(path)
   if not path.is_file():
@@ -279,21 +325,23 @@ def open_frames(path: str | os.PathLike, movie: bool = False) -> np.ndarray:
     raise ValueError(f"{path}: {e.args[0]}") from None
   except _CORRUPT_FILE_ERRORS as e:
     raise ValueError(f"{path}: cannot read frames ({type(e).__name__}: {e})") from None
-  return _check_frames(frames, str(path), movie)
+  return _check_frames(frames, str(path), movie, layout)
 
 
-def iter_chunks(frames, chunk: int) -> Iterator[tuple[int, np.ndarray]]:
+def iter_chunks(frames, chunk: int, source: str | None = None) -> Iterator[tuple[int, np.ndarray]]:
   """(first index, float32 [<=chunk, h, w]) pieces of a possibly lazy frame stack.
 
+  Args:
+    frames: [n, h, w], e.g. from ``open_frames``.
+    chunk: frames per piece.
+    source: the file they come from, named in errors.
+
   Raises:
-    ValueError: if a chunk holds NaN or infinite pixels (naming the frame).
+    ValueError: if a chunk holds NaN or infinite pixels (naming the file, frame and pixel).
   """
   for start in range(0, len(frames), chunk):
     block = np.asarray(frames[start : start + chunk], dtype=np.float32)
-    bad = ~np.isfinite(block)
-    if bad.any():
-      frame = start + int(np.argwhere(bad)[0][0])
-      raise ValueError(f"frame {frame} has NaN or infinite pixels")
+    _check_finite(block, start, source)
     yield start, block
 
 

@@ -35,9 +35,9 @@ DEFAULT_MIN_SCORE = {"model": 0.25, "trackpy": -np.inf, "mle": 5.0}
 
 
 def _rows(
-  frames, locate: locator.Locator, chunk: int, min_score: float, keep: list, bar
+  frames, locate: locator.Locator, chunk: int, min_score: float, keep: list, bar, source: str
 ) -> Iterator[tuple[int, float, float, float]]:
-  for start, block in io.iter_chunks(frames, chunk):
+  for start, block in io.iter_chunks(frames, chunk, source=source):
     detections = locate(block, progress=bar)
     for offset, found in enumerate(detections):
       found = np.asarray(found, np.float64).reshape(-1, 3)
@@ -76,10 +76,14 @@ def locate_file(
   min_score: float = -np.inf,
   plot_path: str | None = None,
   progress: bool = True,
+  layout: str = "auto",
 ) -> int:
   """Localises every frame of ``input_path`` and writes ``output_path`` (CSV).
 
   Rows are sorted by frame, then by descending score within a frame.
+
+  ``layout`` says how to read an (h, w, 3 or 4) array, which ``io.open_frames`` refuses as
+  ambiguous unless told: 'channels' (each channel a frame) or 'stack'.
 
   Returns:
     the number of frames processed.
@@ -91,10 +95,11 @@ def locate_file(
   if chunk < 1:
     raise ValueError(f"chunk must be >= 1, got {chunk}")
   check_arguments(input_path, output_path, min_score, plot_path)
-  frames = io.open_frames(input_path)
+  frames = io.open_frames(input_path, layout=layout)
   keep: list = []
   with tqdm(total=len(frames), unit="frame", disable=not progress, desc="locate") as bar:
-    io.write_localisations(output_path, _rows(frames, locate, chunk, min_score, keep, bar))
+    rows = _rows(frames, locate, chunk, min_score, keep, bar, str(input_path))
+    io.write_localisations(output_path, rows)
   if plot_path is not None and keep:
     from qdjax import plotting  # matplotlib: imported only to draw (a second of start-up)
 

@@ -3,6 +3,7 @@ that cannot be written fails before any work, and every refusal is one line."""
 
 import hashlib
 import os
+import re
 import subprocess
 import time
 
@@ -15,10 +16,14 @@ def digest(path):
   return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
+PROGRESS_BAR = re.compile(r"^[\w ]+:\s+\d+%\|")  # tqdm's line, redrawn after each \r
+
+
 def assert_only_line(result, *needles, code):
-  """One line on stderr, ``error: ...`` naming every needle, and the exit code."""
+  """One line on stderr besides progress bars, ``error: ...`` naming every needle, and the
+  exit code."""
   assert_one_line_error(result, *needles, code=code)
-  lines = [ln for ln in result.stderr.splitlines() if ln.strip()]
+  lines = [ln for ln in result.stderr.splitlines() if ln.strip() and not PROGRESS_BAR.match(ln)]
   assert len(lines) == 1 and lines[0].startswith("error: "), result.stderr
 
 
@@ -144,3 +149,38 @@ def test_a_second_run_from_the_compilation_cache_prints_nothing_more(tmp_path):
   assert second.returncode == 0, second.stderr
   assert "cpu_aot_loader" not in second.stderr and "SIGILL" not in second.stderr, second.stderr
   assert len(second.stderr.splitlines()) <= len(first.stderr.splitlines()), second.stderr
+
+
+@pytest.fixture
+def rgb_tif(tmp_path):
+  import tifffile
+
+  image = np.random.default_rng(2).poisson(3.0, (64, 64, 3)).astype(np.uint8)
+  path = tmp_path / "rgb.tif"
+  tifffile.imwrite(path, image, photometric="rgb")
+  return path
+
+
+def test_locate_refuses_an_rgb_image_unless_told_its_layout(rgb_tif):
+  output = rgb_tif.parent / "locs.csv"
+  args = ["--method=trackpy", f"--input={rgb_tif}", f"--output={output}"]
+  result = run_script("locate.py", *args)
+  assert_only_line(result, str(rgb_tif), "ambiguous", "(64, 64, 3)", "--layout", code=2)
+  assert not output.exists()
+  for layout, frames in (("channels", 3), ("stack", 64)):
+    result = run_script("locate.py", *args, f"--layout={layout}")
+    assert result.returncode == 0, result.stderr
+    assert f"located {frames} frames" in result.stdout, result.stdout
+
+
+def test_a_nan_pixel_is_named_with_its_file_frame_and_pixel(tmp_path):
+  frames = np.random.default_rng(3).poisson(3.0, (6, 24, 25)).astype(np.float32)
+  frames[4, 5, 7] = np.nan
+  path = tmp_path / "registered.npy"
+  np.save(path, frames)
+  output = tmp_path / "locs.csv"
+  result = run_script(
+    "locate.py", "--method=trackpy", f"--input={path}", f"--output={output}", "--chunk=2"
+  )
+  assert_only_line(result, str(path), "frame 4", "row 5, column 7", "is NaN", code=2)
+  assert not output.exists()
