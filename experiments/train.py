@@ -45,13 +45,11 @@ def main(argv):
   try:
     with cli.removed_on_failure(_WORKDIR.value, keep=_has_checkpoint):
       result = train.train_and_evaluate(config, _WORKDIR.value)
-  except KeyboardInterrupt:
+  except KeyboardInterrupt as e:
     if not _has_checkpoint(Path(_WORKDIR.value)):
       raise
-    cli.fail(
-      f"interrupted; {_WORKDIR.value} keeps its last checkpoint, the same command resumes",
-      cli.EXIT_INTERRUPTED,
-    )
+    word, code = cli.interrupt_exit(e)
+    cli.fail(f"{word}; {_WORKDIR.value} keeps its last checkpoint, the same command resumes", code)
   for split, cells in result["auc_by_split"].items():
     print(f"{split}: " + "  ".join(f"AUC@{eps}px={auc:.3f}" for eps, auc in cells.items()))
   print(

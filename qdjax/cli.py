@@ -7,8 +7,10 @@ Every script in ``experiments/`` runs through ``run`` and exits with:
   a bad value): one line ``error: ...`` naming the bad value, no traceback;
 - 1: anything else: a failure of the machine (disk full, ...) as one line, or a bug, which
   keeps its traceback;
-- 130: interrupted (Ctrl-C, SIGINT): one line. Outputs are written to a temporary name
-  and renamed when complete (``qdjax.io``), so an interrupted run leaves no partial file.
+- 130: interrupted (Ctrl-C, SIGINT), 143: terminated (SIGTERM): one line. Both unwind
+  like Ctrl-C (cleanup runs, worker processes are stopped); outputs are written to a
+  temporary name and renamed when complete (``qdjax.io``), so an interrupted run leaves no
+  partial file.
 
 ``run`` also turns on JAX's persistent compilation cache (``use_compilation_cache``), so
 a second call of a script does not compile its programs again: it holds most of the
@@ -38,6 +40,19 @@ logging.getLogger("jax._src.xla_bridge").setLevel(logging.WARNING)
 EXIT_FAILURE = 1
 EXIT_USAGE = 2
 EXIT_INTERRUPTED = 130
+EXIT_TERMINATED = 143  # 128 + SIGTERM, as a shell reports a process that a SIGTERM ended
+
+
+class Terminated(KeyboardInterrupt):
+  """A SIGTERM, raised where the program is, so it unwinds as Ctrl-C does (``run``)."""
+
+
+def interrupt_exit(error: KeyboardInterrupt) -> tuple[str, int]:
+  """The word and exit status for an interrupt: SIGTERM (143) or Ctrl-C (130)."""
+  if isinstance(error, Terminated):
+    return "terminated", EXIT_TERMINATED
+  return "interrupted", EXIT_INTERRUPTED
+
 
 # The persistent compilation cache: unset, the user's cache directory; 0/off/false/no, off;
 # anything else, the directory to use.
@@ -104,8 +119,9 @@ def one_line_errors(main):
       fail(_first_line(e))
     except OSError as e:
       fail(_first_line(e), EXIT_FAILURE)
-    except KeyboardInterrupt:
-      fail("interrupted; no partial output was written", EXIT_INTERRUPTED)
+    except KeyboardInterrupt as e:
+      word, code = interrupt_exit(e)
+      fail(f"{word}; no partial output was written", code)
 
   return wrapped
 
@@ -252,11 +268,13 @@ def run(main) -> None:
   # Python's default handler, with one that cancels its task, and a cancelled save can
   # absorb the interrupt, so that training would go on.
   signal.signal(signal.SIGINT, _interrupt)
+  signal.signal(signal.SIGTERM, _terminate)
   sys.unraisablehook = _unraisablehook
   try:
     app.run(quiet_main, flags_parser=_parse_flags)
-  except KeyboardInterrupt:  # during flag parsing or imports, before main's own handler
-    fail("interrupted; no partial output was written", EXIT_INTERRUPTED)
+  except KeyboardInterrupt as e:  # during flag parsing or imports, before main's own handler
+    word, code = interrupt_exit(e)
+    fail(f"{word}; no partial output was written", code)
 
 
 def _quiet_cpu_cache_loader() -> None:
@@ -279,6 +297,10 @@ def _quiet_cpu_cache_loader() -> None:
 
 def _interrupt(signum, frame) -> None:
   raise KeyboardInterrupt
+
+
+def _terminate(signum, frame) -> None:
+  raise Terminated(f"signal {signum}")
 
 
 def _excepthook(kind, value, traceback) -> None:

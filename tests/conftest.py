@@ -35,12 +35,13 @@ def run_script(
 
 
 def interrupt_script(
-  script: str, *args: str, started, cwd=REPO, timeout=600
+  script: str, *args: str, started, cwd=REPO, timeout=600, signum=signal.SIGINT
 ) -> subprocess.CompletedProcess:
   """Runs a script and presses Ctrl-C once it has started working.
 
   ``started(stderr_so_far) -> bool`` says when (e.g. its progress bar is up). SIGINT goes
-  to the whole process group, as a terminal's Ctrl-C does, worker processes included.
+  to the whole process group, as a terminal's Ctrl-C does, worker processes included;
+  another ``signum`` (SIGTERM) goes to the script's process alone, as ``kill PID`` sends it.
   """
   proc = subprocess.Popen(
     [sys.executable, str(REPO / "experiments" / script), *args],
@@ -64,7 +65,10 @@ def interrupt_script(
     os.killpg(proc.pid, signal.SIGKILL)  # a failed wait never leaves the run behind
     proc.wait()
     raise
-  os.killpg(proc.pid, signal.SIGINT)
+  if signum == signal.SIGINT:
+    os.killpg(proc.pid, signum)
+  else:
+    os.kill(proc.pid, signum)
   stdout = proc.stdout.read()
   proc.wait(timeout=120)
   reader.join()

@@ -1,5 +1,7 @@
 """trackpy and MLE baselines: accuracy against ground truth and the Cramer-Rao bound."""
 
+import os
+
 import numpy as np
 import pytest
 
@@ -77,18 +79,27 @@ def test_trackpy_worker_pool_keeps_frames_in_order(monkeypatch):
   images = frames["images"]
   serial = trackpy_baseline.locate_frames(images, 7, 64.0, 0.0, workers=1)
   monkeypatch.setattr(trackpy_baseline, "MIN_FRAMES_PER_WORKER", 50)
-  trackpy_baseline.shutdown_pool()
-  try:
-    pooled = trackpy_baseline.locate_frames(images, 7, 64.0, 0.0, workers=2)
-    assert trackpy_baseline._POOL is not None  # the pool ran (200 frames: 4 chunks of 64)
-  finally:
-    trackpy_baseline.shutdown_pool()
+  with trackpy_baseline.Locator(trackpy_baseline.Settings(7, 0.0, 64.0), workers=2) as locate:
+    pooled = locate(images)
+    assert locate.pool.running  # the pool ran (200 frames: 4 chunks of 64)
+    workers = [p.pid for p in locate.pool._pool._pool]
+  assert not locate.pool.running  # closed with its locator: no worker left
+  for pid in workers:
+    assert not os.path.exists(f"/proc/{pid}") or _is_zombie(pid), pid
   assert len(pooled) == len(images)
   for a, b in zip(serial, pooled, strict=True):
     np.testing.assert_array_equal(a, b)
   # And each frame's brightest feature is its own QD.
   error = np.hypot(*(brightest(pooled) - frames["keypoints"][:, 0]).T)
   assert np.all(error < 1.0), error.max()
+
+
+def _is_zombie(pid: int) -> bool:
+  try:
+    with open(f"/proc/{pid}/stat") as f:
+      return f.read().rsplit(")", 1)[1].split()[0] == "Z"
+  except FileNotFoundError:
+    return True
 
 
 def test_mle_recovers_known_parameters_within_the_crlb():

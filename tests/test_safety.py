@@ -4,7 +4,9 @@ that cannot be written fails before any work, and every refusal is one line."""
 import hashlib
 import os
 import re
+import signal
 import subprocess
+import sys
 import time
 
 import numpy as np
@@ -184,3 +186,139 @@ def test_a_nan_pixel_is_named_with_its_file_frame_and_pixel(tmp_path):
   )
   assert_only_line(result, str(path), "frame 4", "row 5, column 7", "is NaN", code=2)
   assert not output.exists()
+
+
+def _descendants(pid: int) -> list[int]:
+  try:
+    import psutil
+  except ImportError:
+    psutil = None
+  if psutil is not None:
+    try:
+      return [c.pid for c in psutil.Process(pid).children(recursive=True)]
+    except psutil.NoSuchProcess:
+      return []
+  parents = {}
+  for entry in os.listdir("/proc"):
+    if entry.isdigit():
+      try:
+        with open(f"/proc/{entry}/stat") as f:
+          parents[int(entry)] = int(f.read().rsplit(")", 1)[1].split()[1])
+      except (OSError, IndexError, ValueError):
+        pass
+  found, frontier = [], [pid]
+  while frontier:
+    children = [p for p, parent in parents.items() if parent in frontier]
+    found += children
+    frontier = children
+  return found
+
+
+def _alive(pid: int) -> bool:
+  """Running (not gone, not a zombie waiting for a parent that no longer reaps it)."""
+  try:
+    with open(f"/proc/{pid}/stat") as f:
+      return f.read().rsplit(")", 1)[1].split()[0] != "Z"
+  except FileNotFoundError:
+    return False
+
+
+@pytest.fixture(scope="module")
+def long_stack(tmp_path_factory):
+  """Enough 24 x 25 frames for trackpy's worker pool to work well over 10 s on 2 cores."""
+  path = tmp_path_factory.mktemp("long") / "long.npy"
+  np.save(path, np.random.default_rng(4).poisson(3.0, (30000, 24, 25)).astype(np.float32))
+  return path
+
+
+def _start_trackpy_locate(stack, output):
+  """Starts locate.py --method=trackpy; returns (process, stderr lines, reader, workers)
+  once its worker pool has started working."""
+  import threading
+
+  from conftest import REPO, _script_env
+
+  proc = subprocess.Popen(
+    [sys.executable, str(REPO / "experiments" / "locate.py"), "--method=trackpy"]
+    + [f"--input={stack}", f"--output={output}"],
+    env=_script_env(),
+    stdout=subprocess.PIPE,
+    stderr=subprocess.PIPE,
+    text=True,
+    start_new_session=True,
+  )
+  lines = []
+  reader = threading.Thread(target=lambda: lines.extend(iter(proc.stderr.readline, "")))
+  reader.start()
+  deadline = time.monotonic() + 300
+  try:
+    while True:
+      assert proc.poll() is None, "".join(lines)
+      assert time.monotonic() < deadline, "".join(lines)
+      workers = _descendants(proc.pid)
+      if len(workers) >= 2 and "locate:" in "".join(lines):
+        break
+      time.sleep(0.1)
+    time.sleep(2.0)  # the workers have imported trackpy and are locating
+    assert proc.poll() is None, "".join(lines)
+    return proc, lines, reader, _descendants(proc.pid)
+  except BaseException:
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+    raise
+
+
+@pytest.mark.parametrize(
+  "signum, code, word", [(signal.SIGINT, 130, "interrupted"), (signal.SIGTERM, 143, "terminated")]
+)
+def test_a_signal_stops_trackpy_locate_and_its_workers(long_stack, tmp_path, signum, code, word):
+  output = tmp_path / "locs.csv"
+  proc, lines, reader, workers = _start_trackpy_locate(long_stack, output)
+  sent = time.monotonic()
+  if signum == signal.SIGINT:
+    os.killpg(proc.pid, signum)  # Ctrl-C in a terminal: the whole process group
+  else:
+    os.kill(proc.pid, signum)  # kill PID: the parent alone
+  try:
+    proc.wait(timeout=10)
+  except subprocess.TimeoutExpired:
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+    pytest.fail(f"still running 10 s after signal {signum}")
+  reader.join()
+  took = time.monotonic() - sent
+  result = subprocess.CompletedProcess(
+    proc.args, proc.returncode, proc.stdout.read(), "".join(lines)
+  )
+  assert_only_line(result, word, code=code)
+  assert took < 10, took
+  assert not output.exists() and not [p for p in tmp_path.iterdir() if p.name.startswith(".")]
+  time.sleep(0.5)
+  assert not [pid for pid in workers if _alive(pid)], workers
+
+
+def test_workers_die_when_their_parent_is_killed(long_stack, tmp_path):
+  proc, _, reader, workers = _start_trackpy_locate(long_stack, tmp_path / "locs.csv")
+  os.kill(proc.pid, signal.SIGKILL)  # no handler runs: the workers must notice by themselves
+  proc.wait()
+  reader.join()
+  deadline = time.monotonic() + 5
+  while [pid for pid in workers if _alive(pid)] and time.monotonic() < deadline:
+    time.sleep(0.1)
+  assert not [pid for pid in workers if _alive(pid)], workers
+
+
+def test_sigterm_during_simulate_exits_143_and_writes_nothing(tmp_path):
+  from conftest import interrupt_script
+
+  result = interrupt_script(
+    "simulate.py",
+    "--regime=1",
+    "--num_images=200000",
+    f"--output={tmp_path / 'frames.npz'}",
+    started=lambda err: "simulate:" in err,
+    signum=signal.SIGTERM,
+    timeout=300,
+  )
+  assert_only_line(result, "terminated", code=143)
+  assert not list(tmp_path.iterdir())

@@ -141,7 +141,9 @@ def _sigterm_as_interrupt():
     return
 
   def interrupt(signum, frame):
-    raise KeyboardInterrupt(f"signal {signum}")
+    from qdjax import cli
+
+    raise cli.Terminated(f"signal {signum}")
 
   previous = signal.signal(signal.SIGTERM, interrupt)
   try:
