@@ -142,8 +142,9 @@ def _write_movie(params, preset):
   if not _OUTPUT.value.endswith((".npz", ".tif", ".tiff")):
     raise ValueError(f"--output must end in .npz or .tif for a movie, got {_OUTPUT.value}")
   movie.check_output_paths(_OUTPUT.value)
-  arrays = movie.generate(movie_params, _SEED.value)
-  written = movie.save(_OUTPUT.value, arrays, movie.params_record(movie_params, preset))
+  record = movie.params_record(movie_params, preset)
+  # In pieces of frames, each written as it comes: memory is bounded by a piece.
+  written = movie.write(_OUTPUT.value, movie_params, _SEED.value, record, progress="simulate")
   print(f"wrote a movie of {_NUM_FRAMES.value} frames to {', '.join(written)}")
 
 

@@ -32,6 +32,8 @@ from __future__ import annotations
 import contextlib
 import functools
 import math
+import tempfile
+from collections.abc import Iterator
 from typing import Any
 
 import jax
@@ -175,22 +177,31 @@ def _stay_on(params: MovieParams, on, dt):
   return jnp.where(params.blink_off_s > 0, prob, 1.0)
 
 
-def _render_noise_free(key, params: MovieParams):
+def _start(key, params: MovieParams):
+  """What a movie draws once: which QDs exist, their D, the per-frame key, the first state."""
   frame = params.frame
-  h = frame.height
   k_count, k_d, k_start, k_blink0, k_frames = jax.random.split(key, 5)
   lo, hi = frame.num_particles
   active = jnp.arange(frame.max_particles) < jax.random.randint(k_count, (), lo, hi + 1)
   diffusion = simulate.sample_diffusion(k_d, frame)
+  # The stationary probability of being on.
+  total = jnp.maximum(params.blink_on_s + params.blink_off_s, 1e-30)
+  p_on = 1.0 - params.blink_off_s / total
+  on0 = jax.random.uniform(k_blink0, active.shape) < p_on
+  return active, diffusion, k_frames, (_start_positions(k_start, params), on0)
+
+
+def _scan_frames(params: MovieParams, active, diffusion, k_frames, carry, indices):
+  """Frames ``indices`` (consecutive) from ``carry``, the state at the end of the frame
+  before the first: (new carry, per-frame arrays). Each frame draws its random numbers
+  from ``fold_in(k_frames, index)``, so a movie is the same in one scan or in pieces."""
+  frame = params.frame
+  h = frame.height
   line = scan.line_period(frame.width, frame.dwell_s, frame.retrace_s)
   # From the last sample of one frame to the first of the next, and from the last line's
   # start to the next frame's first line.
   gap = params.frame_interval_s - frame_span(frame) + frame.dwell_s / frame.substeps
   line_gap = params.frame_interval_s - (h - 1) * line
-  # The stationary probability of being on.
-  total = jnp.maximum(params.blink_on_s + params.blink_off_s, 1e-30)
-  p_on = 1.0 - params.blink_off_s / total
-  on0 = jax.random.uniform(k_blink0, active.shape) < p_on
 
   def one_frame(carry, index):
     end, on = carry
@@ -225,11 +236,69 @@ def _render_noise_free(key, params: MovieParams):
     )
     return (positions[:, -1, -1, -1], on_last), out
 
-  init = (_start_positions(k_start, params), on0)
-  _, frames = jax.lax.scan(one_frame, init, jnp.arange(params.num_frames))
+  return jax.lax.scan(one_frame, carry, indices)
+
+
+def _render_noise_free(key, params: MovieParams):
+  active, diffusion, k_frames, init = _start(key, params)
+  indices = jnp.arange(params.num_frames)
+  _, frames = _scan_frames(params, active, diffusion, k_frames, init, indices)
   noise_keys = frames.pop("noise_key")
   movie = Movie(counts=None, active=active, diffusion=diffusion, **frames)
   return movie, noise_keys
+
+
+@jax.jit
+def _render_piece(params: MovieParams, active, diffusion, k_frames, carry, indices):
+  carry, frames = _scan_frames(params, active, diffusion, k_frames, carry, indices)
+  noise_keys = frames.pop("noise_key")
+  frames["counts"] = detector.record_batch(noise_keys, frames["expected"], params.frame)
+  return carry, frames
+
+
+# Frames per piece of ``iter_frames``: about 4 M pixels (64 frames of 256 x 256), so memory
+# is bounded by the piece, not the movie (a whole 2000-frame 256 x 256 movie in one scan
+# took over 15 GB).
+PIECE_PIXELS = 1 << 22
+
+
+def piece_frames(params: MovieParams) -> int:
+  """Frames per piece of ``iter_frames`` for this frame size."""
+  return max(1, min(params.num_frames, PIECE_PIXELS // (params.frame.height * params.frame.width)))
+
+
+def iter_frames(params: MovieParams, seed: int, chunk: int | None = None) -> Iterator[dict]:
+  """The movie ``generate(params, seed)`` gives, in pieces of ``chunk`` frames (default
+  ``piece_frames``): memory is bounded by one piece, whatever the movie's length.
+
+  Yields:
+    dicts with ``generate``'s per-frame arrays for the next frames (images, expected,
+    keypoints, centroids, present, z, on_fraction), in order, and the movie's diffusion.
+  """
+  chunk = piece_frames(params) if chunk is None else chunk
+  if chunk < 1:
+    raise ValueError(f"chunk must be >= 1, got {chunk}")
+  active, diffusion, k_frames, carry = jax.jit(_start)(jax.random.key(seed), params)
+  movie_diffusion = np.float32(jax.device_get(diffusion))
+  for first in range(0, params.num_frames, chunk):
+    indices = jnp.arange(first, min(first + chunk, params.num_frames))
+    carry, frames = _render_piece(params, active, diffusion, k_frames, carry, indices)
+    frames = jax.device_get(frames)
+    yield {
+      "images": np.asarray(frames["counts"], np.float32),
+      **{k: np.asarray(frames[k], _PER_FRAME[k]) for k in _PER_FRAME},
+      "diffusion": movie_diffusion,
+    }
+
+
+_PER_FRAME = {  # generate's per-frame arrays beside the images, and their dtypes
+  "expected": np.float32,
+  "keypoints": np.float32,
+  "centroids": np.float32,
+  "present": bool,
+  "z": np.float32,
+  "on_fraction": np.float32,
+}
 
 
 def render_batch(keys, params: MovieParams) -> Movie:
@@ -324,6 +393,121 @@ def check_output_paths(path: str, inputs=()) -> list[str]:
   return paths
 
 
+def write(
+  path: str,
+  params: MovieParams,
+  seed: int,
+  record: dict,
+  *,
+  chunk: int | None = None,
+  progress: bool | str = False,
+) -> list[str]:
+  """Simulates the movie ``generate(params, seed)`` in pieces (``iter_frames``) and writes
+  it as ``save`` does, each piece as it comes: memory is bounded by a piece, not the movie.
+
+  The .npz is uncompressed (as ``data.write``'s: simulated counts barely compress). All
+  files go to temporary names and are renamed together when complete.
+
+  Args:
+    path: .npz, or .tif/.tiff (with ``<stem>_truth.csv`` and ``<stem>_params.json``).
+    params, seed: the movie.
+    record: the ``params`` record (``params_record``).
+    chunk: frames per piece (default ``piece_frames``).
+    progress: a tqdm bar over frames (a string: its label).
+
+  Returns:
+    the paths written.
+  """
+  import json
+
+  from tqdm.auto import tqdm
+
+  from qdjax import io
+
+  paths = output_paths(path)
+  t = params.num_frames
+  h, w = params.frame.height, params.frame.width
+  small = {k: [] for k in ("keypoints", "centroids", "present", "z", "on_fraction")}
+  diffusion = {}
+  desc = progress if isinstance(progress, str) else "simulate"
+
+  def images(bar, spill=None):
+    """The movie's frames, piece by piece; keeps the small arrays, spills the expected."""
+    for piece in iter_frames(params, seed, chunk):
+      for k, parts in small.items():
+        parts.append(piece[k])
+      diffusion["diffusion"] = piece["diffusion"]
+      if spill is not None:
+        spill.write(np.ascontiguousarray(piece["expected"]).data)
+      bar.update(len(piece["images"]))
+      yield piece["images"]
+
+  def small_arrays() -> dict:
+    return {
+      **{k: np.concatenate(v) for k, v in small.items()},
+      **diffusion,
+      "frame_interval_s": np.float32(params.frame_interval_s),
+    }
+
+  text = json.dumps(record, sort_keys=True)
+  with tqdm(total=t, unit="frame", disable=not progress, desc=desc) as bar:
+    if path.endswith(".npz"):
+      # A zip archive takes one member at a time: the images stream in while the expected
+      # images wait in an unnamed temporary file beside the output (gone on any exit).
+      with io.npz_writer(path) as archive, tempfile.TemporaryFile(dir=_folder(path)) as spill:
+        with archive.stream("images", (t, h, w), np.float32) as write:
+          for piece in images(bar, spill):
+            write(piece)
+        spill.seek(0)
+        rows = max(1, piece_frames(params))
+        with archive.stream("expected", (t, h, w), np.float32) as write:
+          for first in range(0, t, rows):
+            count = min(rows, t - first)
+            write(np.frombuffer(spill.read(count * h * w * 4), np.float32).reshape(count, h, w))
+        for k, v in small_arrays().items():
+          archive.add(k, v)
+        archive.add("params", np.asarray(text))
+      return paths
+    import tifffile
+
+    with contextlib.ExitStack() as stack:
+      tif_tmp, truth_tmp, params_tmp = (stack.enter_context(io.atomic_path(f)) for f in paths)
+      pages = (page for piece in images(bar) for page in piece)
+      tifffile.imwrite(
+        tif_tmp, data=pages, shape=(t, h, w), dtype=np.float32, photometric="minisblack"
+      )
+      _truth_table(small_arrays()).to_csv(truth_tmp, index=False)
+      params_tmp.write_text(json.dumps(record, indent=1, sort_keys=True) + "\n")
+  return paths
+
+
+def _folder(path: str) -> str:
+  import os
+
+  return os.path.dirname(path) or "."
+
+
+def _truth_table(arrays: dict):
+  """The .tif movie's ``<stem>_truth.csv``: one row per frame and QD."""
+  import pandas as pd
+
+  t, p = arrays["present"].shape
+  truth = pd.DataFrame(
+    {
+      "frame": np.repeat(np.arange(t), p),
+      "particle": np.tile(np.arange(p), t),
+      "x": arrays["centroids"][..., 0].reshape(-1),
+      "y": arrays["centroids"][..., 1].reshape(-1),
+      "z_um": arrays["z"].reshape(-1),
+      "present": arrays["present"].reshape(-1).astype(int),
+      "on_fraction": arrays["on_fraction"].reshape(-1),
+    }
+  )
+  for column in ("x", "y", "z_um"):
+    truth[column] = truth[column].map(lambda v: f"{v:.4f}")
+  return truth
+
+
 def save(path: str, arrays: dict, record: dict) -> list[str]:
   """Writes a movie: .npz (arrays + ``params`` JSON), or .tif (the images) with
   ``<stem>_truth.csv`` (frame, particle, x, y, z_um, present, on_fraction) and
@@ -341,29 +525,14 @@ def save(path: str, arrays: dict, record: dict) -> list[str]:
     io.save_npz(path, params=text, **arrays)
     return [path]
   paths = output_paths(path)
-  import pandas as pd
   import tifffile
 
-  t, p = arrays["present"].shape
-  truth = pd.DataFrame(
-    {
-      "frame": np.repeat(np.arange(t), p),
-      "particle": np.tile(np.arange(p), t),
-      "x": arrays["centroids"][..., 0].reshape(-1),
-      "y": arrays["centroids"][..., 1].reshape(-1),
-      "z_um": arrays["z"].reshape(-1),
-      "present": arrays["present"].reshape(-1).astype(int),
-      "on_fraction": arrays["on_fraction"].reshape(-1),
-    }
-  )
+  truth = _truth_table(arrays)
   # All three are written under temporary names first and renamed only when all are
   # complete, so a failure on the last leaves none of them.
   with contextlib.ExitStack() as stack:
     tif_tmp, truth_tmp, params_tmp = (stack.enter_context(io.atomic_path(f)) for f in paths)
     tifffile.imwrite(tif_tmp, arrays["images"], photometric="minisblack")
-    formats = {c: "%.4f" for c in ("x", "y", "z_um")}
-    for column, fmt in formats.items():
-      truth[column] = truth[column].map(lambda v, fmt=fmt: fmt % v)
     truth.to_csv(truth_tmp, index=False)
     params_tmp.write_text(json.dumps(record, indent=1, sort_keys=True) + "\n")
   return paths

@@ -322,3 +322,34 @@ def test_sigterm_during_simulate_exits_143_and_writes_nothing(tmp_path):
   )
   assert_only_line(result, "terminated", code=143)
   assert not list(tmp_path.iterdir())
+
+
+def test_a_movie_is_the_same_in_any_pieces_and_written_piece_by_piece(tmp_path):
+  import tifffile
+
+  from qdjax import movie, presets
+
+  frame = presets.get("paper").sim_params(diffusion=0.5, height=32, width=40, num_particles=(2, 4))
+  params = movie.make_params(frame, 37, blink_on_s=0.02, blink_off_s=0.01)
+  whole = movie.generate(params, 3)
+  for chunk in (5, 37):  # several pieces, the last one short; and one piece
+    pieces = list(movie.iter_frames(params, 3, chunk))
+    assert len(pieces) == -(-37 // chunk)
+    for name in ("images", "expected", "keypoints", "centroids", "present", "z", "on_fraction"):
+      joined = np.concatenate([piece[name] for piece in pieces])
+      np.testing.assert_array_equal(joined, whole[name], err_msg=f"{name}, chunk {chunk}")
+  record = movie.params_record(params)
+  movie.save(str(tmp_path / "whole.npz"), whole, record)
+  movie.write(str(tmp_path / "pieces.npz"), params, 3, record, chunk=5)
+  with np.load(tmp_path / "whole.npz") as a, np.load(tmp_path / "pieces.npz") as b:
+    assert sorted(a.files) == sorted(b.files)
+    for name in a.files:
+      np.testing.assert_array_equal(a[name], b[name], err_msg=name)
+  movie.save(str(tmp_path / "whole.tif"), whole, record)
+  movie.write(str(tmp_path / "pieces.tif"), params, 3, record, chunk=5)
+  np.testing.assert_array_equal(
+    tifffile.imread(tmp_path / "pieces.tif"), tifffile.imread(tmp_path / "whole.tif")
+  )
+  for suffix in ("_truth.csv", "_params.json"):
+    assert (tmp_path / f"pieces{suffix}").read_text() == (tmp_path / f"whole{suffix}").read_text()
+  assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]  # no temporary left
