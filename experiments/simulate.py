@@ -24,11 +24,33 @@ blinking), e.g.
 identity is its column P), ``present``, ``centroids``, ``z``, ``on_fraction``,
 ``diffusion``, ``frame_interval_s`` and ``params``; ``.tif`` holds the images, with
 ``<stem>_truth.csv`` and ``<stem>_params.json`` beside it.
+
+Mixed motion (``--populations``): each QD of the movie belongs to one population, drawn
+with the given fractions (they sum to 1). A population is ``kind:fraction`` followed by
+``:name=value`` items, populations separated by commas:
+
+  free:FRACTION[:D=um2/s][:sigma=S]        Brownian; D log-normal if sigma (sd of ln D) > 0
+  confined:FRACTION:radius=um[:D=um2/s]    Brownian in a reflecting sphere of this radius
+  immobile:FRACTION                        D = 0
+  directed:FRACTION:speed=um/s[:D=um2/s]   drift in a random in-plane direction + Brownian
+
+A population without ``D`` takes the movie's (``--diffusion``/``--regime``), e.g.
+
+  python experiments/simulate.py --preset=paper --diffusion=0.5 --num_frames=200 \
+      --num_particles=20 --config.overrides.height=64 --config.overrides.width=64 \
+      --populations=free:0.5:D=0.05:sigma=0.5,free:0.2,confined:0.2:radius=0.2,immobile:0.1 \
+      --output=mixed.tif
+
+Each QD's truth is in the .npz as [P] arrays ``qd_active``, ``qd_motion`` (kind),
+``qd_population``, ``qd_diffusion_um2_s``, ``qd_radius_um`` (NaN unless confined),
+``qd_speed_um_s``, ``qd_velocity_um_s`` (P, 2) and ``qd_center_um`` (P, 3), and in the
+truth CSV as the columns ``active,motion,population,D_um2_s,radius_um,speed_um_s,vx_um_s,
+vy_um_s`` (``qdjax.motion.truth_table`` reads either, one row per QD).
 """
 
 from absl import flags
 
-from qdjax import cli, data, io, movie, presets
+from qdjax import cli, data, io, motion, movie, presets
 
 _CONFIG = cli.define_config(
   __file__,
@@ -64,6 +86,14 @@ _BLINK_ON = flags.DEFINE_float(
 _BLINK_OFF = flags.DEFINE_float(
   "blink_off_s", None, "Movie: mean off time, s; 0: no blinking; default: the preset's (0)."
 )
+_POPULATIONS = flags.DEFINE_string(
+  "populations",
+  None,
+  "Movie: motion populations, comma-separated kind:fraction[:name=value...], kinds free, "
+  "confined (radius=um), immobile, directed (speed=um/s); D=um2/s (default --diffusion's), "
+  "sigma=sd of ln D. E.g. free:0.7:D=0.05:sigma=0.5,confined:0.2:radius=0.2,immobile:0.1. "
+  "Default: all free at --diffusion's D.",
+)
 _INTEGER_COUNTS = flags.DEFINE_bool(
   "integer_counts",
   False,
@@ -87,13 +117,22 @@ def main(argv):
     raise ValueError("give --diffusion or --regime, not both")
   diffusion = None if _DIFFUSION.value is None else cli.parse_diffusion(_DIFFUSION.value)
   regime = None if _REGIME.value is None else int(_REGIME.value)
-  if diffusion is None and regime is None:
+  populations = None
+  if _POPULATIONS.value is not None:
+    if _NUM_FRAMES.value is None:
+      raise ValueError("--populations is for movies: give --num_frames too")
+    populations = _parse_populations(_POPULATIONS.value)
+  # Populations that all give their own D (or none, immobile) need no movie D.
+  own_d = populations is not None and all(
+    p.diffusion_um2_s is not None or p.kind == "immobile" for p in populations
+  )
+  if diffusion is None and regime is None and not own_d:
     raise ValueError("give --diffusion=D (or lo:hi) or --regime=1|2|3")
   params = sim_params_from_config(config, preset, diffusion, regime)
   if _NUM_PARTICLES.value is not None:
     params = params.replace(num_particles=_parse_particles(_NUM_PARTICLES.value))
   if _NUM_FRAMES.value is not None:
-    return _write_movie(params, preset)
+    return _write_movie(params, preset, populations)
   if not _OUTPUT.value.endswith(".npz"):
     raise ValueError(f"--output must end in .npz, got {_OUTPUT.value}")
   io.check_output_path(_OUTPUT.value)
@@ -130,7 +169,16 @@ def _parse_particles(text: str) -> tuple[int, int]:
   return tuple(parts)
 
 
-def _write_movie(params, preset):
+def _parse_populations(text: str):
+  try:
+    populations = motion.parse_populations(text)
+    motion.make_motion(populations)  # the fractions' sum
+  except ValueError as error:
+    raise ValueError(f"--populations: {error}") from None
+  return populations
+
+
+def _write_movie(params, preset, populations=None):
   movie_params = movie.make_params(
     params,
     _NUM_FRAMES.value,
@@ -138,6 +186,7 @@ def _write_movie(params, preset):
     outside_px=_OUTSIDE.value,
     blink_on_s=preset.blinking_s[0] if _BLINK_ON.value is None else _BLINK_ON.value,
     blink_off_s=preset.blinking_s[1] if _BLINK_OFF.value is None else _BLINK_OFF.value,
+    motion=populations,
   )
   if not _OUTPUT.value.endswith((".npz", ".tif", ".tiff")):
     raise ValueError(f"--output must end in .npz or .tif for a movie, got {_OUTPUT.value}")

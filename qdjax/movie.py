@@ -15,7 +15,10 @@ it was.
 QDs start uniformly over the field inset by ``margin_px`` (as in a single frame) and
 widened by ``outside_px`` on every side, so with ``outside_px > margin_px`` some enter
 later, and any may leave: in x and y across the field's edge, in z out of focus (their z
-starts in ``[-z_range, z_range]`` and diffuses like x and y). Optional blinking is a
+starts in ``[-z_range, z_range]`` and moves like x and y). How each QD moves is drawn
+from ``params.motion``'s populations (``qdjax.motion``: free with a D per QD, confined to
+a reflecting sphere, immobile, or directed); by default every QD is free at the movie's D,
+drawn once per movie from the frame's ``diffusion_um2_s``. Optional blinking is a
 two-state (on/off) Markov process with exponential dwell times of means ``blink_on_s``
 and ``blink_off_s``; ``blink_off_s = 0`` (the default) means never off. The state is drawn
 once per line: a QD emits for a whole line or not at all.
@@ -23,8 +26,9 @@ once per line: a QD emits for a whole line or not at all.
 Ground truth per frame and QD (the QD's identity is its index): the trajectory centroid of
 the frame's recorded samples, its z centroid, the fraction of lines it was on, and
 ``present``: the QD exists, its centroid lies inside the frame (docs/spec.md, section 1) and it was
-on for at least half of the frame's lines. Everything is a pure function of the key,
-vmapped over movies; the same key gives the same movie in any batch.
+on for at least half of the frame's lines; per QD, its motion (``Movie.motion``).
+Everything is a pure function of the key, vmapped over movies; the same key gives the same
+movie in any batch.
 """
 
 from __future__ import annotations
@@ -33,7 +37,7 @@ import contextlib
 import functools
 import math
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from typing import Any
 
 import jax
@@ -42,6 +46,7 @@ import numpy as np
 from flax import struct
 
 from qdjax import detector, scan, simulate
+from qdjax import motion as motion_lib
 
 
 @struct.dataclass
@@ -56,6 +61,7 @@ class MovieParams:
   outside_px: Any  # QDs start up to this far outside the field, px
   blink_on_s: Any  # mean on-dwell, s
   blink_off_s: Any  # mean off-dwell, s; 0: never off (no blinking)
+  motion: motion_lib.Motion  # the QDs' motion populations (qdjax.motion)
   num_frames: int = struct.field(pytree_node=False, default=2)
 
 
@@ -80,6 +86,7 @@ def make_params(
   outside_px: float = 0.0,
   blink_on_s: float = 1.0,
   blink_off_s: float = 0.0,
+  motion: motion_lib.Motion | Sequence[motion_lib.Population] | None = None,
 ) -> MovieParams:
   """Validated MovieParams.
 
@@ -92,6 +99,9 @@ def make_params(
       (>= 0); beyond the edge when larger than the margin.
     blink_on_s, blink_off_s: mean on and off dwell times (s); ``blink_off_s = 0`` turns
       blinking off.
+    motion: how the QDs move: a ``motion.Motion``, or populations
+      (``motion.Population``) whose fractions sum to 1. Default: every QD free at the
+      movie's D (drawn from the frame's ``diffusion_um2_s``).
 
   Raises:
     ValueError: naming the first bad value.
@@ -116,6 +126,10 @@ def make_params(
       f"frame_interval_s={frame_interval_s} is shorter than the {span:.6g} s a "
       f"{frame.height}x{frame.width} frame takes to record"
     )
+  if motion is None:
+    motion = motion_lib.make_motion()
+  elif not isinstance(motion, motion_lib.Motion):
+    motion = motion_lib.make_motion(motion)
   f32 = lambda v: jnp.asarray(v, jnp.float32)
   return MovieParams(
     frame=frame,
@@ -123,6 +137,7 @@ def make_params(
     outside_px=f32(outside_px),
     blink_on_s=f32(blink_on_s),
     blink_off_s=f32(blink_off_s),
+    motion=motion,
     num_frames=num_frames,
   )
 
@@ -141,7 +156,9 @@ class Movie:
     on_fraction: [T, P] fraction of the frame's lines the QD was on (0 for absent QDs).
     start_um: [T, P, 3] position at each frame's first sample, um.
     active: [P] bool, which QDs exist.
-    diffusion: [] D of this movie's QDs, um^2/s.
+    diffusion: [] the movie's D, um^2/s (drawn from the frame's ``diffusion_um2_s``): every
+      QD's D under the default motion.
+    motion: each QD's population, kind, D, sphere and drift (``motion.QDMotion``, [P, ...]).
   """
 
   counts: jax.Array
@@ -154,6 +171,7 @@ class Movie:
   start_um: jax.Array
   active: jax.Array
   diffusion: jax.Array
+  motion: motion_lib.QDMotion
 
 
 def _start_positions(key, params: MovieParams):
@@ -177,8 +195,14 @@ def _stay_on(params: MovieParams, on, dt):
   return jnp.where(params.blink_off_s > 0, prob, 1.0)
 
 
+# fold_in data of the motion draws: a stream of their own, so the others (and the default
+# movie) stay as they were before motion populations.
+_MOTION_STREAM = 0x6D6F74
+
+
 def _start(key, params: MovieParams):
-  """What a movie draws once: which QDs exist, their D, the per-frame key, the first state."""
+  """What a movie draws once: which QDs exist, the movie's D, each QD's motion, the
+  per-frame key, the first state."""
   frame = params.frame
   k_count, k_d, k_start, k_blink0, k_frames = jax.random.split(key, 5)
   lo, hi = frame.num_particles
@@ -188,10 +212,13 @@ def _start(key, params: MovieParams):
   total = jnp.maximum(params.blink_on_s + params.blink_off_s, 1e-30)
   p_on = 1.0 - params.blink_off_s / total
   on0 = jax.random.uniform(k_blink0, active.shape) < p_on
-  return active, diffusion, k_frames, (_start_positions(k_start, params), on0)
+  start = _start_positions(k_start, params)
+  k_motion = jax.random.fold_in(key, _MOTION_STREAM)
+  qd = motion_lib.sample(k_motion, params.motion, diffusion, start)
+  return active, diffusion, qd, k_frames, (start, on0)
 
 
-def _scan_frames(params: MovieParams, active, diffusion, k_frames, carry, indices):
+def _scan_frames(params: MovieParams, active, qd, k_frames, carry, indices):
   """Frames ``indices`` (consecutive) from ``carry``, the state at the end of the frame
   before the first: (new carry, per-frame arrays). Each frame draws its random numbers
   from ``fold_in(k_frames, index)``, so a movie is the same in one scan or in pieces."""
@@ -202,14 +229,15 @@ def _scan_frames(params: MovieParams, active, diffusion, k_frames, carry, indice
   # start to the next frame's first line.
   gap = params.frame_interval_s - frame_span(frame) + frame.dwell_s / frame.substeps
   line_gap = params.frame_interval_s - (h - 1) * line
+  kinds = params.motion.kinds
 
   def one_frame(carry, index):
     end, on = carry
     k_gap, k_path, k_blink, k_noise = jax.random.split(jax.random.fold_in(k_frames, index), 4)
     first = index == 0
-    step = jax.random.normal(k_gap, end.shape) * jnp.sqrt(2.0 * diffusion * gap)
+    step = motion_lib.gap_displacement(k_gap, qd, kinds, end, gap)
     start = end + jnp.where(first, 0.0, step)
-    positions = simulate.brownian_paths(k_path, frame, diffusion, start)
+    positions = motion_lib.frame_paths(k_path, frame, qd, kinds, start)
     u = jax.random.uniform(k_blink, (h,) + on.shape)
     dts = jnp.full((h,), line).at[0].set(jnp.where(first, 0.0, line_gap))
 
@@ -240,17 +268,17 @@ def _scan_frames(params: MovieParams, active, diffusion, k_frames, carry, indice
 
 
 def _render_noise_free(key, params: MovieParams):
-  active, diffusion, k_frames, init = _start(key, params)
+  active, diffusion, qd, k_frames, init = _start(key, params)
   indices = jnp.arange(params.num_frames)
-  _, frames = _scan_frames(params, active, diffusion, k_frames, init, indices)
+  _, frames = _scan_frames(params, active, qd, k_frames, init, indices)
   noise_keys = frames.pop("noise_key")
-  movie = Movie(counts=None, active=active, diffusion=diffusion, **frames)
+  movie = Movie(counts=None, active=active, diffusion=diffusion, motion=qd, **frames)
   return movie, noise_keys
 
 
 @jax.jit
-def _render_piece(params: MovieParams, active, diffusion, k_frames, carry, indices):
-  carry, frames = _scan_frames(params, active, diffusion, k_frames, carry, indices)
+def _render_piece(params: MovieParams, active, qd, k_frames, carry, indices):
+  carry, frames = _scan_frames(params, active, qd, k_frames, carry, indices)
   noise_keys = frames.pop("noise_key")
   frames["counts"] = detector.record_batch(noise_keys, frames["expected"], params.frame)
   return carry, frames
@@ -273,21 +301,24 @@ def iter_frames(params: MovieParams, seed: int, chunk: int | None = None) -> Ite
 
   Yields:
     dicts with ``generate``'s per-frame arrays for the next frames (images, expected,
-    keypoints, centroids, present, z, on_fraction), in order, and the movie's diffusion.
+    keypoints, centroids, present, z, on_fraction), in order, the movie's diffusion and
+    the per-QD ``qd_*`` arrays (``motion.truth_arrays``).
   """
   chunk = piece_frames(params) if chunk is None else chunk
   if chunk < 1:
     raise ValueError(f"chunk must be >= 1, got {chunk}")
-  active, diffusion, k_frames, carry = jax.jit(_start)(jax.random.key(seed), params)
+  active, diffusion, qd, k_frames, carry = jax.jit(_start)(jax.random.key(seed), params)
   movie_diffusion = np.float32(jax.device_get(diffusion))
+  per_qd = motion_lib.truth_arrays(qd, active)
   for first in range(0, params.num_frames, chunk):
     indices = jnp.arange(first, min(first + chunk, params.num_frames))
-    carry, frames = _render_piece(params, active, diffusion, k_frames, carry, indices)
+    carry, frames = _render_piece(params, active, qd, k_frames, carry, indices)
     frames = jax.device_get(frames)
     yield {
       "images": np.asarray(frames["counts"], np.float32),
       **{k: np.asarray(frames[k], _PER_FRAME[k]) for k in _PER_FRAME},
       "diffusion": movie_diffusion,
+      **per_qd,
     }
 
 
@@ -333,7 +364,8 @@ def generate(params: MovieParams, seed: int) -> dict:
   Returns:
     dict with images [T, h, w] f32, expected [T, h, w], keypoints [T, P, 2] (NaN where not
     present), centroids [T, P, 2], present [T, P], z [T, P], on_fraction [T, P],
-    diffusion [] and frame_interval_s [].
+    diffusion [], frame_interval_s [] and each QD's motion, [P, ...] arrays named ``qd_*``
+    (``motion.truth_arrays``).
   """
   return as_arrays(render(jax.random.key(seed), params), params)
 
@@ -351,11 +383,13 @@ def as_arrays(one: Movie, params: MovieParams) -> dict:
     "on_fraction": np.asarray(out.on_fraction, np.float32),
     "diffusion": np.float32(out.diffusion),
     "frame_interval_s": np.float32(params.frame_interval_s),
+    **motion_lib.truth_arrays(out.motion, out.active),
   }
 
 
 def params_record(params: MovieParams, preset=None) -> dict:
-  """The frame's ``params`` record (docs/spec.md, section 6), the movie's timing, blinking."""
+  """The frame's ``params`` record (docs/spec.md, section 6), the movie's timing, blinking
+  and motion populations."""
   from qdjax import data
 
   record = data.params_record(params.frame, preset)
@@ -365,6 +399,7 @@ def params_record(params: MovieParams, preset=None) -> dict:
     outside_px=float(params.outside_px),
     blink_on_s=float(params.blink_on_s),
     blink_off_s=float(params.blink_off_s),
+    populations=[p.to_dict() for p in params.motion.populations()],
   )
   return record
 
@@ -436,7 +471,8 @@ def write(
     for piece in iter_frames(params, seed, chunk):
       for k, parts in small.items():
         parts.append(piece[k])
-      diffusion["diffusion"] = piece["diffusion"]
+      # The movie's D and each QD's motion (qd_*), the same in every piece.
+      diffusion.update({k: v for k, v in piece.items() if k == "diffusion" or k[:3] == "qd_"})
       if spill is not None:
         spill.write(np.ascontiguousarray(piece["expected"]).data)
       bar.update(len(piece["images"]))
@@ -505,12 +541,18 @@ def _truth_table(arrays: dict):
   )
   for column in ("x", "y", "z_um"):
     truth[column] = truth[column].map(lambda v: f"{v:.4f}")
+  if "qd_motion" in arrays:  # each QD's motion, repeated on its every row
+    per_qd = motion_lib.truth_table(arrays)
+    per_qd["active"] = per_qd["active"].astype(int)
+    for column in per_qd.columns:
+      truth[column] = np.tile(per_qd[column].to_numpy(), t)
   return truth
 
 
 def save(path: str, arrays: dict, record: dict) -> list[str]:
   """Writes a movie: .npz (arrays + ``params`` JSON), or .tif (the images) with
-  ``<stem>_truth.csv`` (frame, particle, x, y, z_um, present, on_fraction) and
+  ``<stem>_truth.csv`` (frame, particle, x, y, z_um, present, on_fraction and, per QD,
+  active, motion, population, D_um2_s, radius_um, speed_um_s, vx_um_s, vy_um_s) and
   ``<stem>_params.json`` beside it. Every file is written atomically.
 
   Returns:

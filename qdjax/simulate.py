@@ -249,7 +249,7 @@ def brownian_paths(key, params: Params, diffusion, start):
   Args:
     key: PRNG key.
     params: geometry and timing.
-    diffusion: [] D in um^2/s.
+    diffusion: [] D in um^2/s shared by all QDs, or [P], one per QD.
     start: [P, 3] um, the position at the first sample.
 
   Returns:
@@ -258,11 +258,14 @@ def brownian_paths(key, params: Params, diffusion, start):
   h, w, k = params.height, params.width, params.substeps
   dt = scan.sample_time_steps(h, w, k, params.dwell_s, params.retrace_s)
   p, line = start.shape[0], w * k
+  diffusion = jnp.asarray(diffusion)
+  if diffusion.ndim:  # [P, 1] against dt's samples
+    diffusion = diffusion[:, None]
   # dt = 0 only at the first sample; keep sqrt away from 0 there so gradients stay finite.
   scale = jnp.where(dt > 0, jnp.sqrt(2.0 * diffusion * jnp.where(dt > 0, dt, 1.0)), 0.0)
   # Coordinate-major [3, P, h, w*K]: the long axes are minor, which vectorises far better
   # on the CPU than a trailing axis of 3.
-  steps = jax.random.normal(key, (3, p, h, line)) * scale.reshape(h, line)
+  steps = jax.random.normal(key, (3, p, h, line)) * scale.reshape(scale.shape[:-1] + (h, line))
   within_line = _cumsum_last(steps)
   line_ends = within_line[..., -1:]
   before_line = jnp.cumsum(line_ends, axis=-2) - line_ends
