@@ -167,6 +167,7 @@ def cve_variance(diffusion, localisation_variance, blur, frame_interval_s, n, di
   """Vestergaard et al.'s variance of the CVE's D for n displacements in ``dims`` coordinates:
   D^2 [(6 + 4 eps + 2 eps^2)/n + 4 (1 + eps)^2 / n^2] / dims, eps = sigma^2/(D dt) - 2R."""
   d = np.maximum(diffusion, 1e-12)
+  blur = np.asarray(blur, np.float64)
   eps = np.maximum(localisation_variance, 0.0) / (d * frame_interval_s) - 2 * blur
   return d**2 * ((6 + 4 * eps + 2 * eps**2) / n + 4 * (1 + eps) ** 2 / n**2) / dims
 

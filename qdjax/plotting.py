@@ -63,8 +63,8 @@ def tracks_figure(result, path, max_tracks: int = 20):
   from qdjax import diffusion, track
 
   summary, analysis = result.summary, result.analysis
-  fig, axes = plt.subplots(2, 3, figsize=(15, 8.6))
-  (hist, per_frame, lengths), (image, msd_ax, drift_ax) = axes
+  fig, axes = plt.subplots(2, 4, figsize=(20, 8.6))
+  (hist, per_frame, lengths, d_ax), (image, msd_ax, drift_ax, kinds_ax) = axes
   scores = result.detections["score"].to_numpy(np.float64)
   positive = scores[scores > 0]
   if len(positive):
@@ -107,7 +107,7 @@ def tracks_figure(result, path, max_tracks: int = 20):
   for color, row in zip(colors, shown.itertuples(), strict=True):
     one = tracks[tracks["particle"] == row.particle]
     image.plot(one["x"], one["y"], "-", color=color, lw=1)
-    image.text(one["x"].iloc[0], one["y"].iloc[0], str(row.particle), color=color, fontsize=7)
+    image.text(one["x"].iloc[0], one["y"].iloc[0], str(row.particle), color=color, fontsize=9)
     curve = msd[row.particle].dropna()
     lag = curve.index.to_numpy(np.float64)
     msd_ax.plot(lag, curve.to_numpy(), "o", color=color, ms=3)
@@ -128,9 +128,34 @@ def tracks_figure(result, path, max_tracks: int = 20):
   drift_ax.set(xlabel="frame", ylabel="common motion (px)",
                title=f"common motion, p = {motion.p_value:.2g} ({state})")  # fmt: skip
   drift_ax.legend(fontsize=8)
+  _populations_panels(table, result.populations, d_ax, kinds_ax)
   fig.tight_layout()
   io.save_figure(fig, path, dpi=100)
   plt.close(fig)
+
+
+def _populations_panels(table, found, d_ax, kinds_ax):
+  """D per track with the fitted populations (each a normal of its mean SE, scaled to its
+  share), and the count of each motion type."""
+  values = table["D_um2_s"].to_numpy(np.float64) if len(table) else np.zeros(0)
+  values = values[np.isfinite(values)]
+  if len(values):
+    counts, edges, _ = d_ax.hist(values, bins=30, color="0.6", label="tracks")
+    if found is not None:
+      grid = np.linspace(edges[0], edges[-1], 400)
+      width = edges[1] - edges[0]
+      spread = float(np.median(table["D_se_um2_s"].dropna())) if len(table) else 0.0
+      for k, (d, share) in enumerate(zip(found.diffusion, found.fractions, strict=True)):
+        sd = max(spread * max(d, 1e-9) / max(np.median(values), 1e-9), width)
+        curve = share * len(values) * width * np.exp(-0.5 * ((grid - d) / sd) ** 2)
+        curve /= sd * np.sqrt(2 * np.pi)
+        d_ax.plot(grid, curve, lw=1.5, label=f"D {d:.3g} ({100 * share:.0f}%)", color=f"C{k}")
+    d_ax.legend(fontsize=8)
+  d_ax.set(xlabel="D per track (um$^2$/s)", ylabel="tracks", title="D over tracks, populations")
+  if "motion" in table and len(table):
+    kinds = table["motion"].value_counts()
+    kinds_ax.bar(kinds.index, kinds.to_numpy(), color="C4")
+  kinds_ax.set(ylabel="tracks", title="motion type per track")
 
 
 def training_curves(records: list[dict], path) -> None:

@@ -3,7 +3,7 @@
     locate = locator.make("model")
     result = track.track_movie(frames, locate, preset)   # or track.track_file(...)
 
-The pipeline, every choice made from the movie itself (docs/diffusion.md, section 6):
+The pipeline, every choice made from the movie itself (docs/diffusion.md, section 7):
 
 1. any localiser (a ``qdjax.locator.Locator``: frames in, per-frame [k, 3] x, y, score
    out) runs on chunks of the movie, so memory is bounded by one chunk;
@@ -52,7 +52,7 @@ DIFFUSION_COLUMNS = [
   "D_msd_um2_s",
 ]
 MIN_DETECTIONS = 10  # a D from 9 displacements has a relative SE of about 0.3 at best
-LINK_QUANTILE = 0.999  # the search range holds this share of a QD's steps
+LINK_QUANTILE = 0.9999  # the search range holds this share of a QD's steps
 
 
 def _trackpy():
@@ -147,46 +147,51 @@ class StepScale:
   source: str
 
 
-def step_scale(detections: pd.DataFrame, width: int, height: int, min_pairs: int = 30) -> StepScale:
+def step_scale(
+  detections: pd.DataFrame, width: int, height: int, min_pairs: int = 30, min_room_px: float = 3.0
+) -> StepScale:
   """Fits the step of a QD between consecutive frames to the detections' pair distances.
 
-  For each detection far enough from the edges, every detection of the next frame within
-  ``L`` = min(width, height) / 4 px is a pair. One of them is the same QD, displaced by a
-  2D Gaussian step (a Rayleigh distance, scale s, truncated at L); the others lie
-  uniformly around it (density ~ r). The mixture is fitted by maximum likelihood in
-  (s, share of true pairs); no linking and no D range is assumed, and a QD that moves far
-  per frame still counts (a first linking pass at a guessed range would cut its steps).
+  For each detection, every detection of the next frame within L_i px is a pair, L_i the
+  smaller of ``L`` = min(width, height) / 4 and the detection's distance to the field's
+  edge (so the disc lies in the field; detections with L_i < ``min_room_px`` are skipped).
+  One of the pairs is the same QD, displaced by a 2D Gaussian step (a Rayleigh distance,
+  scale s, truncated at L_i); the others lie uniformly around it (density 2 r / L_i^2). The
+  mixture is fitted by maximum likelihood in (s, share of true pairs). No linking and no D
+  range is assumed, and a QD that moves far per frame still counts (a first linking pass
+  at a guessed range would cut its steps).
   """
   from scipy import optimize, spatial
 
   limit = min(width, height) / 4.0
   frames = detections["frame"].to_numpy()
   xy = detections[["x", "y"]].to_numpy(np.float64)
-  inner = (
-    (xy[:, 0] >= limit - 0.5)
-    & (xy[:, 0] <= width - 0.5 - limit)
-    & (xy[:, 1] >= limit - 0.5)
-    & (xy[:, 1] <= height - 0.5 - limit)
+  room = np.minimum(
+    np.minimum(xy[:, 0] + 0.5, width - 0.5 - xy[:, 0]),
+    np.minimum(xy[:, 1] + 0.5, height - 0.5 - xy[:, 1]),
   )
-  distances = []
+  room = np.minimum(room, limit)
+  distances, rooms = [], []
   by_frame = {f: np.flatnonzero(frames == f) for f in np.unique(frames)}
   for f, rows in by_frame.items():
     following = by_frame.get(f + 1)
-    sources = rows[inner[rows]]
+    sources = rows[room[rows] >= min_room_px]
     if following is None or len(sources) == 0:
       continue
     tree = spatial.cKDTree(xy[following])
-    for hits, source in zip(tree.query_ball_point(xy[sources], limit), sources, strict=True):
+    for source in sources:
+      hits = tree.query_ball_point(xy[source], room[source])
       distances.extend(np.linalg.norm(xy[following[hits]] - xy[source], axis=1))
-  r = np.asarray(distances, np.float64)
+      rooms.extend([room[source]] * len(hits))
+  r, cap = np.asarray(distances, np.float64), np.asarray(rooms, np.float64)
   if len(r) < min_pairs:
     return StepScale(math.nan, limit / 4, len(r), limit, "fallback")
 
   def nll(v):
     scale, share = math.exp(v[0]), 1 / (1 + math.exp(-v[1]))
-    kept = -math.expm1(-(limit**2) / (2 * scale**2))
+    kept = -np.expm1(-(cap**2) / (2 * scale**2))
     true = r / scale**2 * np.exp(-(r**2) / (2 * scale**2)) / kept
-    background = 2 * r / limit**2
+    background = 2 * r / cap**2
     return -float(np.sum(np.log(share * true + (1 - share) * background + 1e-300)))
 
   start = [math.log(max(np.median(r) / 2, 0.1)), 0.0]
@@ -647,6 +652,8 @@ class Result:
     analysis: the ``Analysis`` used.
     mean_frame: [h, w] the movie's mean.
     windows: the edge-weighted windows of the tracks (``field_windows``), motion removed.
+    populations: the D populations over tracks (``populations.fit_populations``), or None
+      with fewer than 5 tracks.
   """
 
   tracks: pd.DataFrame
@@ -657,6 +664,7 @@ class Result:
   analysis: Analysis
   mean_frame: np.ndarray
   windows: pd.DataFrame
+  populations: object = None
 
 
 def track_movie(
@@ -673,6 +681,7 @@ def track_movie(
   window: int = 20,
   drift: bool | None = None,
   estimator: str = "auto",
+  motion_types: bool = True,
   progress: bool = False,
 ) -> Result:
   """Localise, link and estimate D for a movie (T, H, W); every default is read from the
@@ -691,6 +700,7 @@ def track_movie(
     window: frames per window of the edge-corrected ensemble D (``field_windows``).
     drift: subtract the common motion: None, where it is significant; True; False.
     estimator: 'auto', 'cve' or 'mle'.
+    motion_types: classify each track's motion and fit D populations (``qdjax.populations``).
     progress: a progress bar over frames.
 
   Raises:
@@ -716,7 +726,8 @@ def track_movie(
   detections, mean_frame = detect(frames, locate, chunk, progress)
   return track_detections(
     detections, t, h, w, analysis, max_diffusion=max_diffusion, memory=memory,
-    min_score=min_score, window=window, drift=drift, mean_frame=mean_frame,
+    min_score=min_score, window=window, drift=drift, motion_types=motion_types,
+    mean_frame=mean_frame,
   )  # fmt: skip
 
 
@@ -732,6 +743,7 @@ def track_detections(
   min_score: float | None = None,
   window: int = 20,
   drift: bool | None = None,
+  motion_types: bool = True,
   mean_frame=None,
 ) -> Result:
   """Steps 2-6 of the pipeline (module docstring) on a movie's detections (frame, x, y,
@@ -757,6 +769,16 @@ def track_detections(
   motion = dataclasses.replace(motion, applied=apply)
   measured = subtract_motion(tracks, motion) if apply else tracks
   table = estimate(measured, analysis)
+  found = None
+  if motion_types and len(table):
+    from qdjax import populations
+
+    kinds = populations.classify(measured, analysis)
+    table = table.merge(kinds, on="particle", how="left")
+    try:
+      found = populations.fit_populations(table, analysis)
+    except ValueError:  # too few tracks for a mixture
+      found = None
   windows = field_windows(measured, window, w, h)
   field = field_ensemble(
     windows, estimate(windows, dataclasses.replace(analysis, min_frames=min(window, 3)))
@@ -784,12 +806,17 @@ def track_detections(
       "p_value": motion.p_value,
       "total_px": [float(v) for v in motion.offset_px[-1]],
     },
+    "motion_types": (
+      {k: int(v) for k, v in table["motion"].value_counts().items()} if "motion" in table else {}
+    ),
+    "populations": None if found is None else found.table().to_dict("list"),
+    "immobile_population": None if found is None else found.immobile,
     "blur_coefficient": [float(v) for v in np.broadcast_to(analysis.blur, (2,))],
     "frame_interval_s": analysis.frame_interval_s,
   }
   if mean_frame is None:
     mean_frame = np.zeros((h, w))
-  return Result(tracks, table, detections, summary, motion, analysis, mean_frame, windows)
+  return Result(tracks, table, detections, summary, motion, analysis, mean_frame, windows, found)
 
 
 def track_file(
@@ -838,7 +865,11 @@ def track_file(
   with contextlib.ExitStack() as stack:
     staged = {path: stack.enter_context(io.atomic_path(path)) for path in outputs}
     io.write_csv(staged[tracks_path], result.tracks, {"x": "%.4f", "y": "%.4f", "score": "%.6g"})
-    formats = {c: "%.6g" for c in DIFFUSION_COLUMNS if c.endswith(("_s", "_um"))}
+    formats = {
+      c: "%.6g"
+      for c in result.diffusion.columns
+      if c.endswith(("_s", "_um", "value", "rho", "alpha", "_se"))
+    }
     io.write_csv(staged[diffusion_path], result.diffusion, formats)
     if drift_path is not None:
       io.write_csv(staged[drift_path], result.motion.table(), {"drift_x_px": "%.4f",
@@ -870,6 +901,17 @@ def describe(summary: dict) -> str:
     + f" (p = {drift['p_value']:.2g}, total {drift['total_px'][0]:.2f}, "
     f"{drift['total_px'][1]:.2f} px)",
   ]
+  if summary.get("motion_types"):
+    lines.append(
+      "motion: " + ", ".join(f"{n} {k}" for k, n in sorted(summary["motion_types"].items()))
+    )
+  pops = summary.get("populations")
+  if pops:
+    parts = [
+      f"D {d:.3g} +- {se:.2g} ({100 * f:.0f}%)"
+      for d, se, f in zip(pops["D_um2_s"], pops["D_se_um2_s"], pops["fraction"], strict=True)
+    ]
+    lines.append(f"populations ({len(parts)}, by BIC): " + "; ".join(parts))
   if abs(ens.get("z_xy", 0.0)) > 3:
     lines.append(
       f"warning: D_x and D_y differ by {ens['z_xy']:.1f} standard errors: drift, flow or a "

@@ -9,7 +9,7 @@ import pytest
 import tifffile
 from conftest import assert_one_line_error
 
-from qdjax import diffusion, presets, track
+from qdjax import diffusion, populations, presets, track
 
 D, DT, SIGMA2 = 0.5, 0.08, 0.002  # um^2/s, s, um^2 per coordinate
 
@@ -199,7 +199,7 @@ def test_track_script_end_to_end(script, tmp_path, suffix):
   assert list(found.columns) == ["frame", "x", "y", "score", "particle"]
   assert found["frame"].max() == 11
   estimates = pd.read_csv(table)
-  assert list(estimates.columns) == track.DIFFUSION_COLUMNS
+  assert list(estimates.columns) == track.DIFFUSION_COLUMNS + populations.CLASS_COLUMNS[1:]
   assert (estimates["n_detections"] <= estimates["n_frames_spanned"]).all()
   # Both QDs tracked through all 12 frames (trackpy may add short tracks of noise peaks).
   complete = found.groupby("particle").size().loc[lambda n: n == 12].index
