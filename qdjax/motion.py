@@ -5,7 +5,10 @@ A movie's QDs are drawn, each independently, from populations given as fractions
 * ``free``: 3D Brownian motion.
 * ``confined``: 3D Brownian motion inside a reflecting sphere of ``radius_um``, centred so
   that the QD starts uniformly inside it (its stationary distribution). A step that leaves
-  the sphere is mirrored back across it along the radius, at every sample of the path.
+  the sphere is mirrored back across it along the radius, at every sample of the path;
+  the longer steps, across a line's retrace and an unrecorded gap, are taken in small
+  reflected pieces (``RETRACE_SUBSTEPS``, ``GAP_SUBSTEPS``), so positions stay uniform in
+  the ball (``<x^2> = a^2 / 5`` per axis; the MSD in x, y plateaus at ``4 a^2 / 5``).
 * ``immobile``: D = 0; the true path stays where it starts.
 * ``directed``: Brownian motion plus a constant velocity of ``speed_um_s`` in a uniformly
   random direction in the imaging (x, y) plane.
