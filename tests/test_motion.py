@@ -290,4 +290,7 @@ def test_simulate_script_writes_a_mixed_movie(script, tmp_path):
   record = json.loads((tmp_path / "m_params.json").read_text())
   assert [p["kind"] for p in record["populations"]] == ["free", "confined", "immobile"]
   bad = script("simulate.py", *common, "--populations=free:0.5", f"--output={tmp_path / 'x.tif'}")
-  assert_one_line_error(bad, "sum to 1")
+  assert_one_line_error(bad, "--populations", "sum to 1")
+  frames = [a for a in common if not a.startswith("--num_frames")]
+  bad = script("simulate.py", *frames, populations, f"--output={tmp_path / 'x.npz'}")
+  assert_one_line_error(bad, "--populations", "--num_frames")
