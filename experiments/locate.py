@@ -12,7 +12,7 @@ chunks of --chunk frames: memory is bounded by one chunk.
 from absl import flags
 
 from qdjax import cli, inference, locator, presets
-from qdjax import locate as locate_lib
+from qdjax import localize as locate_lib
 
 _METHOD = flags.DEFINE_enum("method", "model", list(locator.METHODS), "Localisation method.")
 _WORKDIR = flags.DEFINE_string(

@@ -217,7 +217,7 @@ def parse_methods(text) -> list[str]:
   """'trackpy,mle' -> ['trackpy', 'mle'], checking every name; at least one."""
   names = locator.parse_methods(text)
   if not names:
-    raise ValueError("--methods is empty; give some of: " + ", ".join(locator.METHODS))
+    raise ValueError("methods is empty; give some of: " + ", ".join(locator.METHODS))
   return names
 
 
@@ -232,7 +232,7 @@ def load_model(workdir, model=None):
     FileNotFoundError: ``workdir`` was given and does not exist.
   """
   if workdir and not Path(workdir).is_dir():
-    raise FileNotFoundError(f"--workdir does not exist: {workdir}")
+    raise FileNotFoundError(f"workdir does not exist: {workdir}")
   try:
     return locator.make("model", workdir=workdir or None, model=model), None
   except FileNotFoundError as e:

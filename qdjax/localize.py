@@ -59,7 +59,7 @@ def check_arguments(
     ValueError: an output is the input (or the other output), or ``min_score`` is NaN.
   """
   if math.isnan(min_score):
-    raise ValueError("--min_score must be a number, got nan")
+    raise ValueError("min_score must be a number, got nan")
   if not Path(input_path).is_file():
     raise FileNotFoundError(f"no such input file: {input_path}")
   io.check_output_path(output_path, inputs=[input_path])

@@ -87,11 +87,11 @@ def make(
   """
   check_method(method)
   if workdir is not None and method != "model":
-    raise ValueError(f"--workdir is for --method=model, not {method}")
+    raise ValueError(f"workdir is for method 'model', not {method!r}")
   if model is not None and method != "model":
-    raise ValueError(f"--model is for --method=model, not {method}")
+    raise ValueError(f"model is for method 'model', not {method!r}")
   if model is not None and workdir is not None:
-    raise ValueError(f"give --model={model} or --workdir, not both")
+    raise ValueError(f"give model={model!r} or workdir, not both")
   if method == "model":
     from qdjax import inference
 

@@ -56,11 +56,11 @@ def tracks_figure(result, path, max_tracks: int = 20):
   same ids; and the common motion per frame (subtracted before D when marked so).
 
   Args:
-    result: ``qdjax.track.Result``.
+    result: ``qdjax.tracking.Result``.
     path: PNG to write (atomically).
     max_tracks: tracks drawn (the longest).
   """
-  from qdjax import diffusion, track
+  from qdjax import diffusion, tracking
 
   summary, analysis = result.summary, result.analysis
   fig, axes = plt.subplots(2, 4, figsize=(20, 8.6))
@@ -100,7 +100,7 @@ def tracks_figure(result, path, max_tracks: int = 20):
   lag_max = 20
   tracks = result.tracks
   msd = (
-    track.imsd(tracks[tracks["particle"].isin(shown["particle"])], analysis, lag_max)
+    tracking.imsd(tracks[tracks["particle"].isin(shown["particle"])], analysis, lag_max)
     if len(shown)
     else None
   )

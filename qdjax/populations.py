@@ -1,7 +1,7 @@
 """Heterogeneous motion: how each track moves, and the populations of D over tracks.
 
 Two questions a microscopist asks of a movie of QDs in tissue, once each track has a D
-(``qdjax.track``):
+(``qdjax.tracking``):
 
 - **How does this QD move?** (``classify``) Free diffusion has an MSD that grows linearly
   at every lag; a confined QD's MSD levels off at a plateau set by the size of its cage; a
@@ -135,7 +135,7 @@ def classify(
 
   Args:
     tracks: frame, x, y, particle (px), tracks of >= 8 frames (shorter ones are skipped).
-    analysis: ``qdjax.track.Analysis`` (frame interval, pixel size, blur).
+    analysis: ``qdjax.tracking.Analysis`` (frame interval, pixel size, blur).
     max_lag: the long lag L (default: a quarter of each track's span, 4 to 20 frames).
     bootstrap: free tracks simulated per track for the null distribution of rho.
     level: free diffusion is rejected when rho's two-sided bootstrap p-value is below it.
@@ -322,8 +322,8 @@ def fit_populations(
   """Deconvolved D populations of a movie's tracks (module docstring).
 
   Args:
-    table: per-track D (``track.estimate``): D_um2_s, n_detections, sigma_x_um, sigma_y_um.
-    analysis: ``track.Analysis`` of the tracks (frame interval, blur).
+    table: per-track D (``tracking.estimate``): D_um2_s, n_detections, sigma_x_um, sigma_y_um.
+    analysis: ``tracking.Analysis`` of the tracks (frame interval, blur).
     max_k: most free populations tried.
     immobile: add a population fixed at D = 0: None tries both and keeps the lower BIC.
 

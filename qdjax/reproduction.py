@@ -370,7 +370,7 @@ def make_locator(method: str, config) -> tuple[locator_lib.Locator | None, str |
   if method == "model":
     workdir, name = config.workdir or None, config.model or None
     if workdir and not Path(workdir).is_dir():
-      raise FileNotFoundError(f"--workdir does not exist: {workdir}")
+      raise FileNotFoundError(f"workdir does not exist: {workdir}")
     locator = locator_lib.make("model", workdir=workdir, model=name)
     source = workdir or f"shipped model '{name or inference.default_model()}'"
     return locator, source
@@ -382,7 +382,7 @@ def make_locator(method: str, config) -> tuple[locator_lib.Locator | None, str |
         "experiments/configs/blur_floor.py)"
       )
     if not Path(workdir).is_dir():
-      raise FileNotFoundError(f"--blur_floor_workdir does not exist: {workdir}")
+      raise FileNotFoundError(f"blur_floor_workdir does not exist: {workdir}")
     return locator_lib.make("model", workdir=workdir), workdir
   return None, None
 

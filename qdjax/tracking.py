@@ -1,7 +1,7 @@
 """Tracks and per-track diffusion coefficients from a movie (docs/spec.md, section 8).
 
     locate = locator.make("model")
-    result = track.track_movie(frames, locate, preset)   # or track.track_file(...)
+    result = tracking.track_movie(frames, locate, preset)   # or tracking.track_file(...)
 
 The pipeline, every choice made from the movie itself (docs/diffusion.md, section 7):
 
@@ -665,6 +665,10 @@ class Result:
   mean_frame: np.ndarray
   windows: pd.DataFrame
   populations: object = None
+
+  def __iter__(self):
+    """``tracks, per_track = result``."""
+    return iter((self.tracks, self.diffusion))
 
 
 def track_movie(

@@ -34,6 +34,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import json
+import logging
 import math
 import shlex
 import sys
@@ -47,7 +48,6 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 import optax
-from absl import logging
 from flax import nnx
 from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
@@ -55,6 +55,8 @@ from tqdm.auto import tqdm
 
 from qdjax import checkpoint, chunks, cli, head, io, presets, simulate, sources, validation
 from qdjax import model as model_lib
+
+_LOG = logging.getLogger(__name__)
 
 PREDICT_CHUNK = 512
 
@@ -386,7 +388,7 @@ def train_and_evaluate(config, workdir) -> dict[str, Any]:
   records = _read_records(metrics_path, start)
   io.write_text(metrics_path, "".join(json.dumps(r) + "\n" for r in records))
 
-  logging.info(
+  _LOG.info(
     "model %s: %d parameters; %d devices; batch %d",
     config.model.name,
     experiment.num_params,

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 from conftest import assert_one_line_error, interrupt_script, run_script
 
-from qdjax import locate as locate_lib
+from qdjax import localize as locate_lib
 
 
 def digest(path):
@@ -64,7 +64,7 @@ def stack(tmp_path):
   [
     ("in.npy", (), "would overwrite"),
     (".", (), "is a directory"),
-    ("earlier.csv", ("--min_score=nan",), "--min_score must be a number, got nan"),
+    ("earlier.csv", ("--min_score=nan",), "min_score must be a number, got nan"),
   ],
 )
 def test_locate_never_writes_over_its_input_or_into_a_directory(stack, output, extra, needle):

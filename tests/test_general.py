@@ -173,7 +173,7 @@ def test_locate_picks_general_where_shipped_else_paper(tmp_path, monkeypatch, sc
     inference.load(model="nope")
   with pytest.raises(ValueError, match="not both"):
     locator.make("model", workdir=str(tmp_path), model="paper")
-  with pytest.raises(ValueError, match="--model is for --method=model"):
+  with pytest.raises(ValueError, match="model is for method 'model'"):
     locator.make("trackpy", model="paper")
   result = script("locate.py", "--model=bogus", "--input=x.npy", f"--output={tmp_path / 'o.csv'}")
   assert result.returncode != 0 and "Traceback" not in result.stderr

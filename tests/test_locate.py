@@ -8,7 +8,7 @@ import tifffile
 from conftest import assert_one_line_error
 
 from qdjax import cli, data, io, presets
-from qdjax import locate as locate_lib
+from qdjax import localize as locate_lib
 
 
 @pytest.fixture(scope="module")

@@ -4,7 +4,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from qdjax import populations, track
+from qdjax import populations, tracking
 
 DT, PIXEL, SIGMA = 0.08, 0.2, 0.03  # s, um, um
 
@@ -41,14 +41,14 @@ def as_tracks(positions):
   )
 
 
-ANALYSIS = track.Analysis(frame_interval_s=DT, pixel_size_um=PIXEL, blur=0.0, estimator="cve")
+ANALYSIS = tracking.Analysis(frame_interval_s=DT, pixel_size_um=PIXEL, blur=0.0, estimator="cve")
 
 
 def test_two_free_populations_are_recovered():
   """D = 0.05 and 0.5 um^2/s, 30% / 70%, 40-frame tracks: each D within 15%, each fraction
   within 0.1, and BIC prefers two populations to one or three."""
   rng = np.random.default_rng(0)
-  table = track.estimate(
+  table = tracking.estimate(
     as_tracks(np.concatenate([free(rng, 45, 40, 0.05), free(rng, 105, 40, 0.5)])), ANALYSIS
   )
   found = populations.fit_populations(table, ANALYSIS, immobile=False)
@@ -57,20 +57,20 @@ def test_two_free_populations_are_recovered():
   assert found.fractions == pytest.approx([0.3, 0.7], abs=0.1)
   assert found.by_k["2"] < min(found.by_k["1"], found.by_k["3"])
   # One population: BIC keeps one.
-  one = track.estimate(as_tracks(free(rng, 100, 40, 0.3)), ANALYSIS)
+  one = tracking.estimate(as_tracks(free(rng, 100, 40, 0.3)), ANALYSIS)
   assert len(populations.fit_populations(one, ANALYSIS, immobile=False).diffusion) == 1
 
 
 def test_immobile_fraction():
   rng = np.random.default_rng(1)
   positions = np.concatenate([free(rng, 30, 40, 0.0), free(rng, 120, 40, 0.3)])
-  found = populations.fit_populations(track.estimate(as_tracks(positions), ANALYSIS), ANALYSIS)
+  found = populations.fit_populations(tracking.estimate(as_tracks(positions), ANALYSIS), ANALYSIS)
   assert found.immobile
   assert found.diffusion[0] == 0
   assert found.fractions[0] == pytest.approx(0.2, abs=0.05)
   assert found.diffusion[-1] == pytest.approx(0.3, rel=0.15)
   with pytest.raises(ValueError, match="at least 5 tracks"):
-    populations.fit_populations(track.estimate(as_tracks(positions[:3]), ANALYSIS), ANALYSIS)
+    populations.fit_populations(tracking.estimate(as_tracks(positions[:3]), ANALYSIS), ANALYSIS)
 
 
 def test_motion_types_on_50_frame_tracks():

@@ -9,7 +9,7 @@ import pytest
 import tifffile
 from conftest import assert_one_line_error
 
-from qdjax import diffusion, populations, presets, track
+from qdjax import diffusion, populations, presets, tracking
 
 D, DT, SIGMA2 = 0.5, 0.08, 0.002  # um^2/s, s, um^2 per coordinate
 
@@ -127,7 +127,7 @@ def test_ensemble_is_unbiased_on_short_tracks():
       rows.append((particle, 8, e.diffusion, e.diffusion_axes[0], e.diffusion_axes[1]))
     table = pd.DataFrame(rows, columns=["particle", "n_detections", "D_um2_s", "D_x_um2_s",
                                         "D_y_um2_s"])  # fmt: skip
-    ens = track.ensemble(table)
+    ens = tracking.ensemble(table)
     means.append(ens["D_um2_s"])
     ses.append(ens["D_se_um2_s"])
   assert np.mean(means) == pytest.approx(D, abs=4 * np.std(means) / math.sqrt(len(means)))
@@ -135,7 +135,7 @@ def test_ensemble_is_unbiased_on_short_tracks():
 
 
 def test_search_range_covers_the_steps():
-  reach = track.search_range_px(2.0, 0.08, 0.1, localisation_px=0.5, quantile=0.999)
+  reach = tracking.search_range_px(2.0, 0.08, 0.1, localisation_px=0.5, quantile=0.999)
   steps = np.random.default_rng(2).normal(0, math.sqrt(2 * 2.0 * 0.08) / 0.1, (100000, 2))
   steps += np.random.default_rng(3).normal(0, 0.5 * math.sqrt(2), steps.shape)
   beyond = np.mean(np.hypot(*steps.T) > reach)
@@ -158,12 +158,12 @@ def sparse_detections(rng, n_frames=40, gap_frame=20):
 
 def test_linking_keeps_identities_and_bridges_blinks():
   detections = sparse_detections(np.random.default_rng(4))
-  linked = track.link(detections.drop(columns="identity"), search_range=8.0, memory=3)
+  linked = tracking.link(detections.drop(columns="identity"), search_range=8.0, memory=3)
   linked = linked.merge(detections, on=["frame", "x", "y", "score"])
   assert linked.groupby("particle")["identity"].nunique().max() == 1
   assert linked["particle"].nunique() == 4
-  # Without memory, the blink splits QD 0's track.
-  unbridged = track.link(detections.drop(columns="identity"), search_range=8.0, memory=0)
+  # Without memory, the blink splits QD 0's tracking.
+  unbridged = tracking.link(detections.drop(columns="identity"), search_range=8.0, memory=0)
   assert unbridged["particle"].nunique() == 5
 
 
@@ -199,7 +199,7 @@ def test_track_script_end_to_end(script, tmp_path, suffix):
   assert list(found.columns) == ["frame", "x", "y", "score", "particle"]
   assert found["frame"].max() == 11
   estimates = pd.read_csv(table)
-  assert list(estimates.columns) == track.DIFFUSION_COLUMNS + populations.CLASS_COLUMNS[1:]
+  assert list(estimates.columns) == tracking.DIFFUSION_COLUMNS + populations.CLASS_COLUMNS[1:]
   assert (estimates["n_detections"] <= estimates["n_frames_spanned"]).all()
   # Both QDs tracked through all 12 frames (trackpy may add short tracks of noise peaks).
   complete = found.groupby("particle").size().loc[lambda n: n == 12].index
@@ -221,11 +221,11 @@ def test_track_bad_inputs(script, tmp_path):
   np.save(tmp_path / "flat.npy", np.ones((16, 16), np.float32))
   for name, needle in (("one.npy", "at least 2 frames"), ("flat.npy", "2-D")):
     with pytest.raises(ValueError, match=needle):
-      track.track_file(str(tmp_path / name), out, table, locator, preset, progress=False)
+      tracking.track_file(str(tmp_path / name), out, table, locator, preset, progress=False)
   write_movie(tmp_path / "good.npy", n_frames=4)
   for interval in (-0.1, 1e-5, float("nan")):
     with pytest.raises(ValueError, match="frame_interval_s"):
-      track.track_file(
+      tracking.track_file(
         str(tmp_path / "good.npy"), out, table, locator, preset, frame_interval_s=interval
       )
   # NaN pixels, from the command line: a one-line error and the old output kept.
@@ -273,7 +273,7 @@ def test_field_windows_undo_the_edge_selection():
   tracks = pd.DataFrame(
     {"frame": f, "x": seen[p, f, 0], "y": seen[p, f, 1], "particle": p * frames + run[p, f]}
   )
-  windows = track.field_windows(tracks, length, size, size, inset_px=2.0)
+  windows = tracking.field_windows(tracks, length, size, size, inset_px=2.0)
   # No gaps here: each window is `length` consecutive rows.
   xy = windows.sort_values(["particle", "frame"])[["x", "y"]].to_numpy().reshape(-1, length, 2)
   weights = windows.groupby("particle")["weight"].first().to_numpy()
@@ -310,12 +310,12 @@ def test_score_threshold_splits_noise_from_spots():
   rng = np.random.default_rng(10)
   noise = np.exp(rng.normal(math.log(0.005), 1.0, 2000))
   spots = np.exp(rng.normal(math.log(0.8), 0.3, 300))
-  cut = track.score_threshold(np.concatenate([noise, spots]))
+  cut = tracking.score_threshold(np.concatenate([noise, spots]))
   assert 0.03 < cut < 0.4
   assert np.mean(spots >= cut) > 0.99 and np.mean(noise >= cut) < 0.01
   # One population (a localiser that thresholds already): nothing is cut.
-  assert track.score_threshold(spots) is None
-  assert track.score_threshold(spots[:5]) is None
+  assert tracking.score_threshold(spots) is None
+  assert tracking.score_threshold(spots[:5]) is None
 
 
 def clutter(rng, num_frames, size, qds, step_px, clutter_per_frame):
@@ -340,11 +340,13 @@ def test_step_scale_is_fitted_without_a_d_range(step_px):
   detections as QDs: within 10% at slow and fast steps, so the link range follows D."""
   rng = np.random.default_rng(11)
   detections = clutter(rng, 60, 128, 20, step_px, 20)
-  found = track.step_scale(detections, 128, 128)
+  found = tracking.step_scale(detections, 128, 128)
   assert found.source == "fit"
   assert found.scale_px == pytest.approx(step_px, rel=0.1)
-  assert found.search_range_px == pytest.approx(max(track.rayleigh_quantile(found.scale_px), 1.0))
-  few = track.step_scale(detections[detections["frame"] < 1], 128, 128)
+  assert found.search_range_px == pytest.approx(
+    max(tracking.rayleigh_quantile(found.scale_px), 1.0)
+  )
+  few = tracking.step_scale(detections[detections["frame"] < 1], 128, 128)
   assert few.source == "fallback"
 
 
@@ -362,17 +364,17 @@ def test_common_motion_is_found_only_where_there_is_some():
   against 1 px steps: found, and after subtracting it D is unbiased (the sqrt(N / (N-1))
   restores what the mean took)."""
   rng = np.random.default_rng(12)
-  applied = [track.common_motion(_walk_tracks(rng, 8, 50, 1.0), 50).applied for _ in range(300)]
+  applied = [tracking.common_motion(_walk_tracks(rng, 8, 50, 1.0), 50).applied for _ in range(300)]
   assert sum(applied) <= 3
-  analysis = track.Analysis(frame_interval_s=1.0, pixel_size_um=1.0, blur=0.0, estimator="cve")
+  analysis = tracking.Analysis(frame_interval_s=1.0, pixel_size_um=1.0, blur=0.0, estimator="cve")
   ratios, totals = [], []
   for _ in range(40):
     tracks = _walk_tracks(rng, 8, 50, 1.0, drift_px=0.3)
-    motion = track.common_motion(tracks, 50)
+    motion = tracking.common_motion(tracks, 50)
     assert motion.applied
     totals.append(motion.offset_px[-1])
-    table = track.estimate(track.subtract_motion(tracks, motion), analysis)
-    ratios.append(track.ensemble(table)["D_um2_s"] / 0.5)
+    table = tracking.estimate(tracking.subtract_motion(tracks, motion), analysis)
+    ratios.append(tracking.ensemble(table)["D_um2_s"] / 0.5)
   # 49 steps, each a mean of 8 unit-sd steps: the total is known to sqrt(49 / 8) px.
   assert np.mean(totals, axis=0) == pytest.approx([0.3 * 49] * 2, abs=4 * math.sqrt(49 / 8 / 40))
   assert np.mean(ratios) == pytest.approx(1.0, abs=4 * np.std(ratios) / math.sqrt(len(ratios)))
@@ -396,7 +398,7 @@ def test_defaults_on_movies_of_another_simulator(d):
   ratios, qds = [], 0
   for seed in (0, 1):
     movie, truth, interval = independent_sim.movie(seed, frames=60, qds=10, diffusion_um2_s=d)
-    result = track.track_movie(movie, locate, preset, frame_interval_s=interval)
+    result = tracking.track_movie(movie, locate, preset, frame_interval_s=interval)
     long = result.diffusion[result.diffusion["n_detections"] >= 20]
     assert np.isfinite(long["D_um2_s"]).all()
     assert len(long) <= 2 * 10

@@ -3,7 +3,7 @@
 Movies come from ``experiments/independent_sim.py``, a plain NumPy raster-scan model that
 shares no code with qdjax's simulator: 96 x 96 px, 8 to 20 QDs, 50 to 100 frames (drawn per
 movie), spot peak 12 photons on a background of 1, Poisson counts, the ``paper`` preset's
-pixel size, PSF and scan timing. Each movie goes through ``track.track_movie`` with every
+pixel size, PSF and scan timing. Each movie goes through ``tracking.track_movie`` with every
 default, as a user runs ``track.py --input=movie.tif --preset=paper``; nothing is chosen by
 looking at the truth. Per D: the mean over movies of the per-track D of tracks with 20 or
 more detections (ratio to the truth), the NaN count among them, tracks per QD, and the
@@ -24,7 +24,7 @@ from pathlib import Path
 import numpy as np
 from tqdm.auto import tqdm
 
-from qdjax import presets, track
+from qdjax import presets, tracking
 
 DIFFUSIONS = (0.05, 0.5)
 LONG = 20  # tracks of at least this many detections are judged
@@ -58,14 +58,14 @@ def run(repeats: int = 1, quick: bool = False, simulator: str | None = None, met
       rng = np.random.default_rng([i, m])
       qds, frames = int(rng.integers(8, 21)), int(rng.integers(50, 101))
       movie, truth, interval = sim.movie(1000 * i + m, frames=frames, qds=qds, diffusion_um2_s=d)
-      result = track.track_movie(movie, locate, preset, frame_interval_s=interval)
+      result = tracking.track_movie(movie, locate, preset, frame_interval_s=interval)
       # The metric's own selection: the true positions, kept >= 2 px inside the field, as
       # tracks of >= LONG frames (fast QDs leave a small field; those that stay read low).
       h, w = movie.shape[1:]
       inside = truth[(truth.x > 1.5) & (truth.x < w - 2.5) & (truth.y > 1.5) & (truth.y < h - 2.5)]
-      truth_table = track.estimate(
-        track.keep_long(inside.reset_index(drop=True), LONG),
-        track.analysis_for(preset, h, w, interval, estimator="cve"),
+      truth_table = tracking.estimate(
+        tracking.keep_long(inside.reset_index(drop=True), LONG),
+        tracking.analysis_for(preset, h, w, interval, estimator="cve"),
       )
       truth_ratios.extend(truth_table["D_um2_s"].to_numpy() / d)
       table = result.diffusion

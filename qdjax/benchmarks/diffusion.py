@@ -8,7 +8,7 @@ density all movie long. Detector output is converted back to photons with the pr
 PMT gain and offset, as a user would with ``calibrate_pmt.py``'s result.
 
 Pipelines (each: localiser -> ``trackpy.link`` -> estimator):
-  * qdjax: what a user gets: ``track.track_movie`` with every default on each movie (the
+  * qdjax: what a user gets: ``tracking.track_movie`` with every default on each movie (the
     shipped model at its default settings, the threshold from the movie's score split, the
     link range fitted to its steps, tracks of >= 10 detections, common motion subtracted
     where significant, CVE or MLE); nothing is chosen by looking at any ground truth;
@@ -35,7 +35,7 @@ QDs stay in focus (``sigma_z_um`` = 1e3 um) so that only the field's edge ends a
 and what is measured is not whole tracks but windows: every track is cut at frames
 0 and WINDOW, a window counts if the track covers it and stays INSET_PX inside the field,
 and it is weighted by the inverse of the chance that its path fits in the field
-(``track.field_windows``, docs/diffusion.md). The plain mean beside the weighted one shows
+(``tracking.field_windows``, docs/diffusion.md). The plain mean beside the weighted one shows
 what the selection alone does.
 
 Per pipeline and D, over the windows: the weighted median and IQR of D_est/D, the
@@ -58,7 +58,7 @@ import numpy as np
 import pandas as pd
 from tqdm.auto import tqdm
 
-from qdjax import diffusion, metrics, movie, presets, track
+from qdjax import diffusion, metrics, movie, presets, tracking
 
 DIFFUSIONS = (0.1, 0.2, 0.5, 1.0, 2.0)
 SIZE = 64
@@ -234,19 +234,19 @@ def _window_tuples(windows, table, centroids):
 def measure_windows(tracks, analysis, centroids=None):
   """``_window_tuples`` of the edge-weighted windows of these tracks (every window, gaps
   allowed: ``analysis.min_frames`` should be small)."""
-  windows = track.field_windows(tracks, WINDOW, SIZE, SIZE, INSET_PX)
+  windows = tracking.field_windows(tracks, WINDOW, SIZE, SIZE, INSET_PX)
   if len(windows) == 0:
     return []
-  return _window_tuples(windows, track.estimate(windows, analysis), centroids)
+  return _window_tuples(windows, tracking.estimate(windows, analysis), centroids)
 
 
 def measure_result(result, centroids):
-  """``_window_tuples`` of the windows of a ``track.track_movie`` result (its tracks with
+  """``_window_tuples`` of the windows of a ``tracking.track_movie`` result (its tracks with
   the common motion removed, its own Analysis and estimator)."""
   if len(result.windows) == 0:
     return []
   analysis = dataclasses.replace(result.analysis, min_frames=3)
-  return _window_tuples(result.windows, track.estimate(result.windows, analysis), centroids)
+  return _window_tuples(result.windows, tracking.estimate(result.windows, analysis), centroids)
 
 
 def run_pipelines(frames, centroids, present, params, locators, reach):
@@ -255,7 +255,7 @@ def run_pipelines(frames, centroids, present, params, locators, reach):
   frame = params.frame
   dt = float(params.frame_interval_s)
   a = float(frame.pixel_size_um)
-  analysis = track.Analysis(
+  analysis = tracking.Analysis(
     frame_interval_s=dt,
     pixel_size_um=a,
     blur=diffusion.localiser_blur(frame, dt),
@@ -272,9 +272,9 @@ def run_pipelines(frames, centroids, present, params, locators, reach):
       continue
     for m in range(len(frames)):
       tick = time.perf_counter()
-      detections, _ = track.detect(frames[m], locator, chunk=FRAMES)
+      detections, _ = tracking.detect(frames[m], locator, chunk=FRAMES)
       SECONDS[name] = SECONDS.get(name, 0.0) + time.perf_counter() - tick
-      linked = track.link(detections, reach, memory=3)
+      linked = tracking.link(detections, reach, memory=3)
       found = measure_windows(linked, analysis, centroids[m])
       c = counts.setdefault(name, {"tracks": 0, "windows": 0, "impure_windows": 0})
       c["tracks"] += int(linked["particle"].nunique()) if len(linked) else 0
@@ -293,7 +293,7 @@ def run_pipelines(frames, centroids, present, params, locators, reach):
     preset = _preset() or presets.get("paper")
     for m in range(len(frames)):
       tick = time.perf_counter()
-      result = track.track_movie(
+      result = tracking.track_movie(
         frames[m], locators["defaults"], preset, frame_interval_s=dt, window=WINDOW
       )
       SECONDS["defaults"] = SECONDS.get("defaults", 0.0) + time.perf_counter() - tick
@@ -315,7 +315,7 @@ def run_pipelines(frames, centroids, present, params, locators, reach):
     f, q = np.nonzero(present[m])
     xy = centroids[m][f, q]
     detections = pd.DataFrame({"frame": f, "x": xy[:, 0], "y": xy[:, 1], "score": 1.0})
-    linked = track.link(detections, reach, memory=3)
+    linked = tracking.link(detections, reach, memory=3)
     found = measure_windows(linked, truth, centroids[m])
     c = counts.setdefault("truth_linked", {"tracks": 0, "windows": 0, "impure_windows": 0})
     c["tracks"] += int(linked["particle"].nunique()) if len(linked) else 0
@@ -353,9 +353,7 @@ def summarise(estimates, d: float, analysis) -> dict:
   mean, se = diffusion.weighted_mean(ratio, weight)
   sigma2 = float(np.median([max(e[1], 0.0) for e in estimates]))
   bound = (
-    diffusion.cramer_rao_diffusion(
-      WINDOW, d, sigma2, analysis.mean_blur, analysis.frame_interval_s
-    )
+    diffusion.cramer_rao_diffusion(WINDOW, d, sigma2, analysis.mean_blur, analysis.frame_interval_s)
     / d
   )
   rmse = float(np.sqrt(np.sum(weight * (ratio - 1) ** 2) / weight.sum()))
@@ -413,7 +411,7 @@ def run(repeats: int = 1, quick: bool = False, photon_scale: float = 1.0) -> dic
   locators, notes = make_locators(validation, quick)
   params = validation[0][3]
   dt = float(params.frame_interval_s)
-  reach = track.search_range_px(max(DIFFUSIONS), dt, float(params.frame.pixel_size_um))
+  reach = tracking.search_range_px(max(DIFFUSIONS), dt, float(params.frame.pixel_size_um))
   rows: dict[str, dict] = {}
   counts_all: dict[str, dict] = {}
   for i, d in enumerate(tqdm(diffusions, desc="diffusion bench", unit="D")):

@@ -23,7 +23,7 @@ from qdjax import cli, inference
 from qdjax.benchmarks import interleaved_medians, process_seconds
 
 SCRIPT = Path(__file__).resolve().parents[2] / "experiments" / "locate.py"
-IMPORTS = "import qdjax.cli, qdjax.inference, qdjax.locate, qdjax.locator, qdjax.presets"
+IMPORTS = "import qdjax.cli, qdjax.inference, qdjax.localize, qdjax.locator, qdjax.presets"
 
 
 def run(repeats: int = 5, quick: bool = False, models: tuple[str, ...] | None = None) -> dict:

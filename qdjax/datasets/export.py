@@ -10,6 +10,7 @@ with the same settings and redraws a few frames to confirm they still match the 
 from __future__ import annotations
 
 import contextlib
+import logging
 import signal
 import tempfile
 import threading
@@ -18,10 +19,11 @@ from typing import Any
 
 import numpy as np
 import tensorflow_datasets as tfds
-from absl import logging
 
 from qdjax import data, presets
 from qdjax.datasets.qd2pm import SPLITS, Builder, generation_record
+
+_LOG = logging.getLogger(__name__)
 
 
 def export(
@@ -64,7 +66,7 @@ def export(
     verify(builder, wanted)
     return builder, False
   for leftover in builder.data_path.parent.glob(f"incomplete.*_{builder.version}"):
-    logging.warning("ignoring %s, left by an interrupted export; delete it", leftover)
+    _LOG.warning("ignoring %s, left by an interrupted export; delete it", leftover)
   # Our per-split bars know their totals; TFDS's own nested bars would only add noise.
   tfds.disable_progress_bar()
   config = tfds.download.DownloadConfig(try_download_gcs=False)

@@ -1,0 +1,209 @@
+"""The functions a scientist calls from a notebook; each file command is a thin wrapper.
+
+    import qdjax
+    tracks, per_track = qdjax.track("movie.tif", preset="invivo")
+
+Inputs are arrays or file paths, presets are names or preset files (``qdjax.presets``),
+and results are pandas DataFrames with trackpy's columns (x, y in px, the centre of pixel
+(0, 0) at (0, 0); frame; particle).
+"""
+
+from __future__ import annotations
+
+import os
+
+import numpy as np
+import pandas as pd
+
+__all__ = [
+  "calibrate_pmt",
+  "classify_motion",
+  "fit_microscope",
+  "fit_populations",
+  "load_preset",
+  "locate",
+  "simulate_movie",
+  "track",
+]
+
+
+def load_preset(preset):
+  """A microscope preset: a name ('paper', 'invivo'), a preset file, or a ``Preset``."""
+  from qdjax import presets
+
+  if isinstance(preset, presets.Preset):
+    return preset
+  return presets.get(str(preset))
+
+
+def _frames(movie, *, movie_rank: bool):
+  from qdjax import io
+
+  if isinstance(movie, (str, os.PathLike)):
+    return io.open_frames(movie, movie=movie_rank)
+  frames = np.asarray(movie)
+  if frames.ndim == 2 and not movie_rank:
+    frames = frames[None]
+  return frames
+
+
+def track(
+  movie,
+  preset="invivo",
+  *,
+  method: str = "model",
+  model: str | None = None,
+  workdir=None,
+  frame_interval_s: float | None = None,
+  progress: bool = False,
+  **options,
+):
+  """Tracks, per-track D and motion types of a movie, every default read from the movie.
+
+  The same pipeline, with the same defaults, as ``experiments/track.py``
+  (``qdjax.tracking.track_movie``; docs/diffusion.md, section 7).
+
+  Args:
+    movie: (T, H, W) array, or a .tif/.npy/.npz file.
+    preset: the microscope (pixel size, scan timing, PSF): name, file or ``Preset``.
+    method: 'model', 'trackpy' or 'mle'.
+    model: a shipped model's name (default: the general one); workdir: a trained model.
+    frame_interval_s: default ``H * (W * dwell + retrace)``.
+    progress: a progress bar over frames.
+    options: ``tracking.track_movie``'s settings (min_score, max_diffusion, memory,
+      min_detections, window, drift, estimator, motion_types, chunk).
+
+  Returns:
+    ``tracking.Result``; it unpacks as ``tracks, per_track`` (DataFrames), and has
+    ``.summary``, ``.populations``, ``.motion`` (common motion) and ``.detections``.
+  """
+  from qdjax import locator
+  from qdjax import tracking as track_lib
+
+  preset = load_preset(preset)
+  locate = locator.make(method, workdir=workdir, model=model, preset=preset)
+  frames = _frames(movie, movie_rank=True)
+  return track_lib.track_movie(
+    frames, locate, preset, frame_interval_s=frame_interval_s, progress=progress, **options
+  )
+
+
+def locate(
+  images,
+  *,
+  method: str = "model",
+  model: str | None = None,
+  workdir=None,
+  preset="paper",
+  min_score: float | None = None,
+  progress: bool = False,
+) -> pd.DataFrame:
+  """Detections in every frame: DataFrame ``frame, x, y, score`` (px).
+
+  Args:
+    images: (N, H, W) or (H, W) array, or a frame file.
+    method: 'model', 'trackpy' or 'mle'.
+    min_score: drop detections scoring below this (default: the method's default of
+      ``experiments/locate.py``, ``qdjax.localize.DEFAULT_MIN_SCORE``).
+  """
+  from qdjax import localize as locate_lib
+  from qdjax import locator
+  from qdjax import tracking as track_lib
+
+  preset = load_preset(preset)
+  locate_fn = locator.make(method, workdir=workdir, model=model, preset=preset)
+  frames = _frames(images, movie_rank=False)
+  detections, _ = track_lib.detect(frames, locate_fn, progress=progress)
+  cut = locate_lib.DEFAULT_MIN_SCORE[method] if min_score is None else float(min_score)
+  return detections[detections["score"] >= cut].reset_index(drop=True)
+
+
+def simulate_movie(
+  preset="invivo",
+  *,
+  num_frames: int = 50,
+  seed: int = 0,
+  frame_interval_s: float | None = None,
+  outside_px: float = 0.0,
+  **overrides,
+):
+  """One simulated movie: (photon or PMT frames [T, H, W] float32, truth DataFrame).
+
+  Args:
+    preset: the microscope; ``overrides`` change its frame values (height, width,
+      num_particles, diffusion_um2_s, peak_photons, ...).
+    num_frames, seed, frame_interval_s: the movie (default interval: back to back).
+    outside_px: QDs start up to this far beyond the field, so some enter later.
+
+  Returns:
+    (frames, truth): truth has frame, particle, x, y (the trajectory centroid, px), z and
+    on_fraction of every QD present in a frame.
+  """
+  import jax
+
+  from qdjax import movie as movie_lib
+
+  frame = load_preset(preset).sim_params(**overrides)
+  params = movie_lib.make_params(
+    frame, num_frames, frame_interval_s=frame_interval_s, outside_px=outside_px
+  )
+  out = jax.device_get(movie_lib.simulate_movies(jax.random.key(seed), params, 1))
+  present = np.asarray(out.present[0])
+  f, q = np.nonzero(present)
+  centroids = np.asarray(out.centroids[0])
+  truth = pd.DataFrame(
+    {
+      "frame": f,
+      "particle": q,
+      "x": centroids[f, q, 0],
+      "y": centroids[f, q, 1],
+      "z": np.asarray(out.z[0])[f, q],
+      "on_fraction": np.asarray(out.on_fraction[0])[f, q],
+    }
+  )
+  return np.asarray(out.counts[0], np.float32), truth
+
+
+def fit_microscope(frames, preset="paper", *, pmt=None, progress: bool = False, **options):
+  """The simulator fitted to a stack of single-QD frames: the fitted preset's record
+  (``qdjax.fit.fit_microscope_file``; ``presets.write_file`` saves it as a preset file).
+
+  Args:
+    frames: (N, H, W) array or file.
+    preset: geometry, timing and start ranges of the microscope.
+    pmt: a PMT calibration (``calibrate_pmt``'s file or values) when the frames are PMT
+      output; None for frames in photons.
+    options: ``fit.fit_microscope``'s settings (num_simulated, steps, seed, ...).
+
+  Raises:
+    ValueError: bad frames, or a fit that the data reject (no spot, several QDs, a J
+      statistic beyond the 1% level).
+  """
+  from qdjax import fit, pmt_calibration
+
+  if isinstance(pmt, (str, os.PathLike)):
+    pmt = pmt_calibration.load_pmt(pmt)
+  frames = np.asarray(_frames(frames, movie_rank=False), np.float32)
+  return fit.fit_microscope_file(frames, load_preset(preset), pmt=pmt, progress=progress, **options)
+
+
+def calibrate_pmt(frames, **options):
+  """PMT gain, offset and dark noise from a stack of uniform frames
+  (``qdjax.pmt_calibration.calibrate_pmt``)."""
+  from qdjax import pmt_calibration
+
+  return pmt_calibration.calibrate_pmt(_frames(frames, movie_rank=False), **options)
+
+
+def classify_motion(tracks: pd.DataFrame, analysis, **options) -> pd.DataFrame:
+  """Free, confined, directed or immobile per track (``qdjax.populations.classify``)."""
+  from qdjax import populations
+
+  return populations.classify(tracks, analysis, **options)
+
+
+def fit_populations(per_track: pd.DataFrame, analysis, **options):
+  """D populations over tracks (``qdjax.populations.fit_populations``)."""
+  from qdjax import populations
+
+  return populations.fit_populations(per_track, analysis, **options)
