@@ -36,6 +36,7 @@ import math
 import os
 import pickle
 import sys
+import threading
 import time
 import types
 from collections.abc import Callable, Iterable, Sequence
@@ -201,7 +202,8 @@ def settings_record(spec: LocatorSpec, preset, track_options: dict) -> dict:
 
   if spec.factory is not None:
     factory = getattr(spec.factory, "__qualname__", type(spec.factory).__qualname__)
-    source = {"factory": f"{getattr(spec.factory, '__module__', '?')}.{factory}", "key": spec.key}
+    # By name: what a factory's closure holds may change between runs and mean nothing.
+    source = {"factory": f"{getattr(spec.factory, '__module__', '?')}.{factory}"}
   else:
     source = {"method": spec.method, "model": spec.model, "workdir": spec.workdir}
   return _json_ready(
@@ -252,31 +254,37 @@ def _spec(method, model, workdir, locate_factory) -> LocatorSpec:
 # This process's locators, by LocatorSpec.key and preset: a Dask worker loads its model once.
 _LOCATORS: dict[tuple, locator.Locator] = {}
 _LOADS = [0]  # how many locators this process has built (a check that caching works)
+_LOCATORS_LOCK = threading.Lock()
 
 
 def _locator(spec: LocatorSpec, preset) -> locator.Locator:
   key = (spec.key, preset.name if spec.method == "trackpy" else None)
-  if key not in _LOCATORS:
-    if spec.compilation_cache:
-      import jax
+  with _LOCATORS_LOCK:  # a Dask worker may run several threads
+    return _LOCATORS[key] if key in _LOCATORS else _build_locator(spec, preset, key)
 
-      if not jax.config.jax_compilation_cache_dir:
-        from qdjax import cli
 
-        os.environ[cli.CACHE_ENV] = spec.compilation_cache
-        cli.use_compilation_cache()
-    if spec.factory is not None:
-      _LOCATORS[key] = spec.factory()
-    else:
-      _LOCATORS[key] = locator.make(
-        spec.method,
-        model=spec.model,
-        workdir=spec.workdir,
-        preset=preset,
-        workers=spec.trackpy_workers if spec.method == "trackpy" else None,
-      )
-    _LOADS[0] += 1
-  return _LOCATORS[key]
+def _build_locator(spec: LocatorSpec, preset, key) -> locator.Locator:
+  if spec.compilation_cache:  # the caller's persistent compilation cache, in a worker too
+    import jax
+
+    if not jax.config.jax_compilation_cache_dir:
+      from qdjax import cli
+
+      os.environ[cli.CACHE_ENV] = spec.compilation_cache
+      cli.use_compilation_cache()
+  if spec.factory is not None:
+    built = spec.factory()
+  else:
+    built = locator.make(
+      spec.method,
+      model=spec.model,
+      workdir=spec.workdir,
+      preset=preset,
+      workers=spec.trackpy_workers if spec.method == "trackpy" else None,
+    )
+  _LOCATORS[key] = built
+  _LOADS[0] += 1
+  return built
 
 
 def _close_locators() -> None:
@@ -540,7 +548,9 @@ def track_many(
     inputs: movies: a file, folder, glob, list file or sequence (``expand_inputs``).
     output_dir: where the outputs go (made if missing).
     locate_factory: ``factory() -> qdjax.locator.Locator``, called once per process
-      (picklable for workers); default: ``locator.make(method, model=, workdir=)``.
+      (picklable for workers); default: ``locator.make(method, model=, workdir=)``. The
+      settings file records a factory by its name: after changing what it builds, rerun
+      with ``overwrite=True``.
     method, model, workdir: the locator, as ``locator.make`` takes them.
     preset: a ``presets.Preset``, or a preset name or file.
     workers: Dask worker processes on this machine (a ``LocalCluster``); None with no
@@ -611,11 +621,12 @@ def track_many(
       rows[task.name] = previous
   loads: dict[int, int] = {}
   order = [task.name for task in tasks]
+  here, built_before = os.getpid(), _LOADS[0]  # workers may be threads of this process
 
   def finished(row, pid, count):
     rows[row["name"]] = row
     if pid is not None:
-      loads[pid] = count
+      loads[pid] = count - (built_before if pid == here else 0)
     write_summary(summary_path, [rows[name] for name in order if name in rows])
 
   if rows or not todo:
@@ -623,9 +634,7 @@ def track_many(
   if todo and distributed:
     _run_on_dask(todo, finished, progress, workers, scheduler)
   elif todo:
-    before = _LOADS[0]
     _run_in_process(todo, finished, progress)
-    loads = {os.getpid(): _LOADS[0] - before}
   table = _summary_table([rows[name] for name in order])
   table.attrs["locator_loads"] = loads
   table.attrs["bad_input"] = {
