@@ -7,8 +7,10 @@ r"""Throughput benchmarks; prints and writes JSON.
   python experiments/bench.py --what=diffusion   # per-track D accuracy of whole pipelines
   python experiments/bench.py --what=diffusion --quick --photon_scale=0.25   # dimmer QDs
   python experiments/bench.py --what=blind   # track.py's defaults on another simulator's movies
+  python experiments/bench.py --what=populations   # mixed motion: populations, motion types
   python experiments/bench.py --what=fit   # microscope-fit recovery errors, not a time
   python experiments/bench.py --what=tradeoff --train_frames=131072 --models=base,s2
+  python experiments/bench.py --what=batch   # many movies: 1 Dask worker against 2
 
 Timings are medians of repeats; ratios are measured side by side in the same run.
 """
@@ -23,7 +25,18 @@ from qdjax import cli, io
 _WHAT = flags.DEFINE_enum(
   "what",
   "simulate",
-  ["simulate", "train", "locate", "startup", "diffusion", "blind", "fit", "tradeoff"],
+  [
+    "simulate",
+    "train",
+    "locate",
+    "startup",
+    "diffusion",
+    "blind",
+    "populations",
+    "fit",
+    "tradeoff",
+    "batch",
+  ],
   "What to measure.",
 )
 _OUTPUT = flags.DEFINE_string("output", None, "JSON output path (default: bench_<what>.json).")

@@ -13,6 +13,15 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "experiments"))
 
 
+def pytest_configure(config):
+  """Every test process (each xdist worker) uses the persistent compilation cache that the
+  scripts it runs use (``cli.use_compilation_cache``): a program compiled once, by a test or
+  by a script, is loaded from disk by the others."""
+  from qdjax import cli
+
+  cli.use_compilation_cache()
+
+
 def _script_env(env=None) -> dict:
   full_env = {**os.environ, **(env or {})}
   # The scripts import qdjax from this checkout, whatever copy is installed.

@@ -98,3 +98,15 @@ def test_motion_types_on_50_frame_tracks():
   assert found["alpha"][truth == "free"].median() == pytest.approx(1.0, abs=0.15)
   # Free tracks are rejected at about the test's level, not more.
   assert np.mean(motion[truth == "free"] != "free") <= 0.1
+
+
+def test_populations_bench_smoke(script, tmp_path):
+  """``bench.py --what=populations --quick`` runs end to end (a code path, not a figure)."""
+  import json
+
+  out = tmp_path / "pop.json"
+  result = script("bench.py", "--what=populations", "--quick", f"--output={out}")
+  assert result.returncode == 0, result.stderr
+  record = json.loads(out.read_text())
+  assert set(record["rows"]) == {"two_free", "three", "confined_vs_free"}
+  assert all(r["tracks"] > 0 for r in record["rows"].values())
