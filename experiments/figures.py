@@ -1,8 +1,13 @@
-r"""Draws the README's picture: simulated frames of the three regimes, truth marked.
+r"""Draws the README's pictures: simulated frames of the three regimes, truth marked; or,
+with --populations, the populations benchmark's figure from its JSON.
 
 python experiments/figures.py                            # writes ./regimes.png
 python experiments/figures.py --output=docs/regimes.png  # replaces the README's figure
+python experiments/figures.py --populations=results/bench_populations.json \
+    --output=docs/populations.png
 """
+
+import json
 
 from absl import flags
 
@@ -11,6 +16,9 @@ from qdjax import cli, data, io, plotting, presets
 _PRESET = flags.DEFINE_string("preset", "paper", "Named parameter set.")
 _PER_REGIME = flags.DEFINE_integer("per_regime", 5, "Frames per regime.", lower_bound=1)
 _SEED = flags.DEFINE_integer("seed", 0, "Seed of the drawn frames.")
+_POPULATIONS = flags.DEFINE_string(
+  "populations", None, "Draw this bench --what=populations JSON instead of the regimes."
+)
 _OUTPUT = flags.DEFINE_string(
   "output", "regimes.png", "PNG path (the README's figure is docs/regimes.png)."
 )
@@ -19,6 +27,14 @@ _OUTPUT = flags.DEFINE_string(
 def main(argv):
   cli.check_no_extra_args(argv)
   io.check_output_path(_OUTPUT.value)
+  if _POPULATIONS.value is not None:
+    with open(_POPULATIONS.value) as f:
+      record = json.load(f)
+    if record.get("what") != "populations":
+      raise ValueError(f"{_POPULATIONS.value} is not a bench --what=populations result")
+    plotting.populations_figure(record, _OUTPUT.value)
+    print(f"wrote {_OUTPUT.value}")
+    return
   preset = presets.get(_PRESET.value)
   images, keypoints, titles = [], [], []
   for regime, d in enumerate(preset.regimes, start=1):

@@ -5,37 +5,27 @@
     found = head.decode(outputs, min_score=0.1)  # threshold, under a per-area cap
     per_frame = head.to_lists(found)  # list of [k, 3] (x, y, score), docs/spec.md coordinates
 
-Design, and the measurements behind it ("mean AUC" = mean over the nine cells val_d1..3 x
-epsilon 1, 2, 3 px; 64k training frames unless stated):
+Design (the measurements behind each choice are in docs/results.md, with their commands):
 
 - **Input normalisation** inside the model: each frame is centred (on its median, or on
   its mean for the ``normalization='mean'`` presets) and divided by its mean absolute
   deviation from that centre. Either is invariant to a detector offset and gain (tested),
   so a user's frames in ADU, photons or PMT volts go in as they are; no photon level has
-  to be known. The median sorts every frame: on a 512 x 512 field it cost more than the
-  whole ``s4_light`` network (273 ms against 1 ms for the mean, 2-core CPU).
+  to be known. The mean is far cheaper than the median on whole fields.
 - **Backbone**: residual stages (BasicBlocks, BatchNorm, zero-init last scale); later
-  stages are strided so the receptive field covers the whole blurred streak (at D3 the
-  trajectory centroid sits ~1 px from the brightest pixels). The frame is zero-padded
-  (zero is the background after normalisation) to a multiple of the total stride and
-  cropped back, so every frame size, odd or even, sees the same alignment of coarse and
-  fine features. Stage outputs are projected (1x1), upsampled (nearest) and summed, as in
-  a light FPN.
-- **Stem**: ``stem_stride=1`` convolves every pixel (``small``, ``base``: the shipped
-  model). ``stem_stride=b`` (space-to-depth) folds each b x b block of pixels into one
-  cell of b*b channels, runs the network on cells and predicts every pixel's outputs per
-  cell (depth-to-space), so the head still speaks per pixel while the work falls ~b*b-fold.
-  Measured at an equal budget (131k frames, the shipped recipe, mean validation AUC over
-  the nine cells on 2000 fresh frames per regime; ``experiments/bench.py --what=tradeoff``):
-  ``base`` 0.5764, ``s2`` 0.5748, ``s4`` 0.5718, ``s2_light`` 0.5701, ``s4_light`` 0.5700,
-  ``fast`` 0.5618 (the shipped ``base``, 300k frames: 0.5800). On the 2-core CPU, side by
-  side with single-process trackpy: ``s4_light`` 25x trackpy's frames/s on 24 x 25 crops
-  and 2.6x on 512 x 512 fields with 20 QDs; ``s4`` 12x and 1.0x; ``s2_light`` 19x and
-  1.3x; the shipped ``base`` ~0.7x and ~0.1x. ``s4_light`` is the default: capacity was
-  never what limited accuracy here (``base`` has 5x ``small``'s parameters for +0.003).
-  Given the frames its speed buys (1M, 19 min of the 2-core CPU: the shipped
-  ``paper_fast``), it matches the shipped ``base`` (300k frames) on the study's test sets:
-  mean AUC 0.5806 against 0.5811 (``results/paper_fast_table.md``).
+  stages are strided so the receptive field covers the whole blurred streak. The frame is
+  zero-padded (zero is the background after normalisation) to a multiple of the total
+  stride and cropped back, so every frame size, odd or even, sees the same alignment of
+  coarse and fine features. Stage outputs are projected (1x1), upsampled (nearest) and
+  summed, as in a light FPN.
+- **Stem**: ``stem_stride=1`` convolves every pixel (``small``, ``base``).
+  ``stem_stride=b`` (space-to-depth) folds each b x b block of pixels into one cell of b*b
+  channels, runs the network on cells and predicts every pixel's outputs per cell
+  (depth-to-space), so the head still speaks per pixel while the work falls ~b*b-fold.
+  ``s4_light`` is ``create``'s default: at an equal training budget it is within a few
+  thousandths of ``base``'s mean AUC and many times faster; the shipped ``paper`` and
+  ``general`` models are ``base``, ``paper_fast`` is ``s4_light``
+  (``qdjax/pretrained/*/config.json``).
 - **Head**: per pixel, a presence logit, a sub-pixel offset (dx, dy) to the keypoint and
   the log of the offset's predicted rms error sigma; what they are trained to mean and how
   they become detections is ``qdjax.head``.

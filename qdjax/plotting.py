@@ -158,6 +158,46 @@ def _populations_panels(table, found, d_ax, kinds_ax):
   kinds_ax.set(ylabel="tracks", title="motion type per track")
 
 
+def populations_figure(record: dict, path) -> None:
+  """``bench.py --what=populations``'s result: per scenario, the D of tracks of >= 30
+  detections (coloured by their QD's true motion), the true D values (dashed) and the fitted
+  populations (solid, each at its D, height its share); last, free-vs-not-free accuracy
+  by track length."""
+  rows = record["rows"]
+  fig, axes = plt.subplots(1, len(rows) + 1, figsize=(4.6 * (len(rows) + 1), 3.8))
+  colours = {"free": "C0", "confined": "C1", "immobile": "C2", "directed": "C3"}
+  for ax, (name, row) in zip(axes, rows.items(), strict=False):
+    long = row["long_tracks"]
+    d = np.asarray(long["D_um2_s"], np.float64)
+    kinds = np.asarray(long["true_motion"])
+    if len(d):
+      bins = np.linspace(min(d.min(), 0.0), d.max() * 1.05 + 1e-9, 30)
+      stacked = [d[kinds == k] for k in colours]
+      ax.hist(stacked, bins=bins, stacked=True, color=list(colours.values()),
+              label=[k for k in colours])  # fmt: skip
+    for p in record["scenarios"][name]:
+      true_d = 0.0 if p["kind"] == "immobile" else p["diffusion_um2_s"]
+      ax.axvline(true_d, color="k", ls="--", lw=1)
+    fitted = row.get("fitted")
+    if isinstance(fitted, dict):
+      top = ax.get_ylim()[1]
+      for value, share in zip(fitted["D_um2_s"], fitted["fraction"], strict=True):
+        ax.plot([value, value], [0, share * top], color="red", lw=2.5)
+    ax.set(xlabel="D per track (um$^2$/s)", ylabel="tracks", title=name.replace("_", " "))
+  axes[0].legend(fontsize=7)
+  acc = axes[-1]
+  for name, row in rows.items():
+    by = row["free_vs_not_free_accuracy_by_length"]
+    if by:
+      acc.plot(list(by), [v["accuracy"] for v in by.values()], "o-", label=name)
+  acc.set(xlabel="detections per track", ylabel="free vs not free: accuracy", ylim=(0, 1.02),
+          title="motion type by track length")  # fmt: skip
+  acc.legend(fontsize=7)
+  fig.tight_layout()
+  io.save_figure(fig, path, dpi=100)
+  plt.close(fig)
+
+
 def training_curves(records: list[dict], path) -> None:
   """Training loss and validation AUC (per epsilon) against step, as a PNG.
 

@@ -114,6 +114,11 @@ def run(repeats: int = 1, quick: bool = False) -> dict:
       row["bic_by_k"] = found.by_k
     except ValueError as e:
       row["fitted"] = f"not fitted: {e}"
+    row["long_tracks"] = {
+      "D_um2_s": [round(float(v), 5) for v in long["D_um2_s"]],
+      "true_motion": list(long["true_motion"]),
+      "true_D_um2_s": [round(float(v), 5) for v in long["true_D"]],
+    }
     long_matched = long[long["true_motion"] != "unmatched"]
     key = long_matched["true_motion"] + ":" + long_matched["true_D"].round(3).astype(str)
     row["true_shares_of_long_tracks"] = (key.value_counts() / max(len(key), 1)).to_dict()
