@@ -17,6 +17,11 @@ offsets of its centre) are averaged and matched by Adam steps through the differ
 simulator with common random numbers. Standard errors from the GMM sandwich. Values with
 a relative standard error above 50% are flagged as not identifiable from these frames.
 
+A fit the one-QD model does not describe is refused (exit 2, one line naming the likely
+cause): frames under 9 x 9 px, frames without a spot, frames with a second spot (several
+QDs per frame), and a J statistic that rejects the model at the 1% level (chi-square on 3
+degrees of freedom), as PMT frames fitted without --pmt give.
+
 Writes a preset file (usable wherever a preset name is) with the estimates, their
 standard errors, the fit record and one provenance line per value.
 """

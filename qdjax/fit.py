@@ -29,6 +29,13 @@ STATISTICS = (
 )
 WINDOW_HALF = 4  # px: the window is 9 x 9 around the smoothed frame's brightest pixel
 MIN_OUTSIDE = 16  # pixels outside the window, for the background
+MIN_FRAME_PX = 9  # the smallest frame side a fit takes (docs/spec.md, section 7)
+# A fit is refused when its J statistic rejects the model at this level (chi-square with
+# the fit's degrees of freedom), and when the frames' spots are, at the stricter
+# ``SPOT_LEVEL`` (one-sided), no brighter than noise alone or hold a second spot that one
+# QD per frame does not give.
+J_LEVEL = 0.01
+SPOT_LEVEL = 0.001
 
 
 def window_half(height: int, width: int) -> int:
@@ -110,6 +117,60 @@ def frame_statistics(frames):
   )
 
 
+def second_spot(frames):
+  """Per frame: the brightest smoothed pixel outside the window around the brightest one,
+  above the background (the mean outside that window), in photons: noise for a frame of
+  one QD, a second spot's peak for a frame of two.
+
+  Args:
+    frames: [n, h, w] photons.
+
+  Returns:
+    [n].
+  """
+  import jax.numpy as jnp
+
+  n, h, w = frames.shape
+  half = window_half(h, w)
+  smooth = _smooth(frames)
+  peak = jnp.argmax(smooth.reshape(n, -1), axis=1)
+  r0, c0 = peak // w, peak % w
+  rows, cols = jnp.arange(h), jnp.arange(w)
+  inside = (jnp.abs(rows[None, :, None] - r0[:, None, None]) <= half) & (
+    jnp.abs(cols[None, None, :] - c0[:, None, None]) <= half
+  )
+  outside = (~inside).sum(axis=(1, 2))
+  background = jnp.where(inside, 0.0, frames).sum(axis=(1, 2)) / jnp.maximum(outside, 1)
+  return jnp.where(inside, -jnp.inf, smooth).max(axis=(1, 2)) - background
+
+
+def background_spread(frames):
+  """Per frame: the median absolute deviation of the pixels outside the window around
+  the brightest smoothed pixel, in photons: the noise's size, barely moved by a second
+  spot's few pixels.
+
+  Args:
+    frames: [n, h, w] photons.
+
+  Returns:
+    [n].
+  """
+  import jax.numpy as jnp
+
+  n, h, w = frames.shape
+  half = window_half(h, w)
+  smooth = _smooth(frames)
+  peak = jnp.argmax(smooth.reshape(n, -1), axis=1)
+  r0, c0 = peak // w, peak % w
+  rows, cols = jnp.arange(h), jnp.arange(w)
+  inside = (jnp.abs(rows[None, :, None] - r0[:, None, None]) <= half) & (
+    jnp.abs(cols[None, None, :] - c0[:, None, None]) <= half
+  )
+  outside = jnp.where(inside, jnp.nan, frames).reshape(n, -1)
+  center = jnp.nanmedian(outside, axis=1)
+  return jnp.nanmedian(jnp.abs(outside - center[:, None]), axis=1)
+
+
 @dataclasses.dataclass(frozen=True)
 class Detector:
   """How recorded values become photons: PMT output (offset, gain 3/alpha) or photons."""
@@ -138,6 +199,11 @@ def _simulated_statistics(log_theta, keys, base, detector_model: Detector):
   image, the paths (sqrt(2 D dt) times fixed normals) and the noise's size all carry
   gradients, with the same random numbers at every step (common random numbers).
   """
+  return frame_statistics(_simulated_frames(log_theta, keys, base, detector_model))
+
+
+def _simulated_frames(log_theta, keys, base, detector_model: Detector):
+  """Frames simulated at exp(log_theta), in photons: [n, h, w] (see above)."""
   import jax
   import jax.numpy as jnp
 
@@ -155,7 +221,7 @@ def _simulated_statistics(log_theta, keys, base, detector_model: Detector):
   recorded = jax.lax.stop_gradient(detector_model.to_photons(frames.counts))
   scale = jnp.sqrt(detector_model.photon_variance(expected))
   noise = jax.lax.stop_gradient((recorded - expected) / scale)
-  return frame_statistics(expected + scale * noise)
+  return expected + scale * noise
 
 
 @dataclasses.dataclass(frozen=True)
@@ -172,6 +238,10 @@ class MicroscopeFit:
   num_simulated: int
   steps: int
   identifiable: dict[str, bool]
+  j_p_value: float = float("nan")
+  noise_z: float = float("nan")
+  spot_z: float = float("nan")
+  second_spot_z: float = float("nan")
 
   def to_dict(self) -> dict[str, Any]:
     return dataclasses.asdict(self)
@@ -227,8 +297,14 @@ def fit_microscope(
     start: optional start values by name (default: moments of the frames and ``base``).
     progress: show a progress bar.
 
+  The result also holds ``j_p_value`` (J against chi-square on its degrees of freedom) and
+  two predictive checks against frames simulated at the fit (``spot_z``: the frames' spot
+  peaks above noise alone; ``second_spot_z``: their second-brightest spots above one QD's
+  frames), both in standard errors; ``check_fit`` refuses a fit on them.
+
   Raises:
-    ValueError: fewer than 2 frames, NaN pixels, or frames smaller than 9 x 9.
+    ValueError: fewer than 2 frames, NaN pixels, frames smaller than 9 x 9, or frames in
+      which every pixel has one value.
   """
   import jax
   import jax.numpy as jnp
@@ -241,7 +317,16 @@ def fit_microscope(
     "expected frames [n, h, w]",
     "fitting a microscope needs a stack of frames (~1000 is good)",
   )
-  window_half(*frames.shape[1:])  # frames large enough
+  height, width = frames.shape[1:]
+  if min(height, width) < MIN_FRAME_PX:
+    raise ValueError(
+      f"frames of {height}x{width} px are too small: a microscope fit needs at least "
+      f"{MIN_FRAME_PX}x{MIN_FRAME_PX} (a spot's 9 x 9 window and background around it)"
+    )
+  if float(frames.max()) == float(frames.min()):
+    raise ValueError(
+      f"the frames hold no spot: every pixel of every frame is {float(frames.min()):g}"
+    )
   if (base.height, base.width) != frames.shape[1:]:
     raise ValueError(
       f"base params are {base.height}x{base.width} px but the frames are "
@@ -322,12 +407,17 @@ def fit_microscope(
   se_log = np.sqrt(np.maximum(np.diag(cov_log), 0))
   standard_errors = {k: values[k] * float(s) for k, s in zip(FITTED, se_log, strict=True)}
   corr = cov_log / np.outer(se_log, se_log).clip(1e-30)
+  j_statistic = float(diff @ w @ diff)
+  degrees_of_freedom = len(STATISTICS) - len(FITTED)
+  noise_z, spot_z, second_spot_z = _predictive_checks(
+    frames, log_theta, keys, base, detector_model, observed
+  )
   return MicroscopeFit(
     values=values,
     standard_errors=standard_errors,
     correlation=[[round(float(c), 3) for c in row] for row in corr],
-    j_statistic=float(diff @ w @ diff),
-    degrees_of_freedom=len(STATISTICS) - len(FITTED),
+    j_statistic=j_statistic,
+    degrees_of_freedom=degrees_of_freedom,
     statistics={
       name: {"observed": float(o), "simulated": float(s), "se": float(math.sqrt(c))}
       for name, o, s, c in zip(
@@ -338,7 +428,100 @@ def fit_microscope(
     num_simulated=num_simulated,
     steps=steps,
     identifiable={k: bool(float(s) < 0.5) for k, s in zip(FITTED, se_log, strict=True)},
+    j_p_value=_chi2_survival(j_statistic, degrees_of_freedom),
+    noise_z=noise_z,
+    spot_z=spot_z,
+    second_spot_z=second_spot_z,
   )
+
+
+def _chi2_survival(value: float, dof: int) -> float:
+  """P(chi-square with ``dof`` degrees of freedom > value)."""
+  from scipy import stats
+
+  return float(stats.chi2.sf(value, dof))
+
+
+def _z(observed, simulated) -> float:
+  """(mean observed - mean simulated) in standard errors of that difference."""
+  se = math.sqrt(np.var(observed) / len(observed) + np.var(simulated) / len(simulated))
+  return float((np.mean(observed) - np.mean(simulated)) / max(se, 1e-30))
+
+
+def _predictive_checks(frames, log_theta, keys, base, detector_model, observed):
+  """Three checks of what the fit's statistics do not test, against frames simulated at
+  the fit (the same keys), each in standard errors of the difference of means:
+
+  - noise: the frames' ``background_spread`` above that of the fit's frames; large when
+    the noise is not the detector's (PMT output taken for photons);
+  - spot: the frames' spot peak (``frame_statistics``) above that of frames of noise alone
+    (no QD, the fitted background); small when there is no spot;
+  - second spot: the frames' ``second_spot`` above that of the fit's frames; large when
+    frames hold several QDs.
+  """
+  import jax
+  import jax.numpy as jnp
+
+  def checked(photons):
+    return frame_statistics(photons)[:, 2], second_spot(photons), background_spread(photons)
+
+  @jax.jit
+  def simulated(theta):
+    return checked(_simulated_frames(theta, keys, base, detector_model))
+
+  photons = detector_model.to_photons(jnp.asarray(frames))
+  _, observed_second, observed_spread = (np.asarray(v) for v in jax.jit(checked)(photons))
+  _, fitted_second, fitted_spread = (np.asarray(v) for v in simulated(log_theta))
+  no_spot = jnp.asarray(log_theta).at[0].set(math.log(1e-6))  # N ~ 0: noise alone
+  noise_peak, _, _ = (np.asarray(v) for v in simulated(no_spot))
+  spot_index = STATISTICS.index("spot_peak")
+  return (
+    _z(observed_spread, fitted_spread),
+    _z(observed[:, spot_index], noise_peak),
+    _z(observed_second, fitted_second),
+  )
+
+
+def check_fit(result: MicroscopeFit, pmt_given: bool) -> None:
+  """Refuses a fit whose frames the one-QD model does not describe, with the likely cause.
+
+  Raises:
+    ValueError: the frames' noise is not the detector's, they show no spot, or a second
+      spot per frame (each at ``SPOT_LEVEL``), or the J statistic rejects the model (at
+      ``J_LEVEL``).
+  """
+  from scipy import stats
+
+  spot_limit = float(stats.norm.isf(SPOT_LEVEL))
+  pmt_hint = "" if pmt_given else ", or PMT output fitted as photons (give --pmt)"
+  if abs(result.noise_z) > spot_limit:
+    cause = (
+      "is the PMT calibration (--pmt) the one of these frames?"
+      if pmt_given
+      else "are they PMT output? give its calibration (--pmt)"
+    )
+    raise ValueError(
+      f"the frames' noise is not the detector model's: its spread is {result.noise_z:.3g} "
+      f"standard errors from that of the fit's simulated frames; {cause}"
+    )
+  if not result.spot_z > spot_limit:
+    raise ValueError(
+      f"no spot in these frames: their brightest spots are no brighter than noise alone "
+      f"(z = {result.spot_z:.2g}); a fit needs frames of single QDs{pmt_hint}"
+    )
+  if result.second_spot_z > spot_limit:
+    raise ValueError(
+      f"these frames hold more than one spot: their second-brightest spots are "
+      f"{result.second_spot_z:.3g} standard errors brighter than one QD per frame gives; "
+      "a fit needs frames of single QDs (crop each QD into frames of its own)"
+    )
+  if result.j_p_value < J_LEVEL:
+    raise ValueError(
+      f"the simulator does not fit these frames: J = {result.j_statistic:.3g} on "
+      f"{result.degrees_of_freedom} dof (p = {result.j_p_value:.2g} < {J_LEVEL:g}); "
+      "likely causes: several QDs per frame, frames not of the preset's geometry, too few "
+      f"steps to converge{pmt_hint}"
+    )
 
 
 def fit_microscope_file(
@@ -352,6 +535,10 @@ def fit_microscope_file(
     pmt: ``pmt_calibration.load_pmt``'s values, or None for frames in photons.
     source, pmt_source: file names, for the provenance.
     **kwargs: passed to ``fit_microscope``.
+
+  Raises:
+    ValueError: bad frames (see ``fit_microscope``), or a fit ``check_fit`` refuses: frames
+      with no spot, several QDs per frame, or a J statistic that rejects the model.
   """
   frames = np.asarray(frames, np.float32)
   if frames.ndim != 3:
@@ -361,6 +548,7 @@ def fit_microscope_file(
     regime=2, height=int(frames.shape[1]), width=int(frames.shape[2]), **detector_settings
   )
   result = fit_microscope(frames, base, Detector(pmt), progress=progress, **kwargs)
+  check_fit(result, pmt_given=bool(pmt))
   values = {k: v for k, v in preset.values.items()}
   values.update(height=int(frames.shape[1]), width=int(frames.shape[2]), **detector_settings)
   if isinstance(values.get("num_particles"), tuple):

@@ -54,6 +54,45 @@ def test_fit_recovers_each_known_parameter(fitted, name):
     assert se < 0.1 * TRUTH[name], (name, se)
 
 
+def test_a_correct_fit_passes_every_check(fitted):
+  """The refusals of ``fit.check_fit`` leave a fit of the right model alone: its J is
+  unremarkable for chi-square on 3 dof, its noise the PMT's, its spots far above noise,
+  no second spot."""
+  record = fitted["fit"]
+  assert record["j_p_value"] > fit.J_LEVEL, record["j_statistic"]
+  assert abs(record["noise_z"]) < 3, record["noise_z"]
+  assert record["spot_z"] > 10, record["spot_z"]
+  assert abs(record["second_spot_z"]) < 3, record["second_spot_z"]
+
+
+def _refused(frames, pmt, needle):
+  with pytest.raises(ValueError, match=needle) as error:
+    fit.fit_microscope_file(
+      frames, presets.get("invivo"), pmt, progress=False, num_simulated=128, steps=100
+    )
+  assert "\n" not in str(error.value)
+  return str(error.value)
+
+
+def test_pmt_frames_fitted_as_photons_are_refused_and_the_message_names_pmt(pmt_frames):
+  frames, _ = pmt_frames
+  assert "--pmt" in _refused(frames, None, "noise is not the detector model's")
+
+
+def test_frames_of_several_qds_are_refused(pmt_frames):
+  _, pmt = pmt_frames
+  params = presets.get("invivo").sim_params(**TRUTH, num_particles=(3, 3))
+  frames = data.generate(params, 300, seed=78)["images"]
+  assert "single QDs" in _refused(frames, pmt, "more than one spot")
+
+
+def test_frames_without_a_spot_are_refused(pmt_frames):
+  _, pmt = pmt_frames
+  params = presets.get("invivo").sim_params(**TRUTH, num_particles=(0, 0))
+  frames = data.generate(params, 300, seed=79)["images"]
+  _refused(frames, pmt, "no spot")
+
+
 def test_fitted_record_round_trips_as_a_preset(fitted, pmt_frames, tmp_path):
   frames, pmt = pmt_frames
   record = fitted
@@ -79,8 +118,10 @@ def test_fit_microscope_script_end_to_end_and_bad_input(pmt_frames, tmp_path, sc
   pmt_path.write_text(json.dumps({"alpha": pmt["pmt_alpha"], "dark_sigma": 8.1, "offset": -2.74}))
   out = tmp_path / "scope.json"
   args = [f"--input={stack}", "--preset=invivo", f"--pmt={pmt_path}", f"--output={out}"]
-  # A generous timeout: the script compiles the simulator and its Jacobian afresh.
-  result = script("fit_microscope.py", *args, "--num_simulated=16", "--steps=2", timeout=1800)
+  # A generous timeout: the script compiles the simulator and its Jacobian afresh. Enough
+  # steps to converge (steps are cheap once compiled): a fit stopped far from its minimum
+  # is refused by its J statistic.
+  result = script("fit_microscope.py", *args, "--num_simulated=16", "--steps=100", timeout=1800)
   assert result.returncode == 0, result.stderr
   record = json.loads(out.read_text())
   for name in fit.FITTED:
@@ -109,6 +150,12 @@ def test_fit_microscope_script_end_to_end_and_bad_input(pmt_frames, tmp_path, sc
   unknown = tmp_path / "unknown.json"
   unknown.write_text(json.dumps({"peak_photons": 3.0, "lens": "60x"}))
   bad("unknown key 'lens'", preset=unknown)
+  small = tmp_path / "small.npy"
+  np.save(small, frames[:20, :8, :8])
+  bad("frames of 8x8 px are too small", input=small)
+  zero = tmp_path / "zero.npy"
+  np.save(zero, np.zeros((20, 24, 25), np.float32))
+  bad("no spot", input=zero)
 
 
 def test_calibrate_pmt_script_refuses_a_non_uniform_stack(tmp_path, script):
