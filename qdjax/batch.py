@@ -272,6 +272,8 @@ def _build_locator(spec: LocatorSpec, preset, key) -> locator.Locator:
 
       os.environ[cli.CACHE_ENV] = spec.compilation_cache
       cli.use_compilation_cache()
+      # XLA:CPU's false warning on every program loaded from the cache, as cli.run silences it.
+      cli._quiet_cpu_cache_loader()
   if spec.factory is not None:
     built = spec.factory()
   else:
@@ -469,42 +471,77 @@ def _run_in_process(tasks, finished, progress):
     _close_locators()
 
 
-def _run_on_dask(tasks, finished, progress, workers, scheduler):
+def worker_env(single_threaded: bool = True) -> dict[str, str]:
+  """Environment variables for a local worker process: ``WORKER_ENV`` (one thread each for
+  XLA, BLAS and OpenMP), the caller's XLA_FLAGS kept; {} with ``single_threaded=False``."""
+  if not single_threaded:
+    return {}
+  env = dict(WORKER_ENV)
+  if os.environ.get("XLA_FLAGS"):
+    env["XLA_FLAGS"] = os.environ["XLA_FLAGS"] + " " + env["XLA_FLAGS"]
+  return env
+
+
+@contextlib.contextmanager
+def _quiet_distributed():
+  """dask.distributed's scheduler and client log each worker's start and stop at INFO."""
+  logger = logging.getLogger("distributed")
+  level = logger.level
+  logger.setLevel(max(logger.getEffectiveLevel(), logging.WARNING))
   try:
-    from dask.distributed import Client, LocalCluster, as_completed
+    yield
+  finally:
+    logger.setLevel(level)
+
+
+def _distributed():
+  try:
+    import dask.distributed
   except ImportError:
     raise ImportError(
       "workers and scheduler need dask.distributed: pip install 'dask[distributed]'"
     ) from None
+  return dask.distributed
+
+
+@contextlib.contextmanager
+def local_cluster(workers: int, single_threaded: bool = True):
+  """A ``dask.distributed.LocalCluster`` of ``workers`` processes of one thread each, as
+  ``track_many(workers=N)`` starts it; pass its ``scheduler_address`` as ``scheduler`` to
+  reuse one cluster over several runs.
+
+  Args:
+    workers: worker processes.
+    single_threaded: XLA, BLAS and OpenMP on one thread in each worker (``worker_env``).
+  """
+  distributed = _distributed()
+  with _quiet_distributed():
+    cluster = distributed.LocalCluster(
+      n_workers=workers,
+      threads_per_worker=1,
+      processes=True,
+      dashboard_address=None,
+      silence_logs=logging.ERROR,
+      env=worker_env(single_threaded),
+    )
+    with cluster:
+      yield cluster
+
+
+def _run_on_dask(tasks, finished, progress, workers, scheduler):
+  distributed = _distributed()
   from tqdm.auto import tqdm
 
   with contextlib.ExitStack() as stack:
-    # The scheduler and client log each worker's start and stop at INFO.
-    quiet = logging.getLogger("distributed")
-    stack.callback(quiet.setLevel, quiet.level)
-    quiet.setLevel(max(quiet.getEffectiveLevel(), logging.WARNING))
-    if scheduler is not None:
-      client = stack.enter_context(Client(scheduler))
-    else:
-      env = dict(WORKER_ENV)
-      if os.environ.get("XLA_FLAGS"):
-        env["XLA_FLAGS"] = os.environ["XLA_FLAGS"] + " " + env["XLA_FLAGS"]
-      cluster = stack.enter_context(
-        LocalCluster(
-          n_workers=workers,
-          threads_per_worker=1,
-          processes=True,
-          dashboard_address=None,
-          silence_logs=logging.ERROR,
-          env=env,
-        )
-      )
-      client = stack.enter_context(Client(cluster))
+    stack.enter_context(_quiet_distributed())
+    if scheduler is None:
+      scheduler = stack.enter_context(local_cluster(workers))
+    client = stack.enter_context(distributed.Client(scheduler))
     futures = {client.submit(track_one, task, pure=False): task for task in tasks}
     bar = stack.enter_context(
       tqdm(total=len(futures), desc="recordings", unit="movie", disable=not progress)
     )
-    for future in as_completed(futures):
+    for future in distributed.as_completed(futures):
       task = futures[future]
       try:
         result = future.result()

@@ -154,7 +154,8 @@ def trackmate_tree(
 
   root = ET.Element("TrackMate", version=TRACKMATE_VERSION)
   ET.SubElement(root, "Log").text = "Tracks written by qdjax (qdjax.interop.write_trackmate_xml)."
-  model = ET.SubElement(root, "Model", spatialunits="µm", timeunits="s")
+  # TrackMate's own units, as ImageJ names a calibration in um and s.
+  model = ET.SubElement(root, "Model", spatialunits="micron", timeunits="sec")
   declarations = ET.SubElement(model, "FeatureDeclarations")
   _declare(declarations, "SpotFeatures", SPOT_FEATURES)
   _declare(declarations, "EdgeFeatures", EDGE_FEATURES)

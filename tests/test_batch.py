@@ -355,3 +355,25 @@ def test_napari_data_is_track_id_t_y_x(tmp_path):
   table = pd.read_csv(path)
   assert list(table.columns) == ["track_id", "t", "y", "x"]
   np.testing.assert_allclose(table.to_numpy(), data)
+
+
+def test_napari_builds_a_tracks_layer_from_it():
+  """With napari installed (not a test dependency: ~190 MB), its Tracks layer takes the data
+  and properties as they are, headless."""
+  os.environ.setdefault("QT_QPA_PLATFORM", "offscreen")
+  layers = pytest.importorskip("napari.layers")
+  data, properties = interop.to_napari(example_tracks())
+  layer = layers.Tracks(data, properties=properties, color_by="score")
+  assert layer.data.shape == (8, 4) and layer.color_by == "score"
+  np.testing.assert_array_equal(layer.data, data)
+
+
+def test_bench_batch_runs_quick(tmp_path):
+  output = tmp_path / "bench_batch.json"
+  result = run_script("bench.py", "--what=batch", "--quick", f"--output={output}", cwd=tmp_path)
+  assert result.returncode == 0, result.stderr[-3000:]
+  record = json.loads(output.read_text())
+  assert set(record["rows"]) == {"1_worker", "2_workers"}
+  for row in record["rows"].values():
+    assert row["movies"] == 4 and row["movies_per_s"] > 0 and row["tracks"] > 0
+  assert record["speedup_2_vs_1"] > 0
