@@ -35,6 +35,7 @@ import logging
 import math
 import os
 import pickle
+import signal
 import sys
 import threading
 import time
@@ -516,16 +517,33 @@ def local_cluster(workers: int, single_threaded: bool = True):
   """
   distributed = _distributed()
   with _quiet_distributed():
-    cluster = distributed.LocalCluster(
-      n_workers=workers,
-      threads_per_worker=1,
-      processes=True,
-      dashboard_address=None,
-      silence_logs=logging.ERROR,
-      env=worker_env(single_threaded),
-    )
+    with _workers_ignore_ctrl_c():
+      cluster = distributed.LocalCluster(
+        n_workers=workers,
+        threads_per_worker=1,
+        processes=True,
+        dashboard_address=None,
+        silence_logs=logging.ERROR,
+        env=worker_env(single_threaded),
+      )
     with cluster:
       yield cluster
+
+
+@contextlib.contextmanager
+def _workers_ignore_ctrl_c():
+  """Processes started in this block ignore SIGINT: a terminal's Ctrl-C goes to the whole
+  process group, and it is the caller's to handle (it then closes the cluster), not each
+  worker's to die of with a traceback. An ignored signal stays ignored across exec, and
+  Python then leaves it so."""
+  if threading.current_thread() is not threading.main_thread():
+    yield  # signal handlers can be set only from the main thread
+    return
+  previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
+  try:
+    yield
+  finally:
+    signal.signal(signal.SIGINT, previous)
 
 
 def _run_on_dask(tasks, finished, progress, workers, scheduler):
