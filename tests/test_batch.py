@@ -10,7 +10,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import tifffile
-from conftest import assert_one_line_error, run_script
+from conftest import assert_one_line_error, interrupt_script, run_script
 
 from qdjax import batch, interop, locator, presets, tracking
 
@@ -122,6 +122,22 @@ def test_a_rerun_skips_what_is_done_and_a_corrupt_movie_fails_alone(two_worker_r
   assert "failed: broken:" in broken.stdout
   assert not (out / "broken_tracks.csv").exists()
   (movies / "broken.npy").unlink()
+
+
+def test_ctrl_c_stops_the_workers_in_one_line_and_keeps_what_is_done(tmp_path):
+  from qdjax.benchmarks import batch as bench
+
+  movies = tmp_path / "movies"
+  bench.write_movies(movies, count=6, frames=200, size=64, qds=6)
+  out = tmp_path / "out"
+  args = [f"--input={movies}", f"--output_dir={out}", "--method=trackpy", "--workers=2"]
+  result = interrupt_script("track.py", *args, started=lambda err: "recordings:" in err)
+  assert_one_line_error(result, "interrupted", code=130)
+  # Whatever finished is complete (a rerun skips it); nothing is half written.
+  done = {p.name.removesuffix("_settings.json") for p in out.glob("*_settings.json")}
+  for name in done:
+    assert (out / f"{name}_tracks.csv").is_file() and (out / f"{name}_diffusion.csv").is_file()
+  assert not list(out.glob(".*.tmp*"))
 
 
 def test_single_movie_flags_and_batch_flags_do_not_mix(tmp_path):
