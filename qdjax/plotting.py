@@ -172,9 +172,10 @@ def populations_figure(record: dict, path) -> None:
     kinds = np.asarray(long["true_motion"])
     if len(d):
       bins = np.linspace(min(d.min(), 0.0), d.max() * 1.05 + 1e-9, 30)
-      stacked = [d[kinds == k] for k in colours]
-      ax.hist(stacked, bins=bins, stacked=True, color=list(colours.values()),
-              label=[k for k in colours])  # fmt: skip
+      shown = [k for k in colours if np.any(kinds == k)]
+      ax.hist([d[kinds == k] for k in shown], bins=bins, stacked=True,
+              color=[colours[k] for k in shown], label=[f"true: {k}" for k in shown])  # fmt: skip
+      ax.legend(fontsize=7)
     for p in record["scenarios"][name]:
       true_d = 0.0 if p["kind"] == "immobile" else p["diffusion_um2_s"]
       ax.axvline(true_d, color="k", ls="--", lw=1)
@@ -184,7 +185,6 @@ def populations_figure(record: dict, path) -> None:
       for value, share in zip(fitted["D_um2_s"], fitted["fraction"], strict=True):
         ax.plot([value, value], [0, share * top], color="red", lw=2.5)
     ax.set(xlabel="D per track (um$^2$/s)", ylabel="tracks", title=name.replace("_", " "))
-  axes[0].legend(fontsize=7)
   acc = axes[-1]
   for name, row in rows.items():
     by = row["free_vs_not_free_accuracy_by_length"]

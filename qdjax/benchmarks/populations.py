@@ -130,8 +130,11 @@ def run(repeats: int = 1, quick: bool = False) -> dict:
         right = (one["motion"] == "free") == (one["true_motion"] == "free")
         by_length[f"{lo}-{hi - 1}"] = {"tracks": len(one), "accuracy": float(right.mean())}
     row["free_vs_not_free_accuracy_by_length"] = by_length
-    row["motion_confusion"] = (
-      pd.crosstab(matched["true_motion"], matched["motion"]).to_dict() if len(matched) else {}
+    # {true motion: {motion called: tracks}}
+    row["motion_true_to_called"] = (
+      pd.crosstab(matched["true_motion"], matched["motion"]).to_dict(orient="index")
+      if len(matched)
+      else {}
     )
     rows[name] = row
   return {
