@@ -125,6 +125,7 @@ def simulate_movie(
   seed: int = 0,
   frame_interval_s: float | None = None,
   outside_px: float = 0.0,
+  populations=None,
   **overrides,
 ):
   """One simulated movie: (photon or PMT frames [T, H, W] float32, truth DataFrame).
@@ -134,19 +135,26 @@ def simulate_movie(
       num_particles, diffusion_um2_s, peak_photons, ...).
     num_frames, seed, frame_interval_s: the movie (default interval: back to back).
     outside_px: QDs start up to this far beyond the field, so some enter later.
+    populations: how the QDs move: ``motion.Population``s, or their text
+      (``"free:0.3:D=0.05,confined:0.7:D=0.5:radius=0.3"``, as ``simulate.py
+      --populations``); default: all free at the preset's D.
 
   Returns:
-    (frames, truth): truth has frame, particle, x, y (the trajectory centroid, px), z and
-    on_fraction of every QD present in a frame.
+    (frames, truth): truth has frame, particle, x, y (the trajectory centroid, px), z,
+    on_fraction, and the QD's motion and D, for every QD present in a frame.
   """
   import jax
 
+  from qdjax import motion as motion_lib
   from qdjax import movie as movie_lib
 
+  if isinstance(populations, str):
+    populations = motion_lib.parse_populations(populations)
   frame = load_preset(preset).sim_params(**overrides)
   params = movie_lib.make_params(
-    frame, num_frames, frame_interval_s=frame_interval_s, outside_px=outside_px
-  )
+    frame, num_frames, frame_interval_s=frame_interval_s, outside_px=outside_px,
+    motion=populations,
+  )  # fmt: skip
   out = jax.device_get(movie_lib.simulate_movies(jax.random.key(seed), params, 1))
   present = np.asarray(out.present[0])
   f, q = np.nonzero(present)
@@ -161,6 +169,9 @@ def simulate_movie(
       "on_fraction": np.asarray(out.on_fraction[0])[f, q],
     }
   )
+  per_qd = motion_lib.truth_arrays(jax.tree.map(lambda a: a[0], out.motion), present.any(0))
+  truth["motion"] = per_qd["qd_motion"][q]
+  truth["D_um2_s"] = per_qd["qd_diffusion_um2_s"][q]
   return np.asarray(out.counts[0], np.float32), truth
 
 

@@ -440,7 +440,8 @@ def estimate(tracks: pd.DataFrame, analysis: Analysis) -> pd.DataFrame:
     est = diffusion.cve_steps(dx, lags, analysis.frame_interval_s, analysis.blur, variance)
     span = int(one["frame"].iloc[-1] - one["frame"].iloc[0] + 1)
     found.append((int(particle), len(one), span, est, dx, lags))
-  if found and variance_unknown(analysis) and _use_mle([f[3] for f in found], analysis):
+  unknown_sigma = analysis.localisation_variance_um2 is None
+  if found and unknown_sigma and _use_mle([f[3] for f in found], analysis):
     found = [
       f[:3]
       + (diffusion.mle_steps(f[4], f[5], analysis.frame_interval_s, analysis.blur, f[3]),)
@@ -467,10 +468,6 @@ def estimate(tracks: pd.DataFrame, analysis: Analysis) -> pd.DataFrame:
       )
     )
   return pd.DataFrame(rows, columns=DIFFUSION_COLUMNS)
-
-
-def variance_unknown(analysis: Analysis) -> bool:
-  return analysis.localisation_variance_um2 is None
 
 
 def imsd(tracks: pd.DataFrame, analysis: Analysis, max_lag: int) -> pd.DataFrame:

@@ -406,3 +406,23 @@ def test_defaults_on_movies_of_another_simulator(d):
     qds += 10
   assert len(ratios) >= qds / 2
   assert 0.75 <= np.mean(ratios) <= 1.2, np.mean(ratios)
+
+
+def test_estimator_is_chosen_per_movie_by_its_localisation_error():
+  """'auto' takes the MLE where the pooled sigma^2 / (D dt) - 2R exceeds 1, else the CVE;
+  the choice is the same for every track of the call."""
+  rng = np.random.default_rng(13)
+
+  def table(sigma2):
+    positions, _, blur = blurred_tracks(rng, 20, 30, d=0.1, sigma2=sigma2)
+    n, frames, _ = positions.shape
+    p, f = np.meshgrid(np.arange(n), np.arange(frames), indexing="ij")
+    tracks = pd.DataFrame(
+      {"frame": f.ravel(), "x": positions[..., 0].ravel(), "y": positions[..., 1].ravel(),
+       "particle": p.ravel()}
+    )  # fmt: skip
+    analysis = tracking.Analysis(frame_interval_s=DT, pixel_size_um=1.0, blur=blur)
+    return tracking.estimate(tracks, analysis)
+
+  assert set(table(0.04)["estimator"]) == {"mle"}  # sigma 0.2 um against sqrt(D dt) 0.09 um
+  assert set(table(1e-4)["estimator"]) == {"cve"}
