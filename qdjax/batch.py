@@ -589,7 +589,7 @@ def track_many(
   workdir: str | os.PathLike | None = None,
   preset="paper",
   workers: int | None = None,
-  scheduler: str | None = None,
+  scheduler=None,
   overwrite: bool = False,
   plot: bool = False,
   napari: bool = False,
@@ -610,7 +610,7 @@ def track_many(
     preset: a ``presets.Preset``, or a preset name or file.
     workers: Dask worker processes on this machine (a ``LocalCluster``); None with no
       ``scheduler``: every recording in this process, one after another.
-    scheduler: the address of a running Dask scheduler to use instead.
+    scheduler: a running Dask scheduler's address (or a cluster object) to use instead.
     overwrite: track every recording again, even where matching outputs exist.
     plot: also write ``<stem>_tracks.png`` (quality report) and ``<stem>_drift.csv``.
     napari: also write ``<stem>_napari.csv`` (``interop.write_napari_csv``).
@@ -650,11 +650,16 @@ def track_many(
   settings = settings_record(spec, preset, track_options)
   output_dir.mkdir(parents=True, exist_ok=True)
   summary_path = output_dir / SUMMARY_FILE
+  io.check_output_path(summary_path, inputs=paths)  # the directory is writable
+  inputs = set(paths)  # resolved
   tasks = []
   for path in paths:
     outputs = output_paths(output_dir, path.stem, plot=plot, napari=napari, trackmate=trackmate)
-    for output in (*outputs.values(), summary_path):
-      io.check_output_path(output, inputs=paths)
+    for output in outputs.values():
+      if Path(output).is_dir():
+        raise IsADirectoryError(f"output {output} is a directory")
+      if Path(output).resolve() in inputs:
+        raise ValueError(f"output {output} would overwrite an input movie")
     tasks.append(
       Task(
         name=path.stem,

@@ -46,11 +46,11 @@ def write_movies(folder: Path, count: int, frames: int, size: int, qds: int, see
   return paths
 
 
-def _time_cluster(workers, single_threaded, movies, warm, work, repeats) -> dict:
+def _time_cluster(workers, single_threaded, movies, warm, work, repeats, method) -> dict:
   start = time.perf_counter()
   with batch.local_cluster(workers, single_threaded=single_threaded) as cluster:
     started = time.perf_counter() - start
-    options = dict(method="trackpy", preset="paper", scheduler=cluster.scheduler_address)
+    options = dict(method=method, preset="paper", scheduler=cluster.scheduler_address)
     options.update(overwrite=True, progress=False)
     # Each worker imports qdjax and builds its locator on its first movie: not timed.
     batch.track_many(warm, work / "warm", **options)
@@ -75,23 +75,28 @@ def _time_cluster(workers, single_threaded, movies, warm, work, repeats) -> dict
   }
 
 
-def run(repeats: int = 5, quick: bool = False) -> dict:
-  count, frames, size = (4, 24, 32) if quick else (8, 200, 64)
+def run(repeats: int = 5, quick: bool = False, method: str = "trackpy", frames=None) -> dict:
+  """Args: as ``bench.py``'s flags; ``method``: the locator ('trackpy', or 'model' for the
+  default shipped model); ``frames``: per movie (default 200, or 24 with ``quick``)."""
+  count, default_frames, size = (4, 24, 32) if quick else (8, 200, 64)
+  frames = frames or default_frames
   repeats = 1 if quick else repeats
   with tempfile.TemporaryDirectory(prefix="qdjax-bench-batch.") as tmp:
     work = Path(tmp)
     movies = write_movies(work / "movies", count, frames, size, qds=6)
     warm = write_movies(work / "warm", 2 if quick else 4, frames, size, qds=6, seed=100)
     rows = {
-      "1_worker": _time_cluster(1, True, movies, warm, work, repeats),
-      "2_workers": _time_cluster(2, True, movies, warm, work, repeats),
+      "1_worker": _time_cluster(1, True, movies, warm, work, repeats, method),
+      "2_workers": _time_cluster(2, True, movies, warm, work, repeats, method),
     }
     if not quick:
-      rows["2_workers_default_threads"] = _time_cluster(2, False, movies, warm, work, repeats)
+      rows["2_workers_default_threads"] = _time_cluster(
+        2, False, movies, warm, work, repeats, method
+      )
   speedup = rows["2_workers"]["movies_per_s"] / rows["1_worker"]["movies_per_s"]
   return {
     "what": "batch",
-    "method": "trackpy",
+    "method": method,
     "movies": {"count": count, "frames": frames, "height": size, "width": size, "qds": 6},
     "repeats": repeats,
     "cpus": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count(),
