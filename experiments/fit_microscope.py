@@ -18,9 +18,10 @@ simulator with common random numbers. Standard errors from the GMM sandwich. Val
 a relative standard error above 50% are flagged as not identifiable from these frames.
 
 A fit the one-QD model does not describe is refused (exit 2, one line naming the likely
-cause): frames under 9 x 9 px, frames without a spot, frames with a second spot (several
-QDs per frame), and a J statistic that rejects the model at the 1% level (chi-square on 3
-degrees of freedom), as PMT frames fitted without --pmt give.
+cause): frames under 9 x 9 px or all of one value, noise that is not the detector's (PMT
+output without --pmt), frames without a spot, frames with a second spot (several QDs per
+frame), and a J statistic that rejects the model at the 1% level (chi-square on 3 degrees
+of freedom).
 
 Writes a preset file (usable wherever a preset name is) with the estimates, their
 standard errors, the fit record and one provenance line per value.
