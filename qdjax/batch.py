@@ -21,7 +21,8 @@ With ``workers=N`` the recordings run on a ``dask.distributed.LocalCluster`` of 
 single-threaded worker processes; with ``scheduler=ADDRESS`` on an existing Dask cluster
 (its workers need qdjax installed and the same paths). Each worker process builds the
 locator (loads the model) once, on its first recording, and keeps it for the rest
-(``_locator``).
+(``_locator``). Local workers are started with ``spawn``, so a script that asks for them
+runs its work under ``if __name__ == "__main__":``.
 """
 
 from __future__ import annotations
