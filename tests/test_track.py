@@ -426,3 +426,14 @@ def test_estimator_is_chosen_per_movie_by_its_localisation_error():
 
   assert set(table(0.04)["estimator"]) == {"mle"}  # sigma 0.2 um against sqrt(D dt) 0.09 um
   assert set(table(1e-4)["estimator"]) == {"cve"}
+
+
+def test_blind_bench_smoke(script, tmp_path):
+  """``bench.py --what=blind --quick`` runs end to end (a code path, not a figure)."""
+  import json
+
+  out = tmp_path / "blind.json"
+  result = script("bench.py", "--what=blind", "--quick", f"--output={out}")
+  assert result.returncode == 0, result.stderr
+  rows = json.loads(out.read_text())["rows"]
+  assert set(rows) == {"0.05", "0.5"} and all(r["long_tracks"] > 0 for r in rows.values())
