@@ -274,6 +274,10 @@ def trackmate_tree(
   ET.SubElement(settings, "SpotFilterCollection")
   ET.SubElement(settings, "TrackerSettings", TRACKER_NAME="MANUAL_TRACKER")
   ET.SubElement(settings, "TrackFilterCollection")
+  # TrackMate adds all its analysers on loading; the elements must be there.
+  analyzers = ET.SubElement(settings, "AnalyzerCollection")
+  for kind in ("SpotAnalyzers", "EdgeAnalyzers", "TrackAnalyzers"):
+    ET.SubElement(analyzers, kind)
   ET.SubElement(root, "GUIState", state="ConfigureViews")
   ET.indent(root, space="  ")
   return ET.ElementTree(root)

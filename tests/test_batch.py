@@ -270,6 +270,10 @@ TRACKMATE_ELEMENTS = {
   "SpotFilterCollection": set(),
   "TrackerSettings": {"TRACKER_NAME"},
   "TrackFilterCollection": set(),
+  "AnalyzerCollection": set(),
+  "SpotAnalyzers": set(),
+  "EdgeAnalyzers": set(),
+  "TrackAnalyzers": set(),
   "GUIState": {"state"},
 }  # fmt: skip
 TRACKMATE_PATHS = [
@@ -281,7 +285,15 @@ TRACKMATE_PATHS = [
   "Model/FilteredTracks/TrackID",
   "Settings/ImageData",
   "Settings/BasicSettings",
+  "Settings/InitialSpotFilter",  # TrackMate's reader needs these three (it does not check)
+  "Settings/SpotFilterCollection",
+  "Settings/TrackFilterCollection",
+  "Settings/AnalyzerCollection/TrackAnalyzers",
 ]
+# Values of TrackMate's Dimension enum (a feature's dimension is read with valueOf).
+TRACKMATE_DIMENSIONS = {"NONE", "QUALITY", "COST", "INTENSITY", "INTENSITY_SQUARED", "POSITION",
+                        "VELOCITY", "LENGTH", "AREA", "VOLUME", "TIME", "ANGLE", "RATE",
+                        "ANGLE_RATE", "STRING"}  # fmt: skip
 
 
 def example_tracks():
@@ -317,6 +329,9 @@ def test_trackmate_xml_has_trackmates_structure_and_reads_back(tmp_path):
     kind: {f.get("feature") for f in model.iterfind(f"FeatureDeclarations/{kind}/Feature")}
     for kind in ("SpotFeatures", "EdgeFeatures", "TrackFeatures")
   }
+  for feature in model.iterfind("FeatureDeclarations/*/Feature"):
+    assert feature.get("dimension") in TRACKMATE_DIMENSIONS, feature.attrib
+    assert feature.get("isint") in ("true", "false")
   spots = {}
   for in_frame in model.iterfind("AllSpots/SpotsInFrame"):
     for spot in in_frame.iterfind("Spot"):
