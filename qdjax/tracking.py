@@ -782,7 +782,8 @@ def track_detections(
       found = None
   windows = field_windows(measured, window, w, h)
   field = field_ensemble(
-    windows, estimate(windows, dataclasses.replace(analysis, min_frames=min(window, 3)))
+    windows,
+    estimate(windows, dataclasses.replace(analysis, min_frames=3)),  # any window seen
   )
   summary = {
     "frames": t,
