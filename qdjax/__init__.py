@@ -19,6 +19,7 @@ __all__ = [
   "locate",
   "simulate_movie",
   "track",
+  "track_many",
 ]
 
 

@@ -24,6 +24,7 @@ __all__ = [
   "locate",
   "simulate_movie",
   "track",
+  "track_many",
 ]
 
 
@@ -218,3 +219,11 @@ def fit_populations(per_track: pd.DataFrame, analysis, **options):
   from qdjax import populations
 
   return populations.fit_populations(per_track, analysis, **options)
+
+
+def track_many(inputs, output_dir, **options):
+  """``track`` on many recordings into ``output_dir``, in-process or on a Dask cluster
+  (``qdjax.batch.track_many``); returns the summary DataFrame, one row per recording."""
+  from qdjax import batch
+
+  return batch.track_many(inputs, output_dir, **options)
