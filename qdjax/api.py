@@ -15,17 +15,7 @@ import os
 import numpy as np
 import pandas as pd
 
-__all__ = [
-  "calibrate_pmt",
-  "classify_motion",
-  "fit_microscope",
-  "fit_populations",
-  "load_preset",
-  "locate",
-  "simulate_movie",
-  "track",
-  "track_many",
-]
+from qdjax import __all__  # noqa: F401 (the public names, listed once, in the package)
 
 
 def load_preset(preset):

@@ -117,6 +117,23 @@ def frame_statistics(frames):
   )
 
 
+def _around_peak(frames):
+  """(smoothed frames [n, h, w], [n, h, w] mask of the window around each frame's brightest
+  smoothed pixel)."""
+  import jax.numpy as jnp
+
+  n, h, w = frames.shape
+  half = window_half(h, w)
+  smooth = _smooth(frames)
+  peak = jnp.argmax(smooth.reshape(n, -1), axis=1)
+  r0, c0 = peak // w, peak % w
+  rows, cols = jnp.arange(h), jnp.arange(w)
+  inside = (jnp.abs(rows[None, :, None] - r0[:, None, None]) <= half) & (
+    jnp.abs(cols[None, None, :] - c0[:, None, None]) <= half
+  )
+  return smooth, inside
+
+
 def second_spot(frames):
   """Per frame: the brightest smoothed pixel outside the window around the brightest one,
   above the background (the mean outside that window), in photons: noise for a frame of
@@ -130,15 +147,7 @@ def second_spot(frames):
   """
   import jax.numpy as jnp
 
-  n, h, w = frames.shape
-  half = window_half(h, w)
-  smooth = _smooth(frames)
-  peak = jnp.argmax(smooth.reshape(n, -1), axis=1)
-  r0, c0 = peak // w, peak % w
-  rows, cols = jnp.arange(h), jnp.arange(w)
-  inside = (jnp.abs(rows[None, :, None] - r0[:, None, None]) <= half) & (
-    jnp.abs(cols[None, None, :] - c0[:, None, None]) <= half
-  )
+  smooth, inside = _around_peak(frames)
   outside = (~inside).sum(axis=(1, 2))
   background = jnp.where(inside, 0.0, frames).sum(axis=(1, 2)) / jnp.maximum(outside, 1)
   return jnp.where(inside, -jnp.inf, smooth).max(axis=(1, 2)) - background
@@ -157,16 +166,8 @@ def background_spread(frames):
   """
   import jax.numpy as jnp
 
-  n, h, w = frames.shape
-  half = window_half(h, w)
-  smooth = _smooth(frames)
-  peak = jnp.argmax(smooth.reshape(n, -1), axis=1)
-  r0, c0 = peak // w, peak % w
-  rows, cols = jnp.arange(h), jnp.arange(w)
-  inside = (jnp.abs(rows[None, :, None] - r0[:, None, None]) <= half) & (
-    jnp.abs(cols[None, None, :] - c0[:, None, None]) <= half
-  )
-  outside = jnp.where(inside, jnp.nan, frames).reshape(n, -1)
+  _, inside = _around_peak(frames)
+  outside = jnp.where(inside, jnp.nan, frames).reshape(len(frames), -1)
   center = jnp.nanmedian(outside, axis=1)
   return jnp.nanmedian(jnp.abs(outside - center[:, None]), axis=1)
 

@@ -9,6 +9,7 @@ import xml.etree.ElementTree as ET
 import numpy as np
 import pandas as pd
 import pytest
+import test_track
 import tifffile
 from conftest import assert_one_line_error, interrupt_script, run_script
 
@@ -17,21 +18,9 @@ from qdjax import batch, interop, locator, presets, tracking
 TRACKPY = ["--method=trackpy", "--window=6"]
 
 
-def write_movie(path, n_frames=16, size=32, seed=5):
-  """Two bright Gaussian spots diffusing on Poisson noise (a simulator of its own)."""
-  rng = np.random.default_rng(seed)
-  start = np.array([[9.0, 10.0], [22.0, 21.0]])
-  walk = start + np.cumsum(rng.normal(0, 0.5, (n_frames, 2, 2)), axis=0)
-  rows, cols = np.mgrid[:size, :size]
-  spots = np.exp(
-    -((cols - walk[..., 0, None, None]) ** 2 + (rows - walk[..., 1, None, None]) ** 2) / 8
-  ).sum(1)
-  frames = rng.poisson(1.0 + 30 * spots).astype(np.float32)
-  if path.suffix == ".tif":
-    tifffile.imwrite(path, frames)
-  else:
-    np.save(path, frames)
-  return frames
+def write_movie(path, seed=5):
+  """Two bright Gaussian spots diffusing on Poisson noise, 16 frames (``test_track``'s)."""
+  return test_track.write_movie(path, n_frames=16, seed=seed)
 
 
 def movie_folder(folder, suffixes=(".npy", ".tif", ".npy")):
