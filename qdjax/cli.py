@@ -263,6 +263,8 @@ def run(main) -> None:
       _quiet_cpu_cache_loader()
     return one_line_errors(main)(argv)
 
+  # Scripts draw off-screen: a figure is only ever saved.
+  os.environ.setdefault("MPLBACKEND", "Agg")
   sys.excepthook = _excepthook
   # A handler of our own for Ctrl-C: asyncio.run (inside Orbax's saves) replaces only
   # Python's default handler, with one that cancels its task, and a cancelled save can

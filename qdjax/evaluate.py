@@ -371,7 +371,7 @@ def run(config, progress: bool = True) -> Evaluation:
 
 def plot_pr_curves(evaluation: Evaluation, path) -> None:
   """One panel per regime; a colour per method, a line style per epsilon (AUCs in the table)."""
-  from qdjax import plotting  # selects the Agg backend before pyplot loads
+  from qdjax import plotting
 
   plt = plotting.plt
   styles = ["-", "--", ":", "-."]

@@ -1,14 +1,16 @@
-"""Figures a microscopist looks at before trusting a number."""
+"""Figures a microscopist looks at before trusting a number.
+
+Importing this module leaves matplotlib's backend alone, so a notebook keeps its inline
+figures; every figure is closed once saved. The command lines draw off-screen
+(``cli.run`` sets ``MPLBACKEND=Agg`` unless the user chose a backend).
+"""
 
 from __future__ import annotations
 
-import matplotlib
+import matplotlib.pyplot as plt
+import numpy as np
 
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-
-from qdjax import io  # noqa: E402
+from qdjax import io
 
 
 def contact_sheet(
