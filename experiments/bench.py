@@ -60,7 +60,7 @@ def main(argv):
   cli.check_no_extra_args(argv)
   output = _OUTPUT.value or f"bench_{_WHAT.value}.json"
   io.check_output_path(output)
-  module = importlib.import_module(f"qdjax.benchmarks.{_WHAT.value}")
+  module = importlib.import_module(f"benchmarks.{_WHAT.value}")
   options = {}
   if _WHAT.value == "train":  # at the default training config, or the tiny one
     from configs import default, tiny

@@ -5,7 +5,7 @@ r"""Fit the paper preset's N, B, D1 and D2 to the study's TrackPy row (docs/spec
   python experiments/calibrate.py --output=/tmp/paper.json --config.fine_fits=20
 
 Writes the calibration record (values, regimes, provenance, trackpy settings, per-cell
-gap). With --install it goes to qdjax/calibration/<preset>.json, which qdjax.presets merges
+gap). With --install it goes to qdjax/calibration/<preset>.json, which qdjax.sim.presets merges
 into the preset; only then does the preset change. Uses validation-style frames only,
 never a test split. The search's budget counts fits, so a command gives the same
 calibration on any machine.
@@ -16,7 +16,9 @@ import sys
 
 from absl import flags
 
-from qdjax import calibrate, cli, presets
+from qdjax import cli
+from qdjax.sim import presets
+from qdjax.study import calibrate
 
 _CONFIG = cli.define_config(
   __file__,

@@ -23,7 +23,8 @@ Robustness:
 
 from absl import flags
 
-from qdjax import cli, io, pmt_calibration
+from qdjax import cli, io
+from qdjax.microscope import pmt_calibration
 
 _INPUT = flags.DEFINE_string("input", None, "Uniform frames: .npy, .npz or .tif.", required=True)
 _OUTPUT = flags.DEFINE_string("output", None, "JSON to write (PMT calibration).", required=True)

@@ -12,7 +12,9 @@ and pr_curves.png into --output_dir.
 
 from absl import flags
 
-from qdjax import cli, evaluate, inference
+from qdjax import cli
+from qdjax.detect import inference
+from qdjax.study import evaluate
 
 _CONFIG = cli.define_config(
   __file__,

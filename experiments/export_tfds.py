@@ -11,7 +11,8 @@ from pathlib import Path
 
 from absl import flags
 
-from qdjax import cli, datasets, io, presets
+from qdjax import cli, datasets, io
+from qdjax.sim import presets
 
 _DATA_DIR = flags.DEFINE_string("data_dir", None, "TFDS data directory.", required=True)
 _PRESET = flags.DEFINE_string("preset", "paper", f"Builder config: one of {presets.NAMES}.")

@@ -11,7 +11,8 @@ import json
 
 from absl import flags
 
-from qdjax import cli, data, io, plotting, presets
+from qdjax import cli, io, plotting
+from qdjax.sim import data, presets
 
 _PRESET = flags.DEFINE_string("preset", "paper", "Named parameter set.")
 _PER_REGIME = flags.DEFINE_integer("per_regime", 5, "Frames per regime.", lower_bound=1)

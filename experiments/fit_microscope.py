@@ -31,7 +31,9 @@ import os
 
 from absl import flags
 
-from qdjax import cli, fit, io, pmt_calibration, presets
+from qdjax import cli, io
+from qdjax.microscope import fit, pmt_calibration
+from qdjax.sim import presets
 
 _INPUT = flags.DEFINE_string(
   "input", None, "Frames of single QDs: .npy, .npz or .tif.", required=True

@@ -11,8 +11,11 @@ chunks of --chunk frames: memory is bounded by one chunk.
 
 from absl import flags
 
-from qdjax import cli, inference, locator, presets
-from qdjax import localize as locate_lib
+from qdjax import cli
+from qdjax.detect import inference
+from qdjax.localize import files as locate_lib
+from qdjax.localize import locator
+from qdjax.sim import presets
 
 _METHOD = flags.DEFINE_enum("method", "model", list(locator.METHODS), "Localisation method.")
 _WORKDIR = flags.DEFINE_string(

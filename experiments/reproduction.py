@@ -14,7 +14,9 @@ reproduction.png are written from all saved methods of the same grid.
 
 from absl import flags
 
-from qdjax import cli, locator, reproduction, reproduction_report
+from qdjax import cli
+from qdjax.localize import locator
+from qdjax.study import reproduction, reproduction_report
 
 _CONFIG = cli.define_config(
   __file__,

@@ -45,12 +45,13 @@ Each QD's truth is in the .npz as [P] arrays ``qd_active``, ``qd_motion`` (kind)
 ``qd_population``, ``qd_diffusion_um2_s``, ``qd_radius_um`` (NaN unless confined),
 ``qd_speed_um_s``, ``qd_velocity_um_s`` (P, 2) and ``qd_center_um`` (P, 3), and in the
 truth CSV as the columns ``active,motion,population,D_um2_s,radius_um,speed_um_s,vx_um_s,
-vy_um_s`` (``qdjax.motion.truth_table`` reads either, one row per QD).
+vy_um_s`` (``qdjax.sim.motion.truth_table`` reads either, one row per QD).
 """
 
 from absl import flags
 
-from qdjax import cli, data, io, motion, movie, presets
+from qdjax import cli, io
+from qdjax.sim import data, motion, movie, presets
 
 _CONFIG = cli.define_config(
   __file__,

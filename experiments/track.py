@@ -50,8 +50,12 @@ from pathlib import Path
 
 from absl import app, flags
 
-from qdjax import batch, cli, inference, io, locator, presets
-from qdjax import tracking as track_lib
+from qdjax import cli, io
+from qdjax.detect import inference
+from qdjax.localize import locator
+from qdjax.sim import presets
+from qdjax.tracks import batch
+from qdjax.tracks import tracking as track_lib
 
 _INPUT = flags.DEFINE_string(
   "input",
@@ -174,7 +178,7 @@ def _one_movie(input_path: str) -> None:
   if napari_csv or trackmate_xml:
     import pandas as pd
 
-    from qdjax import interop
+    from qdjax.tracks import interop
 
     tracks = pd.read_csv(_OUTPUT.value)
     if napari_csv:

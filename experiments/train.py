@@ -13,7 +13,9 @@ from pathlib import Path
 
 from absl import flags
 
-from qdjax import cli, io, presets, train
+from qdjax import cli, io
+from qdjax.detect import train
+from qdjax.sim import presets
 
 _CONFIG = cli.define_config(
   __file__,

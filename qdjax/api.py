@@ -3,7 +3,7 @@
     import qdjax
     tracks, per_track = qdjax.track("movie.tif", preset="invivo")
 
-Inputs are arrays or file paths, presets are names or preset files (``qdjax.presets``),
+Inputs are arrays or file paths, presets are names or preset files (``qdjax.sim.presets``),
 and results are pandas DataFrames with trackpy's columns (x, y in px, the centre of pixel
 (0, 0) at (0, 0); frame; particle).
 """
@@ -20,7 +20,7 @@ from qdjax import __all__  # noqa: F401 (the public names, listed once, in the p
 
 def load_preset(preset):
   """A microscope preset: a name ('paper', 'invivo'), a preset file, or a ``Preset``."""
-  from qdjax import presets
+  from qdjax.sim import presets
 
   if isinstance(preset, presets.Preset):
     return preset
@@ -52,7 +52,7 @@ def track(
   """Tracks, per-track D and motion types of a movie, every default read from the movie.
 
   The same pipeline, with the same defaults, as ``experiments/track.py``
-  (``qdjax.tracking.track_movie``; docs/diffusion.md, section 7).
+  (``qdjax.tracks.tracking.track_movie``; docs/diffusion.md, section 7).
 
   Args:
     movie: (T, H, W) array, or a .tif/.npy/.npz file.
@@ -68,8 +68,8 @@ def track(
     ``tracking.Result``; it unpacks as ``tracks, per_track`` (DataFrames), and has
     ``.summary``, ``.populations``, ``.motion`` (common motion) and ``.detections``.
   """
-  from qdjax import locator
-  from qdjax import tracking as track_lib
+  from qdjax.localize import locator
+  from qdjax.tracks import tracking as track_lib
 
   preset = load_preset(preset)
   locate = locator.make(method, workdir=workdir, model=model, preset=preset)
@@ -95,11 +95,11 @@ def locate(
     images: (N, H, W) or (H, W) array, or a frame file.
     method: 'model', 'trackpy' or 'mle'.
     min_score: drop detections scoring below this (default: the method's default of
-      ``experiments/locate.py``, ``qdjax.localize.DEFAULT_MIN_SCORE``).
+      ``experiments/locate.py``, ``qdjax.localize.files.DEFAULT_MIN_SCORE``).
   """
-  from qdjax import localize as locate_lib
-  from qdjax import locator
-  from qdjax import tracking as track_lib
+  from qdjax.localize import files as locate_lib
+  from qdjax.localize import locator
+  from qdjax.tracks import tracking as track_lib
 
   preset = load_preset(preset)
   locate_fn = locator.make(method, workdir=workdir, model=model, preset=preset)
@@ -136,8 +136,8 @@ def simulate_movie(
   """
   import jax
 
-  from qdjax import motion as motion_lib
-  from qdjax import movie as movie_lib
+  from qdjax.sim import motion as motion_lib
+  from qdjax.sim import movie as movie_lib
 
   if isinstance(populations, str):
     populations = motion_lib.parse_populations(populations)
@@ -168,7 +168,7 @@ def simulate_movie(
 
 def fit_microscope(frames, preset="paper", *, pmt=None, progress: bool = False, **options):
   """The simulator fitted to a stack of single-QD frames: the fitted preset's record
-  (``qdjax.fit.fit_microscope_file``; ``presets.write_file`` saves it as a preset file).
+  (``qdjax.microscope.fit.fit_microscope_file``; ``presets.write_file`` saves it as a preset file).
 
   Args:
     frames: (N, H, W) array or file.
@@ -181,7 +181,7 @@ def fit_microscope(frames, preset="paper", *, pmt=None, progress: bool = False, 
     ValueError: bad frames, or a fit that the data reject (no spot, several QDs, a J
       statistic beyond the 1% level).
   """
-  from qdjax import fit, pmt_calibration
+  from qdjax.microscope import fit, pmt_calibration
 
   if isinstance(pmt, (str, os.PathLike)):
     pmt = pmt_calibration.load_pmt(pmt)
@@ -191,29 +191,29 @@ def fit_microscope(frames, preset="paper", *, pmt=None, progress: bool = False, 
 
 def calibrate_pmt(frames, **options):
   """PMT gain, offset and dark noise from a stack of uniform frames
-  (``qdjax.pmt_calibration.calibrate_pmt``)."""
-  from qdjax import pmt_calibration
+  (``qdjax.microscope.pmt_calibration.calibrate_pmt``)."""
+  from qdjax.microscope import pmt_calibration
 
   return pmt_calibration.calibrate_pmt(_frames(frames, movie_rank=False), **options)
 
 
 def classify_motion(tracks: pd.DataFrame, analysis, **options) -> pd.DataFrame:
-  """Free, confined, directed or immobile per track (``qdjax.populations.classify``)."""
-  from qdjax import populations
+  """Free, confined, directed or immobile per track (``qdjax.tracks.populations.classify``)."""
+  from qdjax.tracks import populations
 
   return populations.classify(tracks, analysis, **options)
 
 
 def fit_populations(per_track: pd.DataFrame, analysis, **options):
-  """D populations over tracks (``qdjax.populations.fit_populations``)."""
-  from qdjax import populations
+  """D populations over tracks (``qdjax.tracks.populations.fit_populations``)."""
+  from qdjax.tracks import populations
 
   return populations.fit_populations(per_track, analysis, **options)
 
 
 def track_many(inputs, output_dir, **options):
   """``track`` on many recordings into ``output_dir``, in-process or on a Dask cluster
-  (``qdjax.batch.track_many``); returns the summary DataFrame, one row per recording."""
-  from qdjax import batch
+  (``qdjax.tracks.batch.track_many``); returns the summary DataFrame, one row per recording."""
+  from qdjax.tracks import batch
 
   return batch.track_many(inputs, output_dir, **options)

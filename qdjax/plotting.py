@@ -58,11 +58,11 @@ def tracks_figure(result, path, max_tracks: int = 20):
   same ids; and the common motion per frame (subtracted before D when marked so).
 
   Args:
-    result: ``qdjax.tracking.Result``.
+    result: ``qdjax.tracks.tracking.Result``.
     path: PNG to write (atomically).
     max_tracks: tracks drawn (the longest).
   """
-  from qdjax import diffusion, tracking
+  from qdjax.tracks import diffusion, tracking
 
   summary, analysis = result.summary, result.analysis
   fig, axes = plt.subplots(2, 4, figsize=(20, 8.6))

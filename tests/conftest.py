@@ -132,7 +132,7 @@ def sim_params(**changes):
   """Small-frame simulation parameters: the simulator's defaults, whose values the physics
   tests spell out in their theory lines (B = 4, peak 3 photons, 0.1 um pixels, ...), on a
   24 x 25 frame at D = 0.3 um^2/s; ``changes`` override them."""
-  from qdjax import simulate
+  from qdjax.sim import simulate
 
   return simulate.make_params(**{"height": 24, "width": 25, "diffusion_um2_s": 0.3, **changes})
 

@@ -5,9 +5,10 @@ import os
 import numpy as np
 import pytest
 
-from qdjax import data, locator, metrics, presets
-from qdjax.baselines import mle
-from qdjax.baselines import trackpy as trackpy_baseline
+from qdjax.evaluation import metrics
+from qdjax.localize import locator, mle
+from qdjax.localize import trackpy as trackpy_baseline
+from qdjax.sim import data, presets
 
 # One frame count for every simulated set, so the simulator compiles once.
 SIMULATED = 400

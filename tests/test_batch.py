@@ -1,5 +1,5 @@
-"""Many movies in one run (qdjax.batch, track.py --output_dir), and tracks for napari and
-TrackMate (qdjax.interop)."""
+"""Many movies in one run (qdjax.tracks.batch, track.py --output_dir), and tracks for napari and
+TrackMate (qdjax.tracks.interop)."""
 
 import json
 import os
@@ -13,7 +13,9 @@ import test_track
 import tifffile
 from conftest import assert_one_line_error, interrupt_script, run_script
 
-from qdjax import batch, interop, locator, presets, tracking
+from qdjax.localize import locator
+from qdjax.sim import presets
+from qdjax.tracks import batch, interop, tracking
 
 TRACKPY = ["--method=trackpy", "--window=6"]
 
@@ -114,7 +116,7 @@ def test_a_rerun_skips_what_is_done_and_a_corrupt_movie_fails_alone(two_worker_r
 
 
 def test_ctrl_c_stops_the_workers_in_one_line_and_keeps_what_is_done(tmp_path):
-  from qdjax.benchmarks import batch as bench
+  from benchmarks import batch as bench
 
   movies = tmp_path / "movies"
   bench.write_movies(movies, count=6, frames=200, size=64, qds=6)

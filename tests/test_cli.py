@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 from conftest import assert_one_line_error, interrupt_script, run_script
 
-from qdjax import localize as locate_lib
+from qdjax.localize import files as locate_lib
 
 
 def digest(path):

@@ -6,7 +6,9 @@ import numpy as np
 import pytest
 from conftest import BAD_METHODS, assert_one_line_error
 
-from qdjax import data, evaluate, locator, presets
+from qdjax.localize import locator
+from qdjax.sim import data, presets
+from qdjax.study import evaluate
 
 # The study's test set sizes per regime (SPEC section 2).
 STUDY_TEST_FRAMES = (2570, 2410, 1870)
@@ -141,7 +143,7 @@ def test_calibration_search_improves_on_its_start():
   worse than the one before."""
   import math
 
-  from qdjax import calibrate
+  from qdjax.study import calibrate
 
   preset = presets.get("paper")
   scores = calibrate.TrackpyScores(preset, 0, (7,), 64.0, 0.0, preset.epsilons_px)
@@ -181,7 +183,8 @@ def test_parse_methods():
 def test_model_is_skipped_with_a_notice_without_weights_and_run_with_them(monkeypatch):
   from ml_collections import config_dict
 
-  from qdjax import inference, presets
+  from qdjax.detect import inference
+  from qdjax.sim import presets
 
   config = config_dict.ConfigDict({"methods": "model", "workdir": None, "model": "paper"})
   preset = presets.get("paper")

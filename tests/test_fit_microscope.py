@@ -7,7 +7,8 @@ import numpy as np
 import pytest
 from conftest import assert_one_line_error
 
-from qdjax import data, fit, pmt_calibration, presets
+from qdjax.microscope import fit, pmt_calibration
+from qdjax.sim import data, presets
 
 TRUTH = {
   "peak_photons": 16.0,

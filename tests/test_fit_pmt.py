@@ -11,7 +11,8 @@ import numpy as np
 import pytest
 from conftest import assert_one_line_error
 
-from qdjax import detector, pmt_calibration
+from qdjax.microscope import pmt_calibration
+from qdjax.sim import detector
 
 SL2PM = Path(__file__).parent / "data" / "sl2pm" / "pmt_calibration_stack.npy"
 TRUTH = {"alpha": 0.5, "dark_sigma": 6.0, "offset": 3.0}

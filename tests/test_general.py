@@ -1,4 +1,4 @@
-"""The general model's training distribution (qdjax.prior), its training run end to end on
+"""The general model's training distribution (qdjax.sim.prior), its training run end to end on
 a tiny config, and how locate picks a shipped model."""
 
 import json
@@ -8,8 +8,10 @@ import numpy as np
 import pytest
 from configs import general
 
-from qdjax import inference, locator, presets, train
-from qdjax import prior as prior_lib
+from qdjax.detect import inference, train
+from qdjax.localize import locator
+from qdjax.sim import presets
+from qdjax.sim import prior as prior_lib
 
 # Small frames, so the one compiled draw is fast; 2 QD slots at 12 x 13.
 PRIOR = prior_lib.Prior(frame_sizes=((12, 13), (20, 18)), particles_per_px=1 / 120)

@@ -7,8 +7,9 @@ import pytest
 import tifffile
 from conftest import assert_one_line_error
 
-from qdjax import cli, data, io, presets
-from qdjax import localize as locate_lib
+from qdjax import cli, io
+from qdjax.localize import files as locate_lib
+from qdjax.sim import data, presets
 
 
 @pytest.fixture(scope="module")

@@ -5,7 +5,8 @@ import math
 import numpy as np
 import pytest
 
-from qdjax import metrics, presets
+from qdjax.evaluation import metrics
+from qdjax.sim import presets
 
 
 def one_qd(points):

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from qdjax import head, model
+from qdjax.detect import head, model
 
 # One jitted forward for all tests: a compilation per frame shape, shared between tests.
 _forward = nnx.jit(lambda net, images: net(images))
@@ -80,7 +80,7 @@ def test_normalisation_by_hand():
 
 
 def _tiny_locator(**kwargs):
-  from qdjax import inference
+  from qdjax.detect import inference
 
   weights = nnx.split(_tiny())[1].to_pure_dict()
   return inference.Locator({"name": "tiny"}, {}, weights, **kwargs)

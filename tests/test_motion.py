@@ -15,7 +15,7 @@ import pandas as pd
 import pytest
 from conftest import assert_one_line_error, sim_params
 
-from qdjax import motion, movie
+from qdjax.sim import motion, movie
 
 FRAMES = 40
 MOVIES = 24

@@ -14,7 +14,8 @@ import pytest
 import tifffile
 from conftest import assert_one_line_error, sim_params
 
-from qdjax import diffusion, movie
+from qdjax.sim import movie
+from qdjax.tracks import diffusion
 
 D = 0.3  # um^2/s
 FRAMES = 40

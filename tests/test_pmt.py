@@ -7,7 +7,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from qdjax import data, detector, presets, simulate
+from qdjax.sim import data, detector, presets, simulate
 
 
 def pmt_cumulants(e, alpha, sigma, offset):

@@ -4,7 +4,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from qdjax import populations, tracking
+from qdjax.tracks import populations, tracking
 
 DT, PIXEL, SIGMA = 0.08, 0.2, 0.03  # s, um, um
 

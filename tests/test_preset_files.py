@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 from conftest import assert_one_line_error
 
-from qdjax import data, presets, simulate
+from qdjax.sim import data, presets, simulate
 
 
 def write(path, record):

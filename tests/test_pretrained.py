@@ -9,7 +9,9 @@ import numpy as np
 import pytest
 import tifffile
 
-from qdjax import data, inference, metrics, presets
+from qdjax.detect import inference
+from qdjax.evaluation import metrics
+from qdjax.sim import data, presets
 
 pytestmark = pytest.mark.skipif(
   not (inference.PRETRAINED_DIR / inference.WEIGHTS).exists(), reason="no shipped weights"

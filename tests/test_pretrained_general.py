@@ -7,7 +7,9 @@ import numpy as np
 import pytest
 from scipy import optimize
 
-from qdjax import data, inference, metrics, presets
+from qdjax.detect import inference
+from qdjax.evaluation import metrics
+from qdjax.sim import data, presets
 
 GENERAL_DIR = inference.pretrained_dir("general")
 

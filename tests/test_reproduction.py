@@ -7,8 +7,10 @@ import numpy as np
 import pytest
 from conftest import BAD_METHODS, assert_one_line_error
 
-from qdjax import data, metrics, presets, reproduction, reproduction_rows
-from qdjax.evaluate import STUDY
+from qdjax.evaluation import metrics
+from qdjax.sim import data, presets
+from qdjax.study import reproduction, reproduction_rows
+from qdjax.study.evaluate import STUDY
 
 
 def test_background_follows_the_in_vivo_ratio():
@@ -122,7 +124,7 @@ def test_a_cell_matches_an_independent_metrics_computation():
   assert [(c["level"], c["d"]) for c in record["cells"]] == [(0, 0), (0, 1)]
   cell = record["cells"][1]
   # Redraw the cell from the documented recipe: the preset at (N, N/15, D), test seed
-  # 100 * seed + 90, and score it with qdjax.metrics directly.
+  # 100 * seed + 90, and score it with qdjax.evaluation.metrics directly.
   background = grid.levels[0][1]
   assert background == pytest.approx(8.0 / 15, abs=1e-4)
   params = presets.get("paper").sim_params(

@@ -332,7 +332,7 @@ def test_sigterm_during_simulate_exits_143_and_writes_nothing(tmp_path):
 def test_a_movie_is_the_same_in_any_pieces_and_written_piece_by_piece(tmp_path):
   import tifffile
 
-  from qdjax import movie, presets
+  from qdjax.sim import movie, presets
 
   frame = presets.get("paper").sim_params(diffusion=0.5, height=32, width=40, num_particles=(2, 4))
   params = movie.make_params(frame, 37, blink_on_s=0.02, blink_off_s=0.01)

@@ -9,8 +9,9 @@ import numpy as np
 import pytest
 from conftest import assert_one_line_error, sim_params
 
-from qdjax import data, detector, io, presets, scan, simulate
-from qdjax.baselines import trackpy as trackpy_baseline
+from qdjax import io
+from qdjax.localize import trackpy as trackpy_baseline
+from qdjax.sim import data, detector, presets, scan, simulate
 
 
 def static_positions(p, xy_um, z_um=0.0):

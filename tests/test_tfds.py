@@ -13,9 +13,9 @@ import pytest
 import tensorflow_datasets as tfds
 from conftest import assert_one_line_error, checkpoint_params, run_script
 
-from qdjax import data, presets
 from qdjax.datasets import SPLITS, export, loader
 from qdjax.datasets.qd2pm import qd2pm_dataset_builder
+from qdjax.sim import data, presets
 
 SCALE = 0.002  # train 60, validation 4, test_d1 5, test_d2 5, test_d3 4 frames
 # One compiled chunk size serves every split of a tiny export and these comparisons.
@@ -207,7 +207,7 @@ def test_train_reads_the_export(cli_export, tmp_path):
   another split or other records would end elsewhere."""
   from configs import tiny
 
-  from qdjax import sources, train
+  from qdjax.detect import sources, train
 
   data_dir = cli_export[0]
   workdir = tmp_path / "train"

@@ -9,7 +9,8 @@ import pytest
 import tifffile
 from conftest import assert_one_line_error
 
-from qdjax import diffusion, populations, presets, tracking
+from qdjax.sim import presets
+from qdjax.tracks import diffusion, populations, tracking
 
 D, DT, SIGMA2 = 0.5, 0.08, 0.002  # um^2/s, s, um^2 per coordinate
 
@@ -287,7 +288,7 @@ def test_field_windows_undo_the_edge_selection():
 
 
 def test_diffusion_bench_targets_fail_where_qdjax_is_worse_at_one_d():
-  from qdjax.benchmarks import diffusion as bench
+  from benchmarks import diffusion as bench
 
   def row(mean, rmse):
     return {"windows": 10, "mean_ratio": mean, "relative_rmse": rmse, "rmse_over_bound": 1.0}
@@ -391,7 +392,7 @@ def test_defaults_on_movies_of_another_simulator(d):
   way read about 0.87: fast QDs leave the 96 px field, the long tracks are the slow ones.)"""
   import independent_sim
 
-  from qdjax import locator
+  from qdjax.localize import locator
 
   preset = presets.get("paper")
   locate = locator.make("model", preset=preset)

@@ -14,7 +14,7 @@ import pytest
 from configs import tiny
 from conftest import assert_one_line_error, checkpoint_params, interrupt_script, run_script
 
-from qdjax import inference, train, validation
+from qdjax.detect import inference, train, validation
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -108,7 +108,7 @@ def test_config_overrides_reach_training_and_validation_frames():
 
 FOUR_DEVICES = """
 import jax, numpy as np
-from qdjax import train
+from qdjax.detect import train
 import sys
 sys.path.insert(0, "experiments")
 from configs import tiny
@@ -260,7 +260,7 @@ def test_training_validation_and_test_frames_are_all_different():
   """Every split draws its own frames: under one distribution, so that only the keys differ,
   no two splits share a frame, nor do they with the batches training simulates; and the
   validation sets training selects on share none with the test sets of their regime."""
-  from qdjax import data
+  from qdjax.sim import data
 
   config = tiny_config()
   experiment = train.build(config)

@@ -10,7 +10,7 @@ from ml_collections import config_dict
 
 def get_config():
   config = config_dict.ConfigDict()
-  config.preset = "paper"  # preset whose N, B, D1, D2 are fitted (qdjax.presets)
+  config.preset = "paper"  # preset whose N, B, D1, D2 are fitted (qdjax.sim.presets)
   config.seed = 0  # user seed of the val_d1..3 splits the candidates are scored on
   config.peak_photons_grid = (2.0, 3.0, 4.5, 7.0, 11.0)  # coarse N grid, photons per dwell
   config.background_photons_grid = (1.0, 3.0, 9.0, 25.0)  # coarse B grid, photons per pixel

@@ -8,12 +8,12 @@ Every field can be overridden with ``--config.<name>=value``.
 
 from ml_collections import config_dict
 
-from qdjax import presets
+from qdjax.sim import presets
 
 
 def get_config():
   config = config_dict.ConfigDict()
-  config.preset = "paper"  # simulation preset: a name or a JSON preset file (qdjax.presets)
+  config.preset = "paper"  # simulation preset: a name or a JSON preset file (qdjax.sim.presets)
   config.diffusion = config_dict.placeholder(str)  # D um^2/s, or lo:hi; None: preset's range
   config.seed = 0  # key(seed) -> init key, data key
   config.data = "simulate"  # qdjax.sources: simulate, noise_free, prior (device) or tfds
@@ -26,7 +26,7 @@ def get_config():
   config.overrides = presets.overrides_config()  # spec-named values; None keeps the preset's
 
   config.model = config_dict.ConfigDict()
-  config.model.name = "s4_light"  # preset in qdjax.model.PRESETS (see its docstring)
+  config.model.name = "s4_light"  # preset in qdjax.detect.model.PRESETS (see its docstring)
   config.model.stage_sizes = config_dict.placeholder(tuple)  # blocks per stage (None: preset)
   config.model.stage_features = config_dict.placeholder(tuple)  # channels per stage
   config.model.stage_strides = config_dict.placeholder(tuple)  # stride per stage (1 or 2)
@@ -58,7 +58,7 @@ def get_config():
   config.weight_decay = 0.0  # decoupled L2 (0: off)
   config.grad_clip_norm = 0.0  # clip gradients to this global norm (0: off)
 
-  config.validation_splits = "val_d1,val_d2,val_d3"  # qdjax.data splits, comma-separated
+  config.validation_splits = "val_d1,val_d2,val_d3"  # qdjax.sim.data splits, comma-separated
   config.validation_size = 600  # frames per validation split
   config.validation_seed = 0  # validation frames use data.split_seed(this, split)
   config.log_every = 50  # steps between metrics.jsonl records

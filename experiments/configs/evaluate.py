@@ -9,7 +9,7 @@ from ml_collections import config_dict
 
 def get_config():
   config = config_dict.ConfigDict()
-  config.preset = "paper"  # preset name or JSON preset file (qdjax.presets)
+  config.preset = "paper"  # preset name or JSON preset file (qdjax.sim.presets)
   config.seed = 0  # user seed; test_dk frames come from data.split_seed(seed, 'test_dk')
   config.scale = 1.0  # test-set size factor; 1 = the study's 2570 / 2410 / 1870 frames
   config.methods = "trackpy,mle,model"  # comma-separated, any of trackpy, mle, model

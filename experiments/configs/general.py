@@ -3,21 +3,21 @@
     python experiments/train.py --config=experiments/configs/general.py --workdir=workdirs/general
 
 Every training frame draws its own photon levels, detector (Poisson or PMT), D, PSF, pixel
-size and QD count (0 to several) from ``qdjax.prior``; frame sizes cycle by step. Sized for
+size and QD count (0 to several) from ``qdjax.sim.prior``; frame sizes cycle by step. Sized for
 one GPU (a few minutes on an H100/H200); on a CPU shrink it, e.g. ``--config.batch_size=32
 --config.num_steps=3000``. Validation: the ``paper`` preset's val_d1..3 splits (as the
 shipped paper model was selected) and the ``invivo`` preset's (PMT frames).
 """
 
 from configs import default
-from qdjax import prior
+from qdjax.sim import prior
 
 
 def get_config():
   config = default.get_config()
   config.data = "prior"  # per-frame draws from config.prior, simulated in the jitted step
-  config.prior = prior.config()  # the distribution of training frames (qdjax.prior.Prior)
-  config.model.name = "s4_light"  # qdjax.model preset: the fast one (see qdjax.model)
+  config.prior = prior.config()  # the distribution of training frames (qdjax.sim.prior.Prior)
+  config.model.name = "s4_light"  # qdjax.detect.model preset: the fast one (see qdjax.detect.model)
   config.batch_size = 256  # frames per step (every step one frame size)
   config.num_steps = 8000  # SGD steps (~3-4 min of an H200 for base); frames = steps * batch
   config.learning_rate = 0.01  # peak SGD learning rate

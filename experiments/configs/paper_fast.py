@@ -13,7 +13,7 @@ from configs import pretrained
 
 def get_config():
   config = pretrained.get_config()
-  config.model.name = "s4_light"  # space-to-depth 4 stem, mean normalisation (qdjax.model)
+  config.model.name = "s4_light"  # space-to-depth 4 stem, mean normalisation (qdjax.detect.model)
   config.batch_size = 64  # frames per step
   config.num_steps = 15625  # 1,000,000 frames
   config.eval_every = 2500  # steps between validations / best-checkpoint updates

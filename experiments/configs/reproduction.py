@@ -9,7 +9,7 @@ from ml_collections import config_dict
 
 def get_config():
   config = config_dict.ConfigDict()
-  config.preset = "paper"  # geometry, timing and PSF of every cell (qdjax.presets)
+  config.preset = "paper"  # geometry, timing and PSF of every cell (qdjax.sim.presets)
   config.peak_photons = (2.0, 4.0, 8.0, 16.0, 32.0)  # N per dwell; B = N/15 (in vivo ratio)
   config.preset_level = True  # also the preset's own (N, B) as one more level
   config.diffusion = (0.1, 0.2, 0.5, 1.0, 2.0, 5.0, 10.0, 20.0)  # D, um^2/s, ascending

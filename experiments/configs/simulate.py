@@ -6,11 +6,11 @@ overrides keep the preset's value.
 
 from ml_collections import config_dict
 
-from qdjax import presets
+from qdjax.sim import presets
 
 
 def get_config():
   config = config_dict.ConfigDict()
-  config.preset = "paper"  # preset name or JSON preset file (qdjax.presets)
+  config.preset = "paper"  # preset name or JSON preset file (qdjax.sim.presets)
   config.overrides = presets.overrides_config()  # spec-named values, None keeps the preset's
   return config

@@ -20,8 +20,8 @@ from typing import Any
 import numpy as np
 import tensorflow_datasets as tfds
 
-from qdjax import data, presets
 from qdjax.datasets.qd2pm import SPLITS, Builder, generation_record
+from qdjax.sim import data, presets
 
 _LOG = logging.getLogger(__name__)
 
@@ -38,7 +38,7 @@ def export(
 
   Args:
     data_dir: TFDS data directory; created if missing, but its parent must exist.
-    preset: a ``qdjax.presets`` name (the builder config).
+    preset: a ``qdjax.sim.presets`` name (the builder config).
     scale: split sizes relative to the study's (e.g. 0.01 for a quick export).
     seed: user seed; split s uses ``data.split_seed(seed, s)``.
     with_expected: also store the noise-free ``expected`` image.

@@ -14,7 +14,7 @@ import grain
 import numpy as np
 import tensorflow_datasets as tfds
 
-# Feature names in the export -> the names of ``qdjax.data.generate``'s arrays.
+# Feature names in the export -> the names of ``qdjax.sim.data.generate``'s arrays.
 _RENAME = {"image": "images"}
 
 

@@ -24,9 +24,9 @@ from etils import epath
 from tqdm.auto import tqdm
 
 import qdjax
-from qdjax import data, presets
+from qdjax.sim import data, presets
 
-# The splits of the export, at the study's sizes (qdjax.presets' split_sizes).
+# The splits of the export, at the study's sizes (qdjax.sim.presets' split_sizes).
 SPLITS = ("train", "validation", "test_d1", "test_d2", "test_d3")
 
 # Frames simulated per device call. Large enough to keep the device busy; every split
@@ -89,7 +89,8 @@ def generation_record(preset_name: str, seed: int, scale: float, with_expected: 
     "with_expected": with_expected,
     "params": data.params_record(data.split_params(preset, "train"), preset),
     "splits": splits,
-    "frame_rule": "example i of split s = qdjax.simulate.render(fold_in(key(splits[s].seed), i))"
+    "frame_rule": "example i of split s = "
+    "qdjax.sim.simulate.render(fold_in(key(splits[s].seed), i))"
     " with splits[s].diffusion_um2_s = frame i of experiments/simulate.py --seed=splits[s].seed",
   }
   # A JSON round trip turns tuples into lists, so a record compares equal to a stored one.

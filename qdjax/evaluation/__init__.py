@@ -1,0 +1,1 @@
+"""One metric for every method: matching, precision-recall, AUC."""

@@ -1,0 +1,3 @@
+"""Localisers: the Locator protocol and its implementations (the detector, trackpy, a Poisson MLE),
+and localisation of frame files.
+"""
