@@ -140,7 +140,8 @@ class StepScale:
     pairs: pair distances the fit used.
     limit_px: pairs were counted up to this distance.
     source: 'fit', 'fit at its limit' (steps about as long as the limit: the range is
-      the limit) or 'fallback' (too few detections to fit: a quarter of the limit).
+      the limit) or 'fallback' (too few detections to fit: the limit, since with few
+      detections a wide range confuses few QDs).
   """
 
   scale_px: float
@@ -188,7 +189,8 @@ def step_scale(
       rooms.extend([room[source]] * len(hits))
   r, cap = np.asarray(distances, np.float64), np.asarray(rooms, np.float64)
   if len(r) < min_pairs:
-    return StepScale(math.nan, limit / 4, len(r), limit, "fallback")
+    # Few detections: few QDs to confuse, so the widest range measured costs little.
+    return StepScale(math.nan, limit, len(r), limit, "fallback")
 
   def nll(v):
     scale, share = math.exp(v[0]), 1 / (1 + math.exp(-v[1]))
