@@ -260,7 +260,7 @@ def run(main) -> None:
     if not verbose:
       quiet_logging()
     if use_compilation_cache() is not None and not verbose:
-      _quiet_cpu_cache_loader()
+      quiet_cpu_cache_loader()
     return one_line_errors(main)(argv)
 
   # Scripts draw off-screen: a figure is only ever saved.
@@ -279,7 +279,7 @@ def run(main) -> None:
     fail(f"{word}; no partial output was written", code)
 
 
-def _quiet_cpu_cache_loader() -> None:
+def quiet_cpu_cache_loader() -> None:
   """XLA's C++ log at FATAL only, so that programs loaded from the cache print nothing.
 
   XLA:CPU logs an error for every program it loads from the persistent cache, because it

@@ -278,7 +278,7 @@ def _build_locator(spec: LocatorSpec, preset, key) -> locator.Locator:
       os.environ[cli.CACHE_ENV] = spec.compilation_cache
       cli.use_compilation_cache()
       # XLA:CPU's false warning on every program loaded from the cache, as cli.run silences it.
-      cli._quiet_cpu_cache_loader()
+      cli.quiet_cpu_cache_loader()
   if spec.factory is not None:
     built = spec.factory()
   else:
