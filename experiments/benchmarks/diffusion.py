@@ -185,19 +185,22 @@ def make_locators(validation, quick: bool):
   return locators, notes
 
 
-def _identify(tracks: pd.DataFrame, centroids):
-  """{particle: QD index or -1}: the QD within MATCH_PX of >= PURITY of its detections.
+def identify(tracks: pd.DataFrame, centroids, present=None, match_px: float = MATCH_PX):
+  """{particle: QD index or -1}: the QD within ``match_px`` of >= PURITY of its detections.
 
   Every QD counts, also one whose centroid lies just outside the frame: its spot still
   shows at the edge, and a localiser that finds it is right (the windows measured keep
-  INSET_PX inside the field anyway)."""
+  INSET_PX inside the field anyway). With ``present`` ([T, P]), only QDs present in a
+  frame count there."""
   out = {}
   for particle, one in tracks.groupby("particle"):
     f = one["frame"].to_numpy()
     xy = one[["x", "y"]].to_numpy()
     dist = np.linalg.norm(centroids[f] - xy[:, None], axis=-1)
+    if present is not None:
+      dist = np.where(present[f], dist, np.inf)
     nearest = np.argmin(dist, axis=1)
-    hit = dist[np.arange(len(f)), nearest] <= MATCH_PX
+    hit = dist[np.arange(len(f)), nearest] <= match_px
     votes = np.bincount(nearest[hit], minlength=centroids.shape[1])
     qd = int(np.argmax(votes))
     out[particle] = qd if votes[qd] >= PURITY * len(f) else -1
@@ -216,9 +219,9 @@ def truth_tracks(centroids, present) -> pd.DataFrame:
 
 def _window_tuples(windows, table, centroids):
   """[(D, naive D, sigma^2, weight, pure)] of estimated windows; ``pure``: with
-  ``centroids`` ([T, P, 2], the truth), whether the window follows one QD (``_identify``),
+  ``centroids`` ([T, P, 2], the truth), whether the window follows one QD (``identify``),
   else True."""
-  identity = _identify(windows, centroids) if centroids is not None else {}
+  identity = identify(windows, centroids) if centroids is not None else {}
   weight = windows.groupby("particle")["weight"].first()
   sigma2 = (table["sigma_x_um"] ** 2 + table["sigma_y_um"] ** 2) / 2
   return [

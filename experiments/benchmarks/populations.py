@@ -27,6 +27,7 @@ import numpy as np
 import pandas as pd
 from tqdm.auto import tqdm
 
+from benchmarks import diffusion as diffusion_bench
 from qdjax.sim import motion, movie, presets
 from qdjax.tracks import populations, tracking
 
@@ -49,22 +50,6 @@ SCENARIOS = {
   ],
 }
 LENGTH_BINS = ((10, 30), (30, 50), (50, 101))
-
-
-def _identify(tracks, centroids, present):
-  """{particle: QD index or -1}: the QD within MATCH_PX of >= 80% of the track's points."""
-  out = {}
-  for particle, one in tracks.groupby("particle"):
-    f = one["frame"].to_numpy()
-    xy = one[["x", "y"]].to_numpy()
-    dist = np.linalg.norm(centroids[f] - xy[:, None], axis=-1)
-    dist = np.where(present[f], dist, np.inf)
-    nearest = np.argmin(dist, axis=1)
-    hit = dist[np.arange(len(f)), nearest] <= MATCH_PX
-    votes = np.bincount(nearest[hit], minlength=centroids.shape[1])
-    qd = int(np.argmax(votes))
-    out[particle] = qd if votes[qd] >= 0.8 * len(f) else -1
-  return out
 
 
 def run(repeats: int = 1, quick: bool = False) -> dict:
@@ -93,7 +78,9 @@ def run(repeats: int = 1, quick: bool = False) -> dict:
     for m in range(movies):
       result = tracking.track_movie(counts[m], locate, preset)
       analysis = result.analysis
-      identity = _identify(result.tracks, np.asarray(out.centroids[m]), np.asarray(out.present[m]))
+      identity = diffusion_bench.identify(
+        result.tracks, np.asarray(out.centroids[m]), np.asarray(out.present[m]), MATCH_PX
+      )
       truth = motion.truth_arrays(
         jax.tree.map(lambda a, m=m: a[m], out.motion), out.present[m].any(0)
       )

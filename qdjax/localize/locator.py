@@ -57,6 +57,21 @@ def parse_methods(text: str | Sequence[str], known: Sequence[str] = METHODS) -> 
   return list(dict.fromkeys(check_method(name, known) for name in names))
 
 
+def check_model_arguments(method: str, workdir=None, model: str | None = None) -> None:
+  """A known method, and a workdir or shipped model only for 'model', never both.
+
+  Raises:
+    ValueError: naming the argument that does not fit.
+  """
+  check_method(method)
+  if workdir is not None and method != "model":
+    raise ValueError(f"workdir is for method 'model', not {method!r}")
+  if model is not None and method != "model":
+    raise ValueError(f"model is for method 'model', not {method!r}")
+  if model is not None and workdir is not None:
+    raise ValueError(f"give model={model!r} or workdir, not both")
+
+
 def make(
   method: str,
   *,
@@ -85,13 +100,7 @@ def make(
     ValueError: an unknown method, bad settings, or a workdir for another method.
     FileNotFoundError: no such workdir (or no shipped weights).
   """
-  check_method(method)
-  if workdir is not None and method != "model":
-    raise ValueError(f"workdir is for method 'model', not {method!r}")
-  if model is not None and method != "model":
-    raise ValueError(f"model is for method 'model', not {method!r}")
-  if model is not None and workdir is not None:
-    raise ValueError(f"give model={model!r} or workdir, not both")
+  check_model_arguments(method, workdir, model)
   if method == "model":
     from qdjax.detect import inference
 

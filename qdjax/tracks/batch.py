@@ -243,13 +243,7 @@ def _spec(method, model, workdir, locate_factory) -> LocatorSpec:
     model = inference.default_model()  # recorded by name: a later default is another setting
   if workdir is not None:
     workdir = str(Path(workdir).expanduser().resolve())
-  # The same checks as locator.make, before any work.
-  if workdir is not None and method != "model":
-    raise ValueError(f"workdir is for method 'model', not {method!r}")
-  if model is not None and method != "model":
-    raise ValueError(f"model is for method 'model', not {method!r}")
-  if model is not None and workdir is not None:
-    raise ValueError(f"give model={model!r} or workdir, not both")
+  locator.check_model_arguments(method, workdir, model)  # locator.make's checks, before any work
   key = json.dumps([method, model, workdir])
   return LocatorSpec(method=method, model=model, workdir=workdir, key=key)
 

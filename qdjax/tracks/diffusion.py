@@ -159,6 +159,12 @@ def steps(positions):
   return np.diff(positions[rows], axis=0), np.diff(rows)
 
 
+def _as_steps(displacements, lags):
+  """(displacements [n, d] float64, lags [n] float64), whatever the input's shape."""
+  dx = np.asarray(displacements, np.float64)
+  return dx.reshape(len(lags), dx.shape[-1] if dx.ndim > 1 else 1), np.asarray(lags, np.float64)
+
+
 def _per_axis(value, dims: int) -> np.ndarray:
   return np.broadcast_to(np.asarray(value, np.float64), (dims,))
 
@@ -200,9 +206,7 @@ def cve_steps(
   Returns:
     Estimate; NaN where there are fewer than 2 displacements.
   """
-  dx = np.asarray(displacements, np.float64)
-  dx = dx.reshape(len(lags), dx.shape[-1] if dx.ndim > 1 else 1)
-  lags = np.asarray(lags, np.float64)
+  dx, lags = _as_steps(displacements, lags)
   n, dims = dx.shape
   if n < 2:
     nan = (math.nan,) * dims
@@ -289,9 +293,7 @@ def mle_steps(displacements, lags, frame_interval_s: float, blur, start: Estimat
   """
   import scipy.optimize
 
-  dx = np.asarray(displacements, np.float64)
-  dx = dx.reshape(len(lags), dx.shape[-1] if dx.ndim > 1 else 1)
-  lags = np.asarray(lags, np.float64)
+  dx, lags = _as_steps(displacements, lags)
   n, dims = dx.shape
   start = start or cve_steps(dx, lags, frame_interval_s, blur)
   if n < 3:

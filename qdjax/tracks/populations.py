@@ -34,7 +34,7 @@ import math
 import numpy as np
 import pandas as pd
 
-from qdjax.tracks import diffusion
+from qdjax.tracks import diffusion, tracking
 
 CLASS_COLUMNS = [
   "particle",
@@ -157,7 +157,7 @@ def classify(
   dt, a = analysis.frame_interval_s, analysis.pixel_size_um
   rows = []
   for particle, one in tracks.groupby("particle", sort=True):
-    positions = _positions(one, a)
+    positions = tracking.track_positions(one, a)
     span = len(positions)
     if span < 8 or len(one) < 5:
       continue
@@ -224,13 +224,6 @@ def classify(
       )
     )
   return pd.DataFrame(out, columns=CLASS_COLUMNS)
-
-
-def _positions(track: pd.DataFrame, pixel_size_um: float) -> np.ndarray:
-  frames = track["frame"].to_numpy()
-  out = np.full((frames.max() - frames.min() + 1, 2), np.nan)
-  out[frames - frames.min()] = track[["x", "y"]].to_numpy(np.float64) * pixel_size_um
-  return out
 
 
 @dataclasses.dataclass(frozen=True)
