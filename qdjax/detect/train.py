@@ -10,10 +10,20 @@ resumed run redraws exactly the batches it would have seen. Validation (the fixe
 and the score that picks the best step) is ``qdjax.detect.validation``; the Orbax checkpoints are
 ``qdjax.detect.checkpoint``.
 
-Data parallel: the global batch is sharded over a 1-D mesh ``('data',)`` of all local
-devices and the state is replicated; the simulation itself is sharded too (threefry keys
-are partitionable), and XLA inserts the gradient and BatchNorm all-reduces. The same code
+Data parallel: the global batch is sharded over a 1-D mesh ``('data',)`` of all devices
+and the state is replicated; the simulation itself is sharded too (threefry keys are
+partitionable), and XLA inserts the gradient and BatchNorm all-reduces. The same code
 runs on one device or many.
+
+Several processes (hosts): call ``initialize_distributed`` (``jax.distributed``) before
+anything else touches JAX, and run the same command in every process. The mesh then spans
+the devices of all processes (``jax.devices()``); each device simulates its own slice of the
+step's global batch, which is the same whatever the number of processes. A host-side source
+(``tfds``) is read whole by every process, and each process puts only its devices' rows on
+them. Every process validates, and process 0's scores (broadcast) pick the best step, so all
+processes save the same checkpoints; Orbax coordinates the saves. Only process 0 writes the
+workdir's other files (config, run record, metrics, result, curves) and prints progress. The
+workdir must be one directory that all processes see (a shared file system).
 
 Workdir layout:
   config.json     the config (read by ``qdjax.detect.inference.load``)
@@ -31,11 +41,13 @@ checkpoint is discarded on restart.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import functools
 import json
 import logging
 import math
+import os
 import shlex
 import sys
 import time
@@ -44,11 +56,11 @@ from pathlib import Path
 from typing import Any
 
 import jax
-import jax.numpy as jnp
 import ml_collections
 import numpy as np
 import optax
 from flax import nnx
+from jax.experimental import multihost_utils
 from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 from tqdm.auto import tqdm
@@ -63,10 +75,107 @@ _LOG = logging.getLogger(__name__)
 PREDICT_CHUNK = 512
 
 
+# What ``initialize_distributed`` reads when an argument is not given: JAX reads the first
+# itself; the other two are read here.
+COORDINATOR_ENV = "JAX_COORDINATOR_ADDRESS"
+NUM_PROCESSES_ENV = "JAX_NUM_PROCESSES"
+PROCESS_ID_ENV = "JAX_PROCESS_ID"
+
+
+def initialize_distributed(
+  coordinator_address: str | None = None,
+  num_processes: int | None = None,
+  process_id: int | None = None,
+  *,
+  auto: bool = False,
+) -> bool:
+  """Joins a multi-process run (``jax.distributed.initialize``) when one is asked for.
+
+  Call it in every process before anything else uses JAX. An argument left None is taken
+  from ``$JAX_COORDINATOR_ADDRESS``, ``$JAX_NUM_PROCESSES`` or ``$JAX_PROCESS_ID``; what is
+  still unset JAX detects from the cluster (SLURM, Open MPI, Cloud TPU). With no argument,
+  none of those variables and ``auto`` False, nothing is initialised: a single process.
+
+  Args:
+    coordinator_address: 'host:port' of process 0, where it serves the coordinator.
+    num_processes: the number of processes.
+    process_id: this process's index, 0 .. num_processes - 1.
+    auto: initialise even when nothing above is set, from the cluster's environment alone.
+
+  Returns:
+    Whether ``jax.distributed`` was initialised.
+
+  Raises:
+    ValueError: a bad value, or settings that JAX cannot complete from the environment.
+  """
+  coordinator_address = coordinator_address or os.environ.get(COORDINATOR_ENV) or None
+  num_processes = _int_setting(num_processes, "num_processes", NUM_PROCESSES_ENV)
+  process_id = _int_setting(process_id, "process_id", PROCESS_ID_ENV)
+  if not auto and (coordinator_address, num_processes, process_id) == (None, None, None):
+    return False
+  if num_processes is not None and num_processes < 1:
+    raise ValueError(f"num_processes must be >= 1, got {num_processes}")
+  if process_id is not None and not 0 <= process_id < (num_processes or math.inf):
+    raise ValueError(f"process_id must be in [0, num_processes), got {process_id}")
+  try:
+    jax.distributed.initialize(coordinator_address, num_processes, process_id)
+  except ValueError as e:  # what the cluster's environment could not supply
+    raise ValueError(
+      f"cannot start jax.distributed ({str(e).strip() or type(e).__name__}): give the "
+      "coordinator address, number of processes and process id, or run in a SLURM, Open MPI "
+      "or TPU job"
+    ) from None
+  return True
+
+
+def _int_setting(value, name: str, variable: str) -> int | None:
+  if value is not None:
+    return int(value)
+  text = os.environ.get(variable, "").strip()
+  if not text:
+    return None
+  try:
+    return int(text)
+  except ValueError:
+    raise ValueError(f"${variable} ({name}) must be an integer, got {text!r}") from None
+
+
 def data_mesh(devices=None) -> jax.sharding.Mesh:
-  """A 1-D mesh named 'data' over ``devices`` (default: all local devices)."""
-  devices = jax.local_devices() if devices is None else devices
+  """A 1-D mesh named 'data' over ``devices`` (default: all devices, of every process)."""
+  devices = jax.devices() if devices is None else devices
   return jax.sharding.Mesh(np.asarray(devices), ("data",))
+
+
+def on_mesh(tree, sharding: NamedSharding):
+  """A pytree of arrays (the same global values in every process, e.g. NumPy arrays or a
+  state made from the same key) on ``sharding``. Across processes each process puts only
+  the pieces of its own devices."""
+  if sharding.is_fully_addressable:
+    return jax.device_put(tree, sharding)
+  return jax.tree.map(lambda x: _global_array(x, sharding), tree)
+
+
+def _global_array(x, sharding: NamedSharding) -> jax.Array:
+  if jax.dtypes.issubdtype(getattr(x, "dtype", None), jax.dtypes.prng_key):
+    data = _global_array(jax.random.key_data(x), sharding)
+    return jax.random.wrap_key_data(data, impl=jax.random.key_impl(x))
+  host = np.asarray(x)
+  return jax.make_array_from_callback(host.shape, sharding, lambda index: host[index])
+
+
+def same_on_all_processes(tree):
+  """Process 0's values of a pytree of numbers, exactly, in every process.
+
+  A validation score computed in each process could round differently on different
+  machines; the best step must still be one choice."""
+  if jax.process_count() == 1:
+    return tree
+  leaves, treedef = jax.tree.flatten(tree)
+  # float64 as pairs of uint32 words: the broadcast keeps every bit without jax_enable_x64.
+  words = np.asarray(leaves, np.float64).view(np.uint32)
+  words = np.asarray(multihost_utils.broadcast_one_to_all(words))
+  values = words.view(np.float64)
+  return jax.tree.unflatten(treedef, [type(a)(b) for a, b in zip(leaves, values, strict=True)])
 
 
 def training_diffusion(config, preset):
@@ -213,8 +322,8 @@ def build(config, mesh: jax.sharding.Mesh | None = None) -> Experiment:
   model.eval()
   eval_graph, _ = nnx.split(model)
   opt_graph, opt_state = nnx.split(optimizer)
-  state = jax.device_put({"model": model_state, "opt": opt_state}, replicated)
-  data_key = jax.device_put(data_key, replicated)
+  state = on_mesh({"model": model_state, "opt": opt_state}, replicated)
+  data_key = on_mesh(data_key, replicated)
   source = sources.make(config, preset=preset, sim_params=sim_params, data_key=data_key)
   loss_settings = dict(config.loss)
   decode_settings = dict(config.decode)
@@ -253,17 +362,19 @@ def build(config, mesh: jax.sharding.Mesh | None = None) -> Experiment:
     def step_on_device(state, inputs, step, variant):
       return sgd_step(state, draw_jitted(inputs, step, variant))
 
+    # The step as a host scalar: the same value in every process, replicated by jit.
     def draw_batch(step):
-      return draw_jitted(source.inputs, jnp.asarray(step, jnp.int32), variant(step))
+      return draw_jitted(source.inputs, np.int32(step), variant(step))
 
     def train_step(state, step):
-      return step_on_device(state, source.inputs, jnp.asarray(step, jnp.int32), variant(step))
+      return step_on_device(state, source.inputs, np.int32(step), variant(step))
 
   else:
 
     def draw_batch(step):
-      batch = sources.Batch(*source.draw(source.inputs, step, variant(step)))
-      return jax.device_put(batch, batch_sharding)
+      return on_mesh(
+        sources.Batch(*source.draw(source.inputs, step, variant(step))), batch_sharding
+      )
 
     def train_step(state, step):
       return train_step_on_batch(state, draw_batch(step))
@@ -312,7 +423,7 @@ def _sim_record(experiment: Experiment) -> dict:
   return json.loads(json.dumps(record))
 
 
-def _resume(workdir: Path, experiment: Experiment, checkpoints) -> tuple[dict, dict]:
+def _resume(workdir: Path, experiment: Experiment, checkpoints, verbose: bool) -> tuple[dict, dict]:
   """(state, meta) of the workdir's last checkpoint, or the fresh ones.
 
   Raises:
@@ -337,7 +448,7 @@ def _resume(workdir: Path, experiment: Experiment, checkpoints) -> tuple[dict, d
       f"({', '.join(changed)}; e.g. a new preset calibration): resuming would mix two "
       "training distributions; use a new --workdir"
     )
-  if experiment.config.progress:
+  if verbose:
     print(f"resuming from {checkpoints.directory} at step {meta['step']}", flush=True)
   return state, meta
 
@@ -348,6 +459,8 @@ def _write_run_record(workdir: Path, config, experiment: Experiment) -> None:
   record = {
     "command": shlex.join(sys.argv),
     "seed": config.seed,
+    "processes": jax.process_count(),
+    "devices": experiment.mesh.size,
     "sim_params": _sim_record(experiment),
     "preset": experiment.preset.to_dict(),
   }
@@ -364,6 +477,9 @@ def train_and_evaluate(config, workdir) -> dict[str, Any]:
     config: ConfigDict (see experiments/configs/default.py).
     workdir: output directory (created).
 
+  Under ``jax.distributed`` every process calls it with the same arguments (see the module
+  docstring); each returns the same result.
+
   Returns:
     The result dict also written to ``workdir/result.json``.
 
@@ -374,27 +490,32 @@ def train_and_evaluate(config, workdir) -> dict[str, Any]:
   if workdir.exists() and not workdir.is_dir():
     raise ValueError(f"workdir is not a directory: {workdir}")
   workdir.mkdir(parents=True, exist_ok=True)
+  # Process 0 writes the workdir's files (Orbax's checkpoints aside) and reports progress.
+  primary = jax.process_index() == 0
   experiment = build(config)
   epsilons = experiment.preset.epsilons_px
   schedule = learning_rate_schedule(config)
 
   checkpoints = checkpoint.manager(workdir / checkpoint.CHECKPOINTS, config.keep_checkpoints)
   best = checkpoint.manager(workdir / checkpoint.BEST, 1)
-  state, meta = _resume(workdir, experiment, checkpoints)
-  _write_run_record(workdir, config, experiment)
+  state, meta = _resume(workdir, experiment, checkpoints, primary and config.progress)
+  if primary:
+    _write_run_record(workdir, config, experiment)
   start = meta["step"]
   for step in best.all_steps():
     if step > start:  # saved after the checkpoint we resume from: it will be redone
       best.delete(step)
   metrics_path = workdir / "metrics.jsonl"
-  records = _read_records(metrics_path, start)
-  io.write_text(metrics_path, "".join(json.dumps(r) + "\n" for r in records))
+  records = _read_records(metrics_path, start) if primary else []
+  if primary:
+    io.write_text(metrics_path, "".join(json.dumps(r) + "\n" for r in records))
 
   _LOG.info(
-    "model %s: %d parameters; %d devices; batch %d",
+    "model %s: %d parameters; %d devices in %d processes; batch %d",
     config.model.name,
     experiment.num_params,
     experiment.mesh.size,
+    jax.process_count(),
     config.batch_size,
   )
   sets = validation.validation_sets(
@@ -402,7 +523,11 @@ def train_and_evaluate(config, workdir) -> dict[str, Any]:
   )
 
   bar = tqdm(
-    total=config.num_steps, initial=start, unit="step", disable=not config.progress, desc="train"
+    total=config.num_steps,
+    initial=start,
+    unit="step",
+    disable=not (primary and config.progress),
+    desc="train",
   )
   tick, tick_step = time.perf_counter(), start
   # Each step's metrics stay on the device (no host sync per step) until the next log
@@ -411,7 +536,8 @@ def train_and_evaluate(config, workdir) -> dict[str, Any]:
   # Leaving the block closes the checkpoint managers, which waits for a save in flight,
   # also on an error or Ctrl-C: the last checkpoint is complete and no Orbax thread is
   # left writing while the interpreter exits.
-  with metrics_path.open("a") as log, checkpoints, best:
+  log = metrics_path.open("a") if primary else contextlib.nullcontext()
+  with log, checkpoints, best:
     for step in range(start + 1, config.num_steps + 1):
       state, step_metrics = experiment.train_step(state, step)
       bar.update(1)
@@ -430,8 +556,8 @@ def train_and_evaluate(config, workdir) -> dict[str, Any]:
         record["learning_rate"] = float(schedule(step - 1))
         bar.set_postfix(loss=f"{values['loss']:.3f}", frames_s=f"{rate:.0f}")
       if step % config.eval_every == 0 or last:
-        result = validation.validate(
-          functools.partial(experiment.locate, state["model"]), sets, epsilons
+        result = same_on_all_processes(
+          validation.validate(functools.partial(experiment.locate, state["model"]), sets, epsilons)
         )
         record["val_auc"] = result["auc"]
         record["val_auc_by_split"] = result["auc_by_split"]
@@ -439,14 +565,15 @@ def train_and_evaluate(config, workdir) -> dict[str, Any]:
         if result["score"] > meta["best_score"]:
           meta.update(best_score=result["score"], best_step=step, best_eval=result)
           checkpoint.save_best(best, step, state["model"], result)
-        bar.write(
-          f"step {step}: validation AUC "
-          + " ".join(f"eps{k}={v:.3f}" for k, v in result["auc"].items())
-          + f" (score {result['score']:.3f})"
-        )
+        if primary:
+          bar.write(
+            f"step {step}: validation AUC "
+            + " ".join(f"eps{k}={v:.3f}" for k, v in result["auc"].items())
+            + f" (score {result['score']:.3f})"
+          )
         # Validation time is not training time: restart the frames/s clock.
         tick, tick_step = time.perf_counter(), step
-      if record:
+      if record and primary:
         record = {"step": step, "frames_seen": step * config.batch_size, **record}
         log.write(json.dumps(record) + "\n")
         log.flush()
@@ -467,8 +594,9 @@ def train_and_evaluate(config, workdir) -> dict[str, Any]:
     "validation_frames_per_split": config.validation_size,
     "num_params": experiment.num_params,
   }
-  io.write_text(workdir / "result.json", json.dumps(result, indent=2) + "\n")
-  from qdjax import plotting  # pyplot is loaded only when a run ends
+  if primary:
+    io.write_text(workdir / "result.json", json.dumps(result, indent=2) + "\n")
+    from qdjax import plotting  # pyplot is loaded only when a run ends
 
-  plotting.training_curves(records, workdir / "curves.png")
+    plotting.training_curves(records, workdir / "curves.png")
   return result
