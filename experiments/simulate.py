@@ -46,6 +46,26 @@ Each QD's truth is in the .npz as [P] arrays ``qd_active``, ``qd_motion`` (kind)
 ``qd_speed_um_s``, ``qd_velocity_um_s`` (P, 2) and ``qd_center_um`` (P, 3), and in the
 truth CSV as the columns ``active,motion,population,D_um2_s,radius_um,speed_um_s,vx_um_s,
 vy_um_s`` (``qdjax.sim.motion.truth_table`` reads either, one row per QD).
+
+Tissue motion and structured background (docs/spec.md, section 1, "Tissue"): the whole
+sample moves while each frame is recorded, so every line sees QDs and background where
+the tissue was then (spots shear and jitter), and the background is autofluorescence
+fixed in the tissue. ``--tissue`` takes the preset's values (``invivo`` has them, off by
+default; ``paper`` has none); each of ``--breathing_um``, ``--breathing_hz``,
+``--heartbeat_um``, ``--heartbeat_hz``, ``--drift_um_s``, ``--texture_cv``,
+``--texture_um``, ``--vessel`` and ``--gradient_per_um`` sets one value (and switches
+tissue on), e.g.
+
+  python experiments/simulate.py --preset=invivo --diffusion=0.5 --num_frames=100 \
+      --breathing_um=0,1,0.3 --breathing_hz=1.5 --heartbeat_um=0.2 --heartbeat_hz=8 \
+      --texture_cv=0.5 --vessel=1:1.5:30 --output=moving.tif
+
+A movie's ``.npz`` then holds ``tissue_um`` (T, h, 3), the tissue's displacement (um) at
+the middle of each line, ``tissue_time_s`` (T, h) those times, ``tissue_phase`` and
+``tissue_centroids`` (T, P, 2), the QDs' centroids in the tissue's frame (``centroids``
+and ``keypoints`` are where they appeared); a ``.tif`` has ``<stem>_tissue.csv``
+(``frame,line,time_s,dx_um,dy_um,dz_um``) beside it. Single frames (without
+``--num_frames``) get the motion within the frame and the background too.
 """
 
 from absl import flags
@@ -103,6 +123,38 @@ _INTEGER_COUNTS = flags.DEFINE_bool(
   "(uint8 - 3 wraps around). PMT output stays float32.",
 )
 _PLOT = flags.DEFINE_bool("plot", False, "Also write a PNG contact sheet beside --output.")
+_TISSUE = flags.DEFINE_bool(
+  "tissue",
+  None,
+  "Tissue motion and structured background with the preset's values (invivo has them; "
+  "default: the preset's choice, off for both named presets). The flags below set single "
+  "values and switch tissue on.",
+)
+_BREATHING_UM = flags.DEFINE_string(
+  "breathing_um", None, "Breathing amplitude (half peak-to-peak), um: A (all axes) or x,y,z."
+)
+_BREATHING_HZ = flags.DEFINE_float("breathing_hz", None, "Breathing frequency, Hz (default 1.5).")
+_HEARTBEAT_UM = flags.DEFINE_string(
+  "heartbeat_um", None, "Heartbeat amplitude (half peak-to-peak), um: A (all axes) or x,y,z."
+)
+_HEARTBEAT_HZ = flags.DEFINE_float("heartbeat_hz", None, "Heart rate, Hz (default 7).")
+_DRIFT = flags.DEFINE_string("drift_um_s", None, "Tissue drift velocity, um/s: v or vx,vy,vz.")
+_TEXTURE_CV = flags.DEFINE_float(
+  "texture_cv", None, "Background texture's relative sd (log-normal; 0: flat background)."
+)
+_TEXTURE_UM = flags.DEFINE_float(
+  "texture_um", None, "Background texture's correlation length, um (default 0.4)."
+)
+_VESSEL = flags.DEFINE_string(
+  "vessel",
+  None,
+  "A vessel edge in the background: CONTRAST[:WIDTH_UM[:ANGLE_DEG[:OFFSET_UM]]], a band "
+  "of relative brightness CONTRAST (>= -1), FWHM WIDTH_UM (default 1), at ANGLE_DEG from x "
+  "(default 90), its centre OFFSET_UM from the frame's centre (default 0).",
+)
+_GRADIENT = flags.DEFINE_string(
+  "gradient_per_um", None, "Background gradient: relative change per um, g or gx,gy."
+)
 
 
 def sim_params_from_config(config, preset, diffusion=None, regime=None):
@@ -132,6 +184,9 @@ def main(argv):
   params = sim_params_from_config(config, preset, diffusion, regime)
   if _NUM_PARTICLES.value is not None:
     params = params.replace(num_particles=_parse_particles(_NUM_PARTICLES.value))
+  tissue = _tissue(preset)
+  if tissue.moving or tissue.structured:
+    params = params.replace(tissue=tissue)
   if _NUM_FRAMES.value is not None:
     return _write_movie(params, preset, populations)
   if not _OUTPUT.value.endswith(".npz"):
@@ -170,6 +225,54 @@ def _parse_particles(text: str) -> tuple[int, int]:
   return tuple(parts)
 
 
+def _numbers(flag: str, text: str) -> tuple[float, ...]:
+  try:
+    return tuple(float(v) for v in text.split(","))
+  except ValueError:
+    raise ValueError(
+      f"--{flag} must be a number or comma-separated numbers, got {text!r}"
+    ) from None
+
+
+def _tissue(preset):
+  """The tissue from --tissue and the single-value flags (each switches tissue on)."""
+  values = {}
+  for flag, holder in (
+    ("breathing_um", _BREATHING_UM),
+    ("heartbeat_um", _HEARTBEAT_UM),
+    ("drift_um_s", _DRIFT),
+    ("gradient_per_um", _GRADIENT),
+  ):
+    if holder.value is not None:
+      numbers = _numbers(flag, holder.value)
+      size = 2 if flag == "gradient_per_um" else 3
+      if len(numbers) not in (1, size):
+        raise ValueError(f"--{flag} must be one number or {size}, got {holder.value!r}")
+      values[flag] = numbers[0] if len(numbers) == 1 else numbers
+  for flag, holder in (
+    ("breathing_hz", _BREATHING_HZ),
+    ("heartbeat_hz", _HEARTBEAT_HZ),
+    ("texture_cv", _TEXTURE_CV),
+    ("texture_um", _TEXTURE_UM),
+    ("vessel", _VESSEL),
+  ):
+    if holder.value is not None:
+      values[flag] = holder.value
+  on = _TISSUE.value
+  if on is None:
+    on = True if values else None
+  try:
+    return preset.tissue_params(on=on, **values)
+  except ValueError as error:
+    raise ValueError(f"--{_flag_of(str(error))}: {error}") from None
+
+
+def _flag_of(message: str) -> str:
+  """The flag a tissue error names (its first word: the value's name)."""
+  name = message.split()[0]
+  return "vessel" if name == "vessel" else name
+
+
 def _parse_populations(text: str):
   try:
     populations = motion.parse_populations(text)
@@ -188,6 +291,7 @@ def _write_movie(params, preset, populations=None):
     blink_on_s=preset.blinking_s[0] if _BLINK_ON.value is None else _BLINK_ON.value,
     blink_off_s=preset.blinking_s[1] if _BLINK_OFF.value is None else _BLINK_OFF.value,
     motion=populations,
+    tissue=params.tissue,
   )
   if not _OUTPUT.value.endswith((".npz", ".tif", ".tiff")):
     raise ValueError(f"--output must end in .npz or .tif for a movie, got {_OUTPUT.value}")

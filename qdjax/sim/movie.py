@@ -47,6 +47,7 @@ from flax import struct
 
 from qdjax.sim import detector, scan, simulate
 from qdjax.sim import motion as motion_lib
+from qdjax.sim import tissue as tissue_lib
 
 
 @struct.dataclass
@@ -62,6 +63,7 @@ class MovieParams:
   blink_on_s: Any  # mean on-dwell, s
   blink_off_s: Any  # mean off-dwell, s; 0: never off (no blinking)
   motion: motion_lib.Motion  # the QDs' motion populations (qdjax.sim.motion)
+  tissue: tissue_lib.Tissue  # tissue motion and structured background (qdjax.sim.tissue)
   num_frames: int = struct.field(pytree_node=False, default=2)
 
 
@@ -87,6 +89,7 @@ def make_params(
   blink_on_s: float = 1.0,
   blink_off_s: float = 0.0,
   motion: motion_lib.Motion | Sequence[motion_lib.Population] | None = None,
+  tissue: tissue_lib.Tissue | None = None,
 ) -> MovieParams:
   """Validated MovieParams.
 
@@ -102,6 +105,8 @@ def make_params(
     motion: how the QDs move: a ``motion.Motion``, or populations
       (``motion.Population``) whose fractions sum to 1. Default: every QD free at the
       movie's D (drawn from the frame's ``diffusion_um2_s``).
+    tissue: tissue motion and structured background (``tissue.make_params``). Default:
+      the frame's ``tissue``, or none (no motion, the flat background).
 
   Raises:
     ValueError: naming the first bad value.
@@ -130,9 +135,14 @@ def make_params(
     motion = motion_lib.make_motion()
   elif not isinstance(motion, motion_lib.Motion):
     motion = motion_lib.make_motion(motion)
+  if tissue is None:
+    tissue = frame.tissue if frame.tissue is not None else tissue_lib.make_params()
+  elif not isinstance(tissue, tissue_lib.Tissue):
+    raise ValueError(f"tissue must be a qdjax.sim.tissue.Tissue, got {tissue!r}")
   f32 = lambda v: jnp.asarray(v, jnp.float32)
   return MovieParams(
-    frame=frame,
+    frame=frame.replace(tissue=None),  # the movie's tissue runs through the whole movie
+    tissue=tissue,
     frame_interval_s=f32(frame_interval_s),
     outside_px=f32(outside_px),
     blink_on_s=f32(blink_on_s),
@@ -149,12 +159,17 @@ class Movie:
   Attributes:
     counts: [T, h, w] recorded values (photons, or detector output).
     expected: [T, h, w] noise-free expected photons.
-    keypoints: [T, P, 2] trajectory centroid (x, y) px; NaN where not present.
+    keypoints: [T, P, 2] trajectory centroid (x, y) px of where the QD appeared (with the
+      tissue's displacement); NaN where not present.
     centroids: [T, P, 2] the same for every QD, present or not.
+    tissue_centroids: [T, P, 2] the trajectory centroid in the tissue's frame (without
+      the displacement), px; equal to ``centroids`` without tissue motion.
     present: [T, P] bool (see the module docstring).
-    z: [T, P] z centroid, um.
+    z: [T, P] z centroid (with the displacement), um.
     on_fraction: [T, P] fraction of the frame's lines the QD was on (0 for absent QDs).
-    start_um: [T, P, 3] position at each frame's first sample, um.
+    start_um: [T, P, 3] position at each frame's first sample in the tissue's frame, um.
+    tissue_um: [T, h, 3] the tissue's displacement d at the middle of each line, um.
+    tissue_phase: [2] the breathing and heartbeat phases, radians.
     active: [P] bool, which QDs exist.
     diffusion: [] the movie's D, um^2/s (drawn from the frame's ``diffusion_um2_s``): every
       QD's D under the default motion.
@@ -165,13 +180,16 @@ class Movie:
   expected: jax.Array
   keypoints: jax.Array
   centroids: jax.Array
+  tissue_centroids: jax.Array
   present: jax.Array
   z: jax.Array
   on_fraction: jax.Array
   start_um: jax.Array
+  tissue_um: jax.Array
   active: jax.Array
   diffusion: jax.Array
   motion: motion_lib.QDMotion
+  tissue_phase: jax.Array
 
 
 def _start_positions(key, params: MovieParams):
@@ -202,7 +220,7 @@ _MOTION_STREAM = 0x6D6F74
 
 def _start(key, params: MovieParams):
   """What a movie draws once: which QDs exist, the movie's D, each QD's motion, the
-  per-frame key, the first state."""
+  tissue's phases and texture, the per-frame key, the first state."""
   frame = params.frame
   k_count, k_d, k_start, k_blink0, k_frames = jax.random.split(key, 5)
   lo, hi = frame.num_particles
@@ -215,13 +233,18 @@ def _start(key, params: MovieParams):
   start = _start_positions(k_start, params)
   k_motion = jax.random.fold_in(key, _MOTION_STREAM)
   qd = motion_lib.sample(k_motion, params.motion, diffusion, start)
-  return active, diffusion, qd, k_frames, (start, on0)
+  modes = tissue_lib.draw(jax.random.fold_in(key, tissue_lib.STREAM), params.tissue)
+  return active, diffusion, (qd, modes), k_frames, (start, on0)
 
 
-def _scan_frames(params: MovieParams, active, qd, k_frames, carry, indices):
+def _scan_frames(params: MovieParams, active, drawn, k_frames, carry, indices):
   """Frames ``indices`` (consecutive) from ``carry``, the state at the end of the frame
   before the first: (new carry, per-frame arrays). Each frame draws its random numbers
-  from ``fold_in(k_frames, index)``, so a movie is the same in one scan or in pieces."""
+  from ``fold_in(k_frames, index)``, so a movie is the same in one scan or in pieces.
+
+  The paths are carried in the tissue's frame; each frame shows them, and the background,
+  where the tissue's displacement carries them at each sample's time."""
+  qd, modes = drawn
   frame = params.frame
   h = frame.height
   line = scan.line_period(frame.width, frame.dwell_s, frame.retrace_s)
@@ -248,18 +271,27 @@ def _scan_frames(params: MovieParams, active, qd, k_frames, carry, indices):
 
     on_last, on_lines = jax.lax.scan(one_line, on, (u, dts))
     emitting = active[:, None] & on_lines.T  # [P, h]
-    expected = simulate.expected_image(positions, emitting, frame)
-    centroid, z = simulate.trajectory_centroid(positions, frame)
+    start_s = index * params.frame_interval_s
+    seen, background, tissue_um = tissue_lib.observe(
+      params.tissue, modes, frame, positions, start_s
+    )
+    expected = simulate.expected_image(seen, emitting, frame, background)
+    centroid, z = simulate.trajectory_centroid(seen, frame)
+    tissue_centroid = centroid
+    if params.tissue.moving:
+      tissue_centroid = simulate.trajectory_centroid(positions, frame)[0]
     on_fraction = jnp.where(active, on_lines.mean(axis=0), 0.0)
     present = active & simulate.inside_frame(centroid, frame) & (on_fraction >= 0.5)
     out = dict(
       expected=expected,
       keypoints=jnp.where(present[:, None], centroid, jnp.nan),
       centroids=centroid,
+      tissue_centroids=tissue_centroid,
       present=present,
       z=z,
       on_fraction=on_fraction,
       start_um=start,
+      tissue_um=tissue_um,
       noise_key=k_noise,
     )
     return (positions[:, -1, -1, -1], on_last), out
@@ -268,17 +300,25 @@ def _scan_frames(params: MovieParams, active, qd, k_frames, carry, indices):
 
 
 def _render_noise_free(key, params: MovieParams):
-  active, diffusion, qd, k_frames, init = _start(key, params)
+  active, diffusion, drawn, k_frames, init = _start(key, params)
   indices = jnp.arange(params.num_frames)
-  _, frames = _scan_frames(params, active, qd, k_frames, init, indices)
+  _, frames = _scan_frames(params, active, drawn, k_frames, init, indices)
   noise_keys = frames.pop("noise_key")
-  movie = Movie(counts=None, active=active, diffusion=diffusion, motion=qd, **frames)
+  qd, modes = drawn
+  movie = Movie(
+    counts=None,
+    active=active,
+    diffusion=diffusion,
+    motion=qd,
+    tissue_phase=modes.phases,
+    **frames,
+  )
   return movie, noise_keys
 
 
 @jax.jit
-def _render_piece(params: MovieParams, active, qd, k_frames, carry, indices):
-  carry, frames = _scan_frames(params, active, qd, k_frames, carry, indices)
+def _render_piece(params: MovieParams, active, drawn, k_frames, carry, indices):
+  carry, frames = _scan_frames(params, active, drawn, k_frames, carry, indices)
   noise_keys = frames.pop("noise_key")
   frames["counts"] = detector.record_batch(noise_keys, frames["expected"], params.frame)
   return carry, frames
@@ -301,34 +341,55 @@ def iter_frames(params: MovieParams, seed: int, chunk: int | None = None) -> Ite
 
   Yields:
     dicts with ``generate``'s per-frame arrays for the next frames (images, expected,
-    keypoints, centroids, present, z, on_fraction), in order, the movie's diffusion and
-    the per-QD ``qd_*`` arrays (``motion.truth_arrays``).
+    keypoints, centroids, tissue_centroids, present, z, on_fraction, tissue_um,
+    tissue_time_s), in order, the movie's diffusion and tissue_phase and the per-QD
+    ``qd_*`` arrays (``motion.truth_arrays``).
   """
   chunk = piece_frames(params) if chunk is None else chunk
   if chunk < 1:
     raise ValueError(f"chunk must be >= 1, got {chunk}")
-  active, diffusion, qd, k_frames, carry = jax.jit(_start)(jax.random.key(seed), params)
+  active, diffusion, drawn, k_frames, carry = jax.jit(_start)(jax.random.key(seed), params)
   movie_diffusion = np.float32(jax.device_get(diffusion))
-  per_qd = motion_lib.truth_arrays(qd, active)
+  per_qd = motion_lib.truth_arrays(drawn[0], active)
+  phases = np.asarray(jax.device_get(drawn[1].phases), np.float32)
   for first in range(0, params.num_frames, chunk):
-    indices = jnp.arange(first, min(first + chunk, params.num_frames))
-    carry, frames = _render_piece(params, active, qd, k_frames, carry, indices)
+    last = min(first + chunk, params.num_frames)
+    indices = jnp.arange(first, last)
+    carry, frames = _render_piece(params, active, drawn, k_frames, carry, indices)
     frames = jax.device_get(frames)
     yield {
       "images": np.asarray(frames["counts"], np.float32),
       **{k: np.asarray(frames[k], _PER_FRAME[k]) for k in _PER_FRAME},
+      "tissue_time_s": tissue_times(params, first, last),
       "diffusion": movie_diffusion,
+      "tissue_phase": phases,
       **per_qd,
     }
+
+
+def tissue_times(params: MovieParams, first: int = 0, last: int | None = None) -> np.ndarray:
+  """When ``tissue_um`` holds the tissue's displacement: the middle of each line's
+  recording (the mean of its sample times), s from the movie's start.
+
+  Returns:
+    [last - first, h] float64 seconds, frames ``first`` .. ``last - 1`` (default all).
+  """
+  last = params.num_frames if last is None else last
+  frame = params.frame
+  line = float(frame.retrace_s) + frame.width * float(frame.dwell_s)
+  within = np.arange(frame.height) * line + frame.width * float(frame.dwell_s) / 2
+  return np.arange(first, last)[:, None] * float(params.frame_interval_s) + within
 
 
 _PER_FRAME = {  # generate's per-frame arrays beside the images, and their dtypes
   "expected": np.float32,
   "keypoints": np.float32,
   "centroids": np.float32,
+  "tissue_centroids": np.float32,
   "present": bool,
   "z": np.float32,
   "on_fraction": np.float32,
+  "tissue_um": np.float32,
 }
 
 
@@ -363,9 +424,11 @@ def generate(params: MovieParams, seed: int) -> dict:
 
   Returns:
     dict with images [T, h, w] f32, expected [T, h, w], keypoints [T, P, 2] (NaN where not
-    present), centroids [T, P, 2], present [T, P], z [T, P], on_fraction [T, P],
-    diffusion [], frame_interval_s [] and each QD's motion, [P, ...] arrays named ``qd_*``
-    (``motion.truth_arrays``).
+    present), centroids [T, P, 2], tissue_centroids [T, P, 2] (in the tissue's frame),
+    present [T, P], z [T, P], on_fraction [T, P], tissue_um [T, h, 3] (the tissue's
+    displacement d, um, at tissue_time_s [T, h], the middle of each line, s),
+    tissue_phase [2], diffusion [], frame_interval_s [] and each QD's motion, [P, ...]
+    arrays named ``qd_*`` (``motion.truth_arrays``).
   """
   return as_arrays(render(jax.random.key(seed), params), params)
 
@@ -378,9 +441,13 @@ def as_arrays(one: Movie, params: MovieParams) -> dict:
     "expected": np.asarray(out.expected, np.float32),
     "keypoints": np.asarray(out.keypoints, np.float32),
     "centroids": np.asarray(out.centroids, np.float32),
+    "tissue_centroids": np.asarray(out.tissue_centroids, np.float32),
     "present": np.asarray(out.present, bool),
     "z": np.asarray(out.z, np.float32),
     "on_fraction": np.asarray(out.on_fraction, np.float32),
+    "tissue_um": np.asarray(out.tissue_um, np.float32),
+    "tissue_time_s": tissue_times(params),
+    "tissue_phase": np.asarray(out.tissue_phase, np.float32),
     "diffusion": np.float32(out.diffusion),
     "frame_interval_s": np.float32(params.frame_interval_s),
     **motion_lib.truth_arrays(out.motion, out.active),
@@ -388,8 +455,8 @@ def as_arrays(one: Movie, params: MovieParams) -> dict:
 
 
 def params_record(params: MovieParams, preset=None) -> dict:
-  """The frame's ``params`` record (docs/spec.md, section 6), the movie's timing, blinking
-  and motion populations."""
+  """The frame's ``params`` record (docs/spec.md, section 6), the movie's timing, blinking,
+  motion populations and tissue."""
   from qdjax.sim import data
 
   record = data.params_record(params.frame, preset)
@@ -400,12 +467,14 @@ def params_record(params: MovieParams, preset=None) -> dict:
     blink_on_s=float(params.blink_on_s),
     blink_off_s=float(params.blink_off_s),
     populations=[p.to_dict() for p in params.motion.populations()],
+    tissue=params.tissue.to_dict(),
   )
   return record
 
 
 def output_paths(path: str) -> list[str]:
-  """The files ``save`` writes for ``path``: itself, and beside a .tif its truth and params.
+  """The files ``save`` writes for ``path``: itself, and beside a .tif its truth, params and
+  tissue displacement (``<stem>_truth.csv``, ``<stem>_params.json``, ``<stem>_tissue.csv``).
 
   Raises:
     ValueError: ``path`` ends in neither .npz nor .tif/.tiff.
@@ -415,7 +484,7 @@ def output_paths(path: str) -> list[str]:
   if not path.endswith((".tif", ".tiff")):
     raise ValueError(f"movie output must end in .npz or .tif, got {path}")
   stem = path.rsplit(".", 1)[0]
-  return [path, stem + "_truth.csv", stem + "_params.json"]
+  return [path, stem + "_truth.csv", stem + "_params.json", stem + "_tissue.csv"]
 
 
 def check_output_paths(path: str, inputs=()) -> list[str]:
@@ -444,7 +513,7 @@ def write(
   files go to temporary names and are renamed together when complete.
 
   Args:
-    path: .npz, or .tif/.tiff (with ``<stem>_truth.csv`` and ``<stem>_params.json``).
+    path: .npz, or .tif/.tiff (with the files of ``output_paths`` beside it).
     params, seed: the movie.
     record: the ``params`` record (``params_record``).
     chunk: frames per piece (default ``piece_frames``).
@@ -462,7 +531,8 @@ def write(
   paths = output_paths(path)
   t = params.num_frames
   h, w = params.frame.height, params.frame.width
-  small = {k: [] for k in ("keypoints", "centroids", "present", "z", "on_fraction")}
+  small = {k: [] for k in _PER_FRAME if k != "expected"}
+  small["tissue_time_s"] = []
   diffusion = {}
   desc = progress if isinstance(progress, str) else "simulate"
 
@@ -472,7 +542,9 @@ def write(
       for k, parts in small.items():
         parts.append(piece[k])
       # The movie's D and each QD's motion (qd_*), the same in every piece.
-      diffusion.update({k: v for k, v in piece.items() if k == "diffusion" or k[:3] == "qd_"})
+      diffusion.update(
+        {k: v for k, v in piece.items() if k in ("diffusion", "tissue_phase") or k[:3] == "qd_"}
+      )
       if spill is not None:
         spill.write(np.ascontiguousarray(piece["expected"]).data)
       bar.update(len(piece["images"]))
@@ -507,13 +579,12 @@ def write(
     import tifffile
 
     with contextlib.ExitStack() as stack:
-      tif_tmp, truth_tmp, params_tmp = (stack.enter_context(io.atomic_path(f)) for f in paths)
+      tmps = [stack.enter_context(io.atomic_path(f)) for f in paths]
       pages = (page for piece in images(bar) for page in piece)
       tifffile.imwrite(
-        tif_tmp, data=pages, shape=(t, h, w), dtype=np.float32, photometric="minisblack"
+        tmps[0], data=pages, shape=(t, h, w), dtype=np.float32, photometric="minisblack"
       )
-      _truth_table(small_arrays()).to_csv(truth_tmp, index=False)
-      params_tmp.write_text(json.dumps(record, indent=1, sort_keys=True) + "\n")
+      _write_beside(tmps, small_arrays(), record)
   return paths
 
 
@@ -552,8 +623,10 @@ def _truth_table(arrays: dict):
 def save(path: str, arrays: dict, record: dict) -> list[str]:
   """Writes a movie: .npz (arrays + ``params`` JSON), or .tif (the images) with
   ``<stem>_truth.csv`` (frame, particle, x, y, z_um, present, on_fraction and, per QD,
-  active, motion, population, D_um2_s, radius_um, speed_um_s, vx_um_s, vy_um_s) and
-  ``<stem>_params.json`` beside it. Every file is written atomically.
+  active, motion, population, D_um2_s, radius_um, speed_um_s, vx_um_s, vy_um_s),
+  ``<stem>_params.json`` and ``<stem>_tissue.csv`` (frame, line, time_s, dx_um, dy_um,
+  dz_um: the tissue's displacement at the middle of each line) beside it. Every file is
+  written atomically.
 
   Returns:
     the paths written.
@@ -569,12 +642,43 @@ def save(path: str, arrays: dict, record: dict) -> list[str]:
   paths = output_paths(path)
   import tifffile
 
-  truth = _truth_table(arrays)
-  # All three are written under temporary names first and renamed only when all are
-  # complete, so a failure on the last leaves none of them.
+  # All are written under temporary names first and renamed only when all are complete,
+  # so a failure on the last leaves none of them.
   with contextlib.ExitStack() as stack:
-    tif_tmp, truth_tmp, params_tmp = (stack.enter_context(io.atomic_path(f)) for f in paths)
-    tifffile.imwrite(tif_tmp, arrays["images"], photometric="minisblack")
-    truth.to_csv(truth_tmp, index=False)
-    params_tmp.write_text(json.dumps(record, indent=1, sort_keys=True) + "\n")
+    tmps = [stack.enter_context(io.atomic_path(f)) for f in paths]
+    tifffile.imwrite(tmps[0], arrays["images"], photometric="minisblack")
+    _write_beside(tmps, arrays, record)
   return paths
+
+
+def _write_beside(tmps, arrays: dict, record: dict) -> None:
+  """The files beside a .tif movie (``output_paths``' others) at their temporary paths."""
+  import json
+
+  _, truth_tmp, params_tmp, tissue_tmp = tmps
+  _truth_table(arrays).to_csv(truth_tmp, index=False)
+  params_tmp.write_text(json.dumps(record, indent=1, sort_keys=True) + "\n")
+  _tissue_table(arrays).to_csv(tissue_tmp, index=False)
+
+
+def _tissue_table(arrays: dict):
+  """The .tif movie's ``<stem>_tissue.csv``: the tissue's displacement, one row per frame
+  and line (frame, line, time_s, dx_um, dy_um, dz_um)."""
+  import pandas as pd
+
+  shift = np.asarray(arrays["tissue_um"])
+  t, h = shift.shape[:2]
+  table = pd.DataFrame(
+    {
+      "frame": np.repeat(np.arange(t), h),
+      "line": np.tile(np.arange(h), t),
+      "time_s": np.asarray(arrays["tissue_time_s"]).reshape(-1),
+      "dx_um": shift[..., 0].reshape(-1),
+      "dy_um": shift[..., 1].reshape(-1),
+      "dz_um": shift[..., 2].reshape(-1),
+    }
+  )
+  table["time_s"] = table["time_s"].map(lambda v: f"{v:.9g}")
+  for column in ("dx_um", "dy_um", "dz_um"):
+    table[column] = table[column].map(lambda v: f"{v:.5g}")
+  return table

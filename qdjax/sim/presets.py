@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from qdjax.sim import simulate
+from qdjax.sim import tissue as tissue_lib
 
 CALIBRATION_DIR = Path(__file__).parents[1] / "calibration"
 
@@ -41,6 +42,10 @@ class Preset:
     provenance: one line per value: where it comes from.
     calibration: the calibration record (fit, per-cell gap), or None.
     blinking_s: (mean on, mean off) dwell times of a movie's QDs, s; off = 0: no blinking.
+    tissue: ``tissue.make_params`` values of the preparation's tissue motion and structured
+      background (docs/spec.md, section 1, "Tissue"); empty: none known.
+    tissue_on: whether movies and frames of this preset have them unless told
+      (``tissue_params``).
   """
 
   name: str
@@ -52,6 +57,21 @@ class Preset:
   provenance: types.MappingProxyType
   calibration: types.MappingProxyType | None = None
   blinking_s: tuple[float, float] = (1.0, 0.0)
+  tissue: types.MappingProxyType = dataclasses.field(
+    default_factory=lambda: types.MappingProxyType({})
+  )
+  tissue_on: bool = False
+
+  def tissue_params(self, on: bool | None = None, **overrides) -> tissue_lib.Tissue:
+    """The preset's tissue motion and background (``tissue.make_params``).
+
+    Args:
+      on: use the preset's ``tissue`` values; None: ``tissue_on``. Off: no motion and the
+        flat background, except for what ``overrides`` set.
+      **overrides: ``tissue.make_params`` values that replace the preset's.
+    """
+    on = self.tissue_on if on is None else on
+    return tissue_lib.make_params(**{**(dict(self.tissue) if on else {}), **overrides})
 
   def sim_params(self, diffusion=None, regime: int | None = None, **overrides) -> simulate.Params:
     """Validated simulation Params.
@@ -132,6 +152,8 @@ def _paper() -> Preset:
     "pmt_alpha": "unused (Poisson detector); default: sl2pm's calibration, 0.44 per a.u.",
     "pmt_dark_sigma": "unused (Poisson detector); default: sl2pm's calibration, 8.1 a.u.",
     "pmt_offset": "unused (Poisson detector); default: sl2pm's calibration, -2.74 a.u.",
+    "tissue": "none: no tissue motion and the flat background B, as the study's simulated "
+    "frames (spec section 1)",
   }
   return _calibrated("paper", values, regimes, provenance)
 
@@ -167,6 +189,40 @@ def _calibrated(name: str, values: dict, regimes, provenance: dict) -> Preset:
 INVIVO_SPOT_TOTAL = (90.0, 160.0)
 INVIVO_SPOT_SD_PX = (1.0, 1.5)
 INVIVO_BACKGROUND = (0.6, 1.2)
+
+
+# Tissue motion and background of an anaesthetised mouse's brain under a cranial window
+# (docs/spec.md, section 1, "Tissue"). Available to the invivo preset but off by default:
+# turned on, every invivo movie and frame would change, and with them the invivo
+# benchmarks, calibrations and shipped models made without it.
+INVIVO_TISSUE = {
+  "breathing_um": (0.0, 1.0, 0.5),
+  "breathing_hz": 1.5,
+  "heartbeat_um": (0.0, 0.25, 0.25),
+  "heartbeat_hz": 8.0,
+  "drift_um_s": (0.01, 0.01, 0.0),
+  "texture_cv": 0.5,
+  "texture_um": 0.4,
+}
+_OFF = "off by default (Preset.tissue_params(on=True), simulate.py --tissue)"
+INVIVO_TISSUE_PROVENANCE = {
+  "tissue": f"{_OFF}: turned on it would change every invivo movie and frame, and the "
+  "benchmarks, calibrations and models made from them",
+  "tissue.breathing_hz": "measured: 1.5 Hz (90/min), just below the 94-163/min of a mouse "
+  "(Loyola University Chicago, Comparative Medicine, mouse anaesthesia notes), since "
+  "anaesthesia slows breathing",
+  "tissue.heartbeat_hz": "measured: 8 Hz (480/min); mice under isoflurane kept 463-489 "
+  "beats/min (PLoS ONE 11:e0154936, 2016, Fig 2); mouse range 325-780/min (Loyola)",
+  "tissue.breathing_um": "first probe: (0, 1, 0.5) um half peak-to-peak, mostly along one "
+  "in-plane axis and z; Dombeck et al. 2007 (Neuron 56:43) saw brain motion limited to "
+  "~2-5 um in running awake mice, mostly in the focal plane; anaesthetised breathing is "
+  "taken as smaller",
+  "tissue.heartbeat_um": "first probe: (0, 0.25, 0.25) um; heartbeat micromotion limits in "
+  "vivo two-photon imaging (Paukert & Bergles 2012, J Physiol), its size here not measured",
+  "tissue.drift_um_s": "first probe: 0.01 um/s in x and y (0.6 um per minute)",
+  "tissue.texture_cv": "first probe: relative sd 0.5 of the autofluorescent background",
+  "tissue.texture_um": "first probe: 0.4 um correlation length, about twice the PSF's sxy",
+}
 
 
 def _invivo() -> Preset:
@@ -211,8 +267,10 @@ def _invivo() -> Preset:
     "epsilons_px": "as paper: the study's 1, 2, 3 px (0.2, 0.4, 0.6 um at this pixel size)",
     "regimes": "placeholder D1=1, D2=5, D3=10*D1, pending experiments/calibrate.py "
     "--config=experiments/configs/calibrate_invivo.py --install",
+    **INVIVO_TISSUE_PROVENANCE,
   }
-  return _calibrated("invivo", values, regimes, provenance)
+  preset = _calibrated("invivo", values, regimes, provenance)
+  return dataclasses.replace(preset, tissue=types.MappingProxyType(dict(INVIVO_TISSUE)))
 
 
 def config_overrides(overrides, preset: Preset) -> dict[str, Any]:
@@ -288,7 +346,7 @@ def get(name: str) -> Preset:
 
 # The spec-named values a preset file may set (sections 1 and 7), and its other keys.
 FILE_VALUES = tuple(
-  f.name for f in dataclasses.fields(simulate.Params) if f.name != "diffusion_um2_s"
+  f.name for f in dataclasses.fields(simulate.Params) if f.name not in ("diffusion_um2_s", "tissue")
 )
 FILE_EXTRAS = (
   "preset",  # a name for the record (default: the file's name)
@@ -418,6 +476,8 @@ def load_file(path) -> Preset:
     epsilons_px=tuple(epsilons),
     split_sizes=base.split_sizes,
     blinking_s=tuple(blinking),
+    tissue=base.tissue,
+    tissue_on=base.tissue_on,
     provenance=types.MappingProxyType(provenance),
     calibration=types.MappingProxyType(
       {k: record[k] for k in ("standard_errors", "fit") if k in record}

@@ -10,7 +10,13 @@ fields with several QDs. Here each training frame draws its own values from wide
 - the detector: Poisson photon counts, or PMT output (Gamma(3n, alpha) plus Gaussian dark
   noise and an offset) over a range of alpha and dark sigma around sl2pm's 0.44 and 8.1;
 - D log-uniform over 0.05 to 20 um^2/s, PSF widths, pixel size, z range and start margin;
-- 0 to several QDs per frame, the upper bound growing with the frame's area.
+- 0 to several QDs per frame, the upper bound growing with the frame's area;
+- optionally (``tissue_fraction`` of the frames; 0 by default) tissue: motion within the
+  frame (breathing, heartbeat, drift, so spots are sheared line by line) and a structured
+  background (a log-normal texture, sometimes a vessel edge, a slow gradient;
+  ``qdjax.sim.tissue``). Off by default, so that the shipped general model's training
+  distribution, and any run of its config, stay what they were; set
+  ``prior.tissue_fraction`` (e.g. 0.5) to train a detector that has seen them.
 
 Frame sizes cycle by step (``frame_size``): each step's frames share one size, so a step
 is one static shape and each size compiles once. Geometry that is not drawn (dwell,
@@ -35,6 +41,7 @@ import jax
 import jax.numpy as jnp
 
 from qdjax.sim import detector, simulate
+from qdjax.sim import tissue as tissue_lib
 
 # Value ranges drawn log-uniform (scale parameters); the others are uniform.
 LOG_UNIFORM = (
@@ -59,9 +66,25 @@ RANGES = (
   "pmt_dark_sigma",
   "pmt_offset",
 )
+# Tissue ranges (drawn from a stream of their own, so the others stay as they were): per
+# axis for amplitudes and drift (drift with a random sign), per frame for the rest.
+TISSUE_RANGES = (
+  "texture_cv",
+  "texture_um",
+  "vessel_contrast",
+  "vessel_width_um",
+  "gradient_per_um",
+  "breathing_um",
+  "breathing_hz",
+  "heartbeat_um",
+  "heartbeat_hz",
+  "drift_um_s",
+)
+TISSUE_LOG_UNIFORM = ("texture_um", "vessel_width_um")
+_TISSUE_STREAM = 0x70746973
 # Values that must be > 0 (the rest >= 0).
 _POSITIVE = ("peak_photons", "background_ratio", "diffusion_um2_s", "sigma_xy_um")
-_POSITIVE += ("sigma_z_um", "pixel_size_um", "pmt_alpha")
+_POSITIVE += ("sigma_z_um", "pixel_size_um", "pmt_alpha", "texture_um", "vessel_width_um")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -93,6 +116,19 @@ class Prior:
     min_max_particles: the smallest upper bound of the QD count.
     reference_area: px; each step's presence loss (a sum over pixels) is scaled by
       reference_area / (h * w), so a step of large frames does not take a larger SGD step.
+    tissue_fraction: the probability that a frame has tissue motion and a structured
+      background (``qdjax.sim.tissue``); 0 (the default): none, as before they existed.
+    texture_cv: (lo, hi) relative sd of the texture, uniform.
+    texture_um: (lo, hi) its correlation length, um, log-uniform.
+    vessel_fraction: the probability that a tissue frame shows a vessel edge.
+    vessel_contrast: (lo, hi) its relative brightness, uniform.
+    vessel_width_um: (lo, hi) its FWHM, um, log-uniform; its direction is uniform and its
+      centre line within a quarter of the frame's width of the centre.
+    gradient_per_um: (lo, hi) the gradient's size, relative change per um, uniform, in a
+      uniform direction.
+    breathing_um, heartbeat_um: (lo, hi) amplitude, um, uniform per axis.
+    breathing_hz, heartbeat_hz: (lo, hi) frequency, Hz, uniform.
+    drift_um_s: (lo, hi) drift speed per axis, um/s, uniform, with a random sign.
   """
 
   peak_photons: tuple[float, float] = (1.5, 40.0)
@@ -112,6 +148,18 @@ class Prior:
   particles_per_px: float = 1 / 400
   min_max_particles: int = 2
   reference_area: int = 600
+  tissue_fraction: float = 0.0
+  texture_cv: tuple[float, float] = (0.1, 0.8)
+  texture_um: tuple[float, float] = (0.2, 1.0)
+  vessel_fraction: float = 0.3
+  vessel_contrast: tuple[float, float] = (0.3, 2.0)
+  vessel_width_um: tuple[float, float] = (0.3, 2.0)
+  gradient_per_um: tuple[float, float] = (0.0, 0.05)
+  breathing_um: tuple[float, float] = (0.0, 1.5)
+  breathing_hz: tuple[float, float] = (1.0, 3.0)
+  heartbeat_um: tuple[float, float] = (0.0, 0.5)
+  heartbeat_hz: tuple[float, float] = (5.0, 10.0)
+  drift_um_s: tuple[float, float] = (0.0, 0.5)
 
   def __post_init__(self):
     check(self)
@@ -139,7 +187,7 @@ def json_ready(value):
 
 def check(prior: Prior) -> None:
   """Raises ValueError naming the first bad value of a ``Prior``."""
-  for name in RANGES:
+  for name in RANGES + TISSUE_RANGES:
     value = getattr(prior, name)
     try:
       lo, hi = (float(v) for v in value)
@@ -152,8 +200,9 @@ def check(prior: Prior) -> None:
     if (lo < 0 and name != "pmt_offset") or (name in _POSITIVE and lo <= 0):
       bound = "> 0" if name in _POSITIVE else ">= 0"
       raise ValueError(f"prior.{name} must be {bound}, got {value!r}")
-  if not 0 <= prior.pmt_fraction <= 1:
-    raise ValueError(f"prior.pmt_fraction must be in [0, 1], got {prior.pmt_fraction}")
+  for name in ("pmt_fraction", "tissue_fraction", "vessel_fraction"):
+    if not 0 <= getattr(prior, name) <= 1:
+      raise ValueError(f"prior.{name} must be in [0, 1], got {getattr(prior, name)}")
   if not prior.frame_sizes:
     raise ValueError("prior.frame_sizes is empty")
   for size in prior.frame_sizes:
@@ -208,6 +257,18 @@ def config():
   block.particles_per_px = defaults.particles_per_px  # max QDs per frame per px of area
   block.min_max_particles = defaults.min_max_particles  # a frame may hold at least 0..this
   block.reference_area = defaults.reference_area  # presence loss scaled by this / (h*w)
+  block.tissue_fraction = defaults.tissue_fraction  # share of frames with tissue (0: none)
+  block.texture_cv = defaults.texture_cv  # texture's relative sd, uniform
+  block.texture_um = defaults.texture_um  # texture's correlation length, um, log-uniform
+  block.vessel_fraction = defaults.vessel_fraction  # share of tissue frames with a vessel
+  block.vessel_contrast = defaults.vessel_contrast  # vessel band's relative brightness
+  block.vessel_width_um = defaults.vessel_width_um  # vessel band's FWHM, um, log-uniform
+  block.gradient_per_um = defaults.gradient_per_um  # background gradient, relative per um
+  block.breathing_um = defaults.breathing_um  # breathing amplitude per axis, um
+  block.breathing_hz = defaults.breathing_hz  # breathing frequency, Hz
+  block.heartbeat_um = defaults.heartbeat_um  # heartbeat amplitude per axis, um
+  block.heartbeat_hz = defaults.heartbeat_hz  # heart rate, Hz
+  block.drift_um_s = defaults.drift_um_s  # drift speed per axis, um/s, random sign
   return block
 
 
@@ -225,7 +286,7 @@ def from_config(block) -> Prior:
     values["frame_sizes"] = parse_sizes(values["frame_sizes"])
   else:
     values["frame_sizes"] = tuple(tuple(s) for s in values["frame_sizes"])
-  for name in RANGES:
+  for name in RANGES + TISSUE_RANGES:
     if name in values:
       values[name] = tuple(values[name])
   return Prior(**values)
@@ -250,6 +311,53 @@ def sample_values(key, prior: Prior, num_frames: int) -> dict[str, jax.Array]:
     values["peak_photons"] * values["background_ratio"] + values["background_extra"]
   )
   return values
+
+
+def sample_tissue(key, prior: Prior, num_frames: int, width_um) -> tissue_lib.Tissue:
+  """One frame's tissue per frame: a ``tissue.Tissue`` whose leaves lead with
+  [num_frames]. A frame has tissue with probability ``tissue_fraction`` (the others: no
+  motion and the flat background) and, if so, a vessel with ``vessel_fraction``.
+
+  Args:
+    width_um: [num_frames] each frame's width, um (where the vessel may run).
+  """
+  keys = iter(jax.random.split(key, len(TISSUE_RANGES) + 6))
+  n = num_frames
+
+  def uniform(name, shape=()):
+    lo, hi = getattr(prior, name)
+    u = jax.random.uniform(next(keys), (n, *shape))
+    if name in TISSUE_LOG_UNIFORM:
+      return lo * (hi / lo) ** u
+    return lo + (hi - lo) * u
+
+  on = jax.random.uniform(next(keys), (n,)) < prior.tissue_fraction
+  vessel = on & (jax.random.uniform(next(keys), (n,)) < prior.vessel_fraction)
+  gradient_angle = jax.random.uniform(next(keys), (n,), maxval=2 * math.pi)
+  sign = jnp.where(jax.random.bernoulli(next(keys), 0.5, (n, 3)), 1.0, -1.0)
+  vessel_angle = jax.random.uniform(next(keys), (n,), maxval=180.0)
+  offset = (jax.random.uniform(next(keys), (n,)) - 0.5) * width_um / 2
+  gradient = uniform("gradient_per_um")[:, None] * jnp.stack(
+    [jnp.cos(gradient_angle), jnp.sin(gradient_angle)], axis=-1
+  )
+  scalar = lambda v: jnp.where(on, v, 0.0)
+  axes = lambda v: jnp.where(on[:, None], v, 0.0)
+  return tissue_lib.Tissue(
+    texture_cv=scalar(uniform("texture_cv")),
+    texture_um=uniform("texture_um"),
+    vessel_contrast=jnp.where(vessel, uniform("vessel_contrast"), 0.0),
+    vessel_width_um=uniform("vessel_width_um"),
+    vessel_angle_deg=vessel_angle,
+    vessel_offset_um=offset,
+    gradient_per_um=axes(gradient),
+    breathing_um=axes(uniform("breathing_um", (3,))),
+    breathing_hz=uniform("breathing_hz"),
+    heartbeat_um=axes(uniform("heartbeat_um", (3,))),
+    heartbeat_hz=uniform("heartbeat_hz"),
+    drift_um_s=axes(uniform("drift_um_s", (3,)) * sign),
+    moving=True,
+    structured=True,
+  )
 
 
 # The simulate.Params leaves set per frame from ``sample_values``.
@@ -293,6 +401,10 @@ def draw(key, prior: Prior, base: simulate.Params, height: int, width: int, num_
   values = sample_values(k_values, prior, num_frames)
   keys = jax.random.split(k_frames, num_frames)
   params = frame_params(values, base, height, width, prior.max_particles(height, width), "pmt")
+  if prior.tissue_fraction > 0:
+    k_tissue = jax.random.fold_in(k_values, _TISSUE_STREAM)
+    width_um = width * values["pixel_size_um"]
+    params = params.replace(tissue=sample_tissue(k_tissue, prior, num_frames, width_um))
   frames, noise_keys = simulate.render_noise_free_batch(keys, params, per_frame=True)
   cut = num_frames - round(num_frames * prior.pmt_fraction)
   counts = []

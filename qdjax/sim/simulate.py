@@ -25,6 +25,7 @@ from flax import struct
 from jax.scipy.special import erf
 
 from qdjax.sim import detector, scan
+from qdjax.sim import tissue as tissue_lib
 
 _SQRT2 = math.sqrt(2.0)
 
@@ -54,6 +55,8 @@ class Params:
   pmt_alpha: Any = 0.44
   pmt_dark_sigma: Any = 8.1
   pmt_offset: Any = -2.74
+  # Tissue motion and structured background (qdjax.sim.tissue.Tissue); None: neither.
+  tissue: Any = None
   height: int = struct.field(pytree_node=False, default=24)
   width: int = struct.field(pytree_node=False, default=25)
   substeps: int = struct.field(pytree_node=False, default=1)
@@ -73,6 +76,10 @@ class Params:
       if f.name in PMT_FIELDS and self.detector != "pmt":
         continue
       value = getattr(self, f.name)
+      if f.name == "tissue":
+        if value is not None:
+          out[f.name] = value.to_dict()
+        continue
       if f.name == "diffusion_um2_s":
         lo, hi = (_round32(v) for v in jnp.asarray(value))
         value = lo if lo == hi else [lo, hi]
@@ -107,7 +114,9 @@ _FINITE = ("pmt_offset",)
 def make_params(**values) -> Params:
   """Validated ``Params`` from spec-named values.
 
-  ``diffusion_um2_s`` may be a number or a (lo, hi) pair. Unknown names are an error.
+  ``diffusion_um2_s`` may be a number or a (lo, hi) pair; ``tissue`` a
+  ``qdjax.sim.tissue.Tissue`` (tissue motion within the frame and a structured
+  background) or None. Unknown names are an error.
 
   Raises:
     ValueError: naming the first bad parameter.
@@ -131,7 +140,7 @@ def make_params(**values) -> Params:
   for name, value in values.items():
     if name == "diffusion_um2_s":
       value = jnp.asarray(value, jnp.float32)
-    elif name not in ("height", "width", "substeps", "num_particles", "detector"):
+    elif name not in ("height", "width", "substeps", "num_particles", "detector", "tissue"):
       value = jnp.asarray(value, jnp.float32)
     fields[name] = value
   defaults = dict(
@@ -190,6 +199,8 @@ def check_params(values: Mapping[str, Any]) -> None:
     lo, hi = values["num_particles"]
     if lo < 0 or hi < lo:
       raise ValueError(f"num_particles must be (min, max) with 0 <= min <= max, got {lo}:{hi}")
+  if values.get("tissue") is not None and not isinstance(values["tissue"], tissue_lib.Tissue):
+    raise ValueError(f"tissue must be a qdjax.sim.tissue.Tissue, got {values['tissue']!r}")
   if "detector" in values and values["detector"] not in detector.MODELS:
     raise ValueError(
       f"detector must be one of {sorted(detector.MODELS)}, got {values['detector']!r}"
@@ -287,7 +298,7 @@ def _cumsum_last(x):
   return jnp.matmul(x, upper, precision=jax.lax.Precision.HIGHEST)
 
 
-def expected_image(positions, active, params: Params):
+def expected_image(positions, active, params: Params, background=None):
   """Expected photons per pixel, lambda = B + N * time-average of the 2P PSF.
 
   The QD is held at its sample position for each of the K slices of a dwell, and the
@@ -301,6 +312,8 @@ def expected_image(positions, active, params: Params):
     active: [P] bool, which QDs exist; or [P, h], which QDs emit on each line (a
       blinking QD in a movie).
     params: Params.
+    background: [h, w] expected background photons (a structured background,
+      ``qdjax.sim.tissue``); None: the flat ``params.background_photons``.
 
   Returns:
     lam: [h, w] expected photons.
@@ -318,7 +331,9 @@ def expected_image(positions, active, params: Params):
   psf = sweep * jnp.exp(-((y - y_beam) ** 2) / (2 * s_xy**2) - z**2 / (2 * s_z**2))
   active = jnp.asarray(active)
   psf = jnp.where(active.reshape(active.shape + (1,) * (4 - active.ndim)), psf, 0.0)
-  return params.background_photons + params.peak_photons * psf.mean(axis=-1).sum(axis=0)
+  if background is None:
+    background = params.background_photons
+  return background + params.peak_photons * psf.mean(axis=-1).sum(axis=0)
 
 
 def trajectory_centroid(positions, params: Params):
@@ -345,11 +360,17 @@ def _render_noise_free(key, params: Params):
   active = jnp.arange(params.max_particles) < count
   diffusion = sample_diffusion(k_d, params)
   positions = brownian_paths(k_path, params, diffusion, start_positions(k_start, params))
+  background = None
+  if params.tissue is not None:
+    # The QDs start in the tissue's frame; the frame shows them, and the background, where
+    # the moving tissue carries them at each sample (t from the frame's first sample).
+    modes = tissue_lib.draw(jax.random.fold_in(key, tissue_lib.STREAM), params.tissue)
+    positions, background, _ = tissue_lib.observe(params.tissue, modes, params, positions)
   keypoints, z = trajectory_centroid(positions, params)
   present = active & inside_frame(keypoints, params)
   frame = Frame(
     counts=None,
-    expected=expected_image(positions, active, params),
+    expected=expected_image(positions, active, params, background),
     keypoints=jnp.where(present[:, None], keypoints, jnp.nan),
     present=present,
     z=jnp.where(present, z, jnp.nan),
