@@ -1,3 +1,3 @@
 """The simulator: raster scan, frames, detector noise (Poisson, PMT), movies, motion populations,
-the training prior and the microscope presets.
+tissue motion and structured backgrounds, the training prior and the microscope presets.
 """

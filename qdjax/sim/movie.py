@@ -27,6 +27,11 @@ Ground truth per frame and QD (the QD's identity is its index): the trajectory c
 the frame's recorded samples, its z centroid, the fraction of lines it was on, and
 ``present``: the QD exists, its centroid lies inside the frame (docs/spec.md, section 1) and it was
 on for at least half of the frame's lines; per QD, its motion (``Movie.motion``).
+Tissue motion and a structured background (``params.tissue``, ``qdjax.sim.tissue``;
+none by default): the paths are drawn and carried in the tissue's frame, and every sample
+sees them, and the background, displaced by d(t), t = f * frame_interval_s + the sample's
+time in the frame. The centroids above are then where the QDs appeared; the truth adds the
+tissue-frame centroids and d at the middle of each line (``tissue_um``, [T, h, 3]).
 Everything is a pure function of the key, vmapped over movies; the same key gives the same
 movie in any batch.
 """

@@ -5,7 +5,10 @@ Pure functions, keys first, in the style of jax-md:
     params = simulate.make_params(height=24, width=25, diffusion_um2_s=0.3, ...)
     frames = simulate.simulate_batch(jax.random.key(0), params, 128)
 
-``render(key, params)`` draws one frame; ``simulate_batch`` is its jitted vmap.
+``render(key, params)`` draws one frame; ``simulate_batch`` is its jitted vmap. With
+``params.tissue`` (``qdjax.sim.tissue``) a frame also has tissue motion within it (the QDs
+and background displaced by d(t) at each sample, t from the frame's first sample) and a
+structured background; ``keypoints`` are then where the QDs appeared.
 ``expected_image`` is the deterministic, differentiable heart: the expected photon count
 of every pixel given the QD paths, used by the simulator, the tests and (later) the
 calibration to real frames.
