@@ -16,7 +16,9 @@ is significant, and each track's D comes from the covariance-based estimator (Ve
 et al. 2014) per axis, with the raster scan's blur and the localisation error corrected
 and missed frames allowed, or from the maximum-likelihood estimator where the
 localisation error dominates (docs/diffusion.md). Every choice can be set instead
-(--min_score, --max_diffusion, --drift, --estimator).
+(--min_score, --max_diffusion, --drift, --tissue, --estimator). Before linking, the
+tissue's own motion (breathing, heartbeat) is read from the background, line by line, and
+taken out of the detections where it is significant (--tissue; docs/diffusion.md).
 
 One movie: writes --output (frame,x,y,score,particle; px, the centre of pixel (0, 0) is
 (0, 0)) and --diffusion_output (particle, n_detections, n_frames_spanned, D_um2_s,
@@ -24,7 +26,8 @@ D_se_um2_s, estimator, D_x_um2_s, D_y_um2_s, sigma_x_um, sigma_y_um, D_msd_um2_s
 motion columns; D may be negative on a noisy track, since the estimator is unbiased, and
 sigma 0 means the estimated sigma^2 came out <= 0). --plot also writes <output>.png, a
 quality report (score histogram and threshold, detections per frame, track lengths,
-tracks and MSD curves labelled by particle, common motion), and <output>_drift.csv.
+tracks and MSD curves labelled by particle, common motion), <output>_drift.csv, and the
+tissue's motion per strip of lines, <output>_tissue.csv and <output>_tissue.png.
 --napari writes <output>_napari.csv (track_id,t,y,x: napari's Tracks layer) and
 --trackmate <output>_trackmate.xml (opens in Fiji: Plugins > Tracking > Load a TrackMate
 file). It prints the ensemble D over tracks (weighted by displacements) and an
@@ -33,13 +36,14 @@ as every script's (qdjax/cli.py): 0, or 2 for a bad input or a movie with no tra
 
 Several movies, or --output_dir: each movie <stem> gives <stem>_tracks.csv,
 <stem>_diffusion.csv and <stem>_settings.json (the settings, the input's size and time,
-its summary) in --output_dir (and <stem>_tracks.png, <stem>_drift.csv, <stem>_napari.csv,
-<stem>_trackmate.xml as asked), and summary.csv one row per movie (name, path, status
-done|skipped|failed, error, frames, tracks, D_um2_s, D_se_um2_s, D_edge_um2_s,
-D_edge_se_um2_s, drift_subtracted, drift_x_px, drift_y_px, seconds), rewritten as each
-movie finishes. A rerun skips movies whose outputs exist with the same settings
-(--overwrite tracks them again). A movie that fails (unreadable, wrong shape, no track)
-gets its error in its row and the others go on. --workers=N runs N worker processes (a
+its summary) in --output_dir (and <stem>_tracks.png, <stem>_drift.csv, <stem>_tissue.csv,
+<stem>_tissue.png, <stem>_napari.csv, <stem>_trackmate.xml as asked), and summary.csv one
+row per movie (name, path, status done|skipped|failed, error, frames, tracks, D_um2_s,
+D_se_um2_s, D_edge_um2_s, D_edge_se_um2_s, drift_subtracted, drift_x_px, drift_y_px,
+tissue_corrected, tissue_rms_px, seconds), rewritten as each movie finishes. A rerun skips
+movies whose outputs exist with the same settings (--overwrite tracks them again). A movie
+that fails (unreadable, wrong shape, no track) gets its error in its row and the others go
+on. --workers=N runs N worker processes (a
 local Dask cluster, each loading the model once), --scheduler=ADDRESS a running Dask
 cluster's workers. It prints the summary table; the exit status is 0 when no movie
 failed, 2 when those that failed had bad input, 1 when any failed otherwise (a full
@@ -117,6 +121,13 @@ _DRIFT = flags.DEFINE_enum(
   ["auto", "on", "off"],
   "Subtract motion common to all tracks: where significant (auto), always, never.",
 )
+_TISSUE = flags.DEFINE_enum(
+  "tissue",
+  "auto",
+  ["auto", "on", "off"],
+  "Correct for the tissue's motion read from the background: where significant (auto), "
+  "always, never (not even estimated).",
+)
 _ESTIMATOR = flags.DEFINE_enum(
   "estimator",
   "auto",
@@ -132,7 +143,10 @@ _WINDOW = flags.DEFINE_integer(
 )
 _CHUNK = flags.DEFINE_integer("chunk", 256, "Frames per chunk (bounds memory).", lower_bound=1)
 _PLOT = flags.DEFINE_bool(
-  "plot", False, "Also write a quality report <output>.png and the motion <output>_drift.csv."
+  "plot",
+  False,
+  "Also write a quality report <output>.png, the common motion <output>_drift.csv and the "
+  "tissue's motion <output>_tissue.csv and <output>_tissue.png.",
 )
 
 
@@ -146,6 +160,7 @@ def _track_options() -> dict:
     "min_score": _MIN_SCORE.value,
     "window": _WINDOW.value,
     "drift": {"auto": None, "on": True, "off": False}[_DRIFT.value],
+    "tissue": {"auto": None, "on": True, "off": False}[_TISSUE.value],
     "estimator": _ESTIMATOR.value,
   }
 
@@ -156,9 +171,12 @@ def _one_movie(input_path: str) -> None:
   stem = _OUTPUT.value.rsplit(".", 1)[0]
   plot = stem + ".png" if _PLOT.value else None
   drift_csv = stem + "_drift.csv" if _PLOT.value else None
+  tissue_csv = stem + "_tissue.csv" if _PLOT.value else None
+  tissue_png = stem + "_tissue.png" if _PLOT.value else None
   napari_csv = stem + "_napari.csv" if _NAPARI.value else None
   trackmate_xml = stem + "_trackmate.xml" if _TRACKMATE.value else None
-  extras = [p for p in (plot, drift_csv, napari_csv, trackmate_xml) if p is not None]
+  extras = [plot, drift_csv, tissue_csv, tissue_png, napari_csv, trackmate_xml]
+  extras = [p for p in extras if p is not None]
   # Every output is checked before any work: none may be a directory, the input or another.
   written = [input_path]
   for path in (_OUTPUT.value, _DIFFUSION_OUTPUT.value, *extras):
@@ -173,6 +191,8 @@ def _one_movie(input_path: str) -> None:
     preset,
     plot_path=plot,
     drift_path=drift_csv,
+    tissue_path=tissue_csv,
+    tissue_plot_path=tissue_png,
     **_track_options(),
   )
   if napari_csv or trackmate_xml:

@@ -227,3 +227,48 @@ def training_curves(records: list[dict], path) -> None:
   fig.tight_layout()
   io.save_figure(fig, path, dpi=100)
   plt.close(fig)
+
+
+def tissue_figure(motion, path, pixel_size_um: float, truth=None, frame=None):
+  """The tissue's motion read from the background: x and y displacement per strip of lines
+  against time, in um (and the true motion, dashed, where known); optionally one frame
+  beside it, so the shear it corrects is seen.
+
+  Args:
+    motion: ``qdjax.tracks.registration.TissueMotion``, or None (not estimated: the figure
+      says so).
+    path: PNG to write (atomically).
+    pixel_size_um: a.
+    truth: optional (time_s [n], shift_px [n, 2]) of the true motion.
+    frame: optional [h, w] image to show on the left.
+  """
+  panels = 2 if frame is not None else 1
+  fig, axes = plt.subplots(
+    1, panels, figsize=(4.2 * (panels - 1) + 9, 3.6), squeeze=False,
+    gridspec_kw={"width_ratios": [1] * (panels - 1) + [2.4]},
+  )  # fmt: skip
+  axes = axes[0]
+  if frame is not None:
+    axes[0].imshow(frame, cmap="magma", interpolation="nearest")
+    axes[0].set_title("a recorded frame")
+    axes[0].set_axis_off()
+  ax = axes[-1]
+  if motion is None:
+    ax.text(0.5, 0.5, "tissue motion not estimated (frame too small)", ha="center")
+    ax.set_axis_off()
+  else:
+    for i, (name, color) in enumerate((("x", "C0"), ("y", "C3"))):
+      ax.plot(motion.time_s, motion.shift_px[:, i] * pixel_size_um, color=color, lw=0.8,
+              label=f"{name}, estimated")  # fmt: skip
+      if truth is not None:
+        time, shift = truth
+        ax.plot(time, shift[:, i] * pixel_size_um, "--", color="k", lw=0.8,
+                label="true" if i == 0 else None)  # fmt: skip
+    state = "corrected" if motion.applied else "not corrected"
+    ax.set(xlabel="time (s)", ylabel="displacement (um)",
+           title=f"tissue motion, {state}: {motion.reason}")  # fmt: skip
+    ax.title.set_fontsize(9)
+    ax.legend(fontsize=8, ncol=3)
+  fig.tight_layout()
+  io.save_figure(fig, path, dpi=110)
+  plt.close(fig)

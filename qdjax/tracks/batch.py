@@ -65,6 +65,8 @@ SUMMARY_COLUMNS = [
   "drift_subtracted",  # whether motion common to all tracks was subtracted
   "drift_x_px",  # that motion's total over the movie, px
   "drift_y_px",
+  "tissue_corrected",  # whether the tissue's motion read from the background was taken out
+  "tissue_rms_px",  # that motion's spread (x and y together), px
   "seconds",  # wall time of tracking the recording (of the run that did it, when skipped)
 ]
 SUMMARY_FILE = "summary.csv"
@@ -75,6 +77,8 @@ OUTPUT_SUFFIXES = {
   "settings": "_settings.json",
   "plot": "_tracks.png",
   "drift": "_drift.csv",
+  "tissue": "_tissue.csv",
+  "tissue_plot": "_tissue.png",
   "napari": "_napari.csv",
   "trackmate": "_trackmate.xml",
 }
@@ -338,6 +342,7 @@ def one_line(error: BaseException) -> str:
 def summary_row(summary: dict) -> dict:
   """A recording's ``SUMMARY_COLUMNS`` values from ``tracking.track_file``'s summary."""
   ens, field, drift = summary["ensemble"], summary["field_ensemble"], summary["drift"]
+  tissue = summary.get("tissue")
   return {
     "frames": int(summary["frames"]),
     "tracks": int(summary["tracks"]),
@@ -348,6 +353,8 @@ def summary_row(summary: dict) -> dict:
     "drift_subtracted": bool(drift["applied"]),
     "drift_x_px": float(drift["total_px"][0]),
     "drift_y_px": float(drift["total_px"][1]),
+    "tissue_corrected": None if tissue is None else bool(tissue["applied"]),
+    "tissue_rms_px": None if tissue is None else float(math.hypot(*tissue["rms_px"])),
   }
 
 
@@ -399,6 +406,8 @@ def track_one(task: Task) -> tuple[dict, int, int]:
       preset,
       plot_path=outputs.get("plot"),
       drift_path=outputs.get("drift"),
+      tissue_path=outputs.get("tissue"),
+      tissue_plot_path=outputs.get("tissue_plot"),
       progress=False,
       **task.track_options,
     )
@@ -572,7 +581,7 @@ def _run_on_dask(tasks, finished, progress, workers, scheduler):
 def output_paths(output_dir: Path, stem: str, *, plot=False, napari=False, trackmate=False):
   """What a recording named ``stem`` writes in ``output_dir`` (``OUTPUT_SUFFIXES``)."""
   names = ["tracks", "diffusion", "settings"]
-  names += ["plot", "drift"] if plot else []
+  names += ["plot", "drift", "tissue", "tissue_plot"] if plot else []
   names += (["napari"] if napari else []) + (["trackmate"] if trackmate else [])
   return {name: str(output_dir / f"{stem}{OUTPUT_SUFFIXES[name]}") for name in names}
 
@@ -610,7 +619,8 @@ def track_many(
       ``scheduler``: every recording in this process, one after another.
     scheduler: a running Dask scheduler's address (or a cluster object) to use instead.
     overwrite: track every recording again, even where matching outputs exist.
-    plot: also write ``<stem>_tracks.png`` (quality report) and ``<stem>_drift.csv``.
+    plot: also write ``<stem>_tracks.png`` (quality report), ``<stem>_drift.csv``,
+      ``<stem>_tissue.csv`` and ``<stem>_tissue.png``.
     napari: also write ``<stem>_napari.csv`` (``interop.write_napari_csv``).
     trackmate: also write ``<stem>_trackmate.xml`` (``interop.write_trackmate_xml``).
     progress: a progress bar over recordings.
@@ -710,6 +720,7 @@ _TRACK_OPTIONS = (
   "min_score",
   "window",
   "drift",
+  "tissue",
   "estimator",
   "motion_types",
 )
@@ -733,11 +744,12 @@ def describe(summary: pd.DataFrame) -> str:
     shown[column] = shown[column].map(
       lambda v: "" if v is None or (isinstance(v, float) and math.isnan(v)) else f"{v:.4g}"
     )
-  for column in ("drift_x_px", "drift_y_px", "seconds"):
+  for column in ("drift_x_px", "drift_y_px", "tissue_rms_px", "seconds"):
     shown[column] = shown[column].map(lambda v: "" if pd.isna(v) else f"{v:.2f}")
   for column in ("frames", "tracks"):
     shown[column] = shown[column].map(lambda v: "" if pd.isna(v) else str(int(v)))
-  shown["drift_subtracted"] = shown["drift_subtracted"].map(lambda v: "" if pd.isna(v) else str(v))
+  for column in ("drift_subtracted", "tissue_corrected"):
+    shown[column] = shown[column].map(lambda v: "" if v is None or pd.isna(v) else str(v))
   lines = [shown.to_string(index=False)]
   counts = summary["status"].value_counts()
   lines.append(", ".join(f"{counts.get(s, 0)} {s}" for s in ("done", "skipped", "failed")))

@@ -38,7 +38,7 @@ from tqdm.auto import tqdm
 from qdjax import io
 from qdjax.localize import locator
 from qdjax.sim import movie
-from qdjax.tracks import diffusion
+from qdjax.tracks import diffusion, registration
 
 TRACK_COLUMNS = ["frame", "x", "y", "score", "particle"]
 DIFFUSION_COLUMNS = [
@@ -56,6 +56,7 @@ DIFFUSION_COLUMNS = [
 ]
 MIN_DETECTIONS = 10  # a D from 9 displacements has a relative SE of about 0.3 at best
 LINK_QUANTILE = 0.9999  # the search range holds this share of a QD's steps
+MIN_REGISTER_PX = 32  # smaller frames are not registered for tissue motion
 
 
 def _trackpy():
@@ -656,6 +657,8 @@ class Result:
     windows: the edge-weighted windows of the tracks (``field_windows``), motion removed.
     populations: the D populations over tracks (``populations.fit_populations``), or None
       with fewer than 5 tracks.
+    tissue: the tissue's motion read from the background (``registration.TissueMotion``),
+      or None where not estimated.
   """
 
   tracks: pd.DataFrame
@@ -667,6 +670,7 @@ class Result:
   mean_frame: np.ndarray
   windows: pd.DataFrame
   populations: object = None
+  tissue: object = None
 
   def __iter__(self):
     """``tracks, per_track = result``."""
@@ -686,6 +690,7 @@ def track_movie(
   min_score: float | None = None,
   window: int = 20,
   drift: bool | None = None,
+  tissue: bool | None = None,
   estimator: str = "auto",
   motion_types: bool = True,
   progress: bool = False,
@@ -705,6 +710,9 @@ def track_movie(
     min_score: drop detections scoring below this (default: ``score_threshold``).
     window: frames per window of the edge-corrected ensemble D (``field_windows``).
     drift: subtract the common motion: None, where it is significant; True; False.
+    tissue: correct the detections for the tissue's motion read from the background
+      (``qdjax.tracks.registration``): None, where it is significant; True; False (not
+      even estimated).
     estimator: 'auto', 'cve' or 'mle'.
     motion_types: classify each track's motion and fit D populations (``qdjax.tracks.populations``).
     progress: a progress bar over frames.
@@ -730,11 +738,33 @@ def track_movie(
     preset, h, w, frame_interval_s, min_frames=min_detections, estimator=estimator
   )
   detections, mean_frame = detect(frames, locate, chunk, progress)
+  found = None
+  if tissue is not False:
+    found = tissue_motion(
+      frames, detections, registration.timing_for(preset, h, w, analysis.frame_interval_s),
+      min_score=min_score, progress=progress,
+    )  # fmt: skip
+    if found is not None and tissue is True:
+      found = dataclasses.replace(found, applied=True, reason=found.reason + "; applied as asked")
   return track_detections(
     detections, t, h, w, analysis, max_diffusion=max_diffusion, memory=memory,
     min_score=min_score, window=window, drift=drift, motion_types=motion_types,
-    mean_frame=mean_frame,
+    mean_frame=mean_frame, tissue=found,
   )  # fmt: skip
+
+
+def tissue_motion(
+  frames, detections: pd.DataFrame, timing, *, min_score=None, progress: bool = False
+):
+  """The tissue's motion read from the movie's background, with the QDs (the detections
+  above the score threshold) left out; None for frames under ``MIN_REGISTER_PX`` on a side.
+  """
+  t, h, w = frames.shape
+  if min(h, w) < MIN_REGISTER_PX:
+    return None
+  chosen = score_threshold(detections["score"]) if min_score is None else float(min_score)
+  qds = detections if chosen is None else detections[detections["score"] >= chosen]
+  return registration.estimate(frames, timing, exclude=qds, progress=progress)
 
 
 def track_detections(
@@ -751,10 +781,15 @@ def track_detections(
   drift: bool | None = None,
   motion_types: bool = True,
   mean_frame=None,
+  tissue=None,
 ) -> Result:
   """Steps 2-6 of the pipeline (module docstring) on a movie's detections (frame, x, y,
-  score); ``track_movie``'s arguments, with ``analysis.min_frames`` the shortest track."""
+  score); ``track_movie``'s arguments, with ``analysis.min_frames`` the shortest track and
+  ``tissue`` the tissue's motion (``registration.TissueMotion``; corrected for when its
+  ``applied``)."""
   t, h, w = num_frames, height, width
+  if tissue is not None and tissue.applied:
+    detections = registration.correct(detections, tissue)
   if min_score is not None and math.isnan(min_score):
     raise ValueError("min_score must be a number, got nan")
   chosen = score_threshold(detections["score"]) if min_score is None else float(min_score)
@@ -818,12 +853,15 @@ def track_detections(
     ),
     "populations": None if found is None else found.table().to_dict("list"),
     "immobile_population": None if found is None else found.immobile,
+    "tissue": None if tissue is None else tissue.summary(),
     "blur_coefficient": [float(v) for v in np.broadcast_to(analysis.blur, (2,))],
     "frame_interval_s": analysis.frame_interval_s,
   }
   if mean_frame is None:
     mean_frame = np.zeros((h, w))
-  return Result(tracks, table, detections, summary, motion, analysis, mean_frame, windows, found)
+  return Result(
+    tracks, table, detections, summary, motion, analysis, mean_frame, windows, found, tissue
+  )
 
 
 def track_file(
@@ -835,11 +873,14 @@ def track_file(
   *,
   plot_path: str | None = None,
   drift_path: str | None = None,
+  tissue_path: str | None = None,
+  tissue_plot_path: str | None = None,
   progress: bool = True,
   **options,
 ) -> dict:
   """``track_movie`` on a movie file; writes the tracks and diffusion CSVs (and a PNG
-  quality report, and the common motion's CSV) together, only once all is done.
+  quality report, the common motion's CSV, the tissue motion's CSV and its PNG) together,
+  only once all is done.
 
   Args:
     input_path: .npy, .npz (``images``) or .tif movie, (T, H, W) with T >= 2.
@@ -849,6 +890,9 @@ def track_file(
     preset: the microscope.
     plot_path: PNG quality report (``plotting.tracks_figure``).
     drift_path: CSV of the common motion per frame.
+    tissue_path: CSV of the tissue's motion per strip of lines
+      (``registration.TissueMotion.table``; only a header where it was not estimated).
+    tissue_plot_path: PNG of that motion (``plotting.tissue_figure``).
     options: ``track_movie``'s keyword arguments.
 
   Returns:
@@ -857,7 +901,8 @@ def track_file(
   Raises:
     FileNotFoundError, ValueError: bad input, or no track found; nothing is written.
   """
-  outputs = [p for p in (tracks_path, diffusion_path, plot_path, drift_path) if p is not None]
+  outputs = [tracks_path, diffusion_path, plot_path, drift_path, tissue_path, tissue_plot_path]
+  outputs = [p for p in outputs if p is not None]
   for path in outputs:
     io.check_output_path(path)
   frames = io.open_frames(input_path, movie=True)
@@ -881,11 +926,35 @@ def track_file(
     if drift_path is not None:
       io.write_csv(staged[drift_path], result.motion.table(), {"drift_x_px": "%.4f",
                                                                  "drift_y_px": "%.4f"})  # fmt: skip
-    if plot_path is not None:
+    if tissue_path is not None:
+      io.write_csv(staged[tissue_path], tissue_table(result), {"time_s": "%.6f"})
+    if plot_path is not None or tissue_plot_path is not None:
       from qdjax import plotting
 
-      plotting.tracks_figure(result, staged[plot_path])
+      if plot_path is not None:
+        plotting.tracks_figure(result, staged[plot_path])
+      if tissue_plot_path is not None:
+        plotting.tissue_figure(
+          result.tissue, staged[tissue_plot_path], result.analysis.pixel_size_um
+        )
   return result.summary
+
+
+def tissue_table(result: Result) -> pd.DataFrame:
+  """The tissue's motion per strip (``registration.TissueMotion.table``, with um), or its
+  columns only where it was not estimated."""
+  if result.tissue is not None:
+    return result.tissue.table(result.analysis.pixel_size_um)
+  columns = ["frame", "line", "time_s", "dx_px", "dy_px", "dx_se_px", "dy_se_px", "dx_um", "dy_um"]
+  return pd.DataFrame(columns=columns)
+
+
+def _tissue_line(tissue: dict | None) -> list[str]:
+  if tissue is None:
+    return []
+  rms = ", ".join(f"{v:.2g}" for v in tissue["rms_px"])
+  state = "corrected" if tissue["applied"] else "not corrected"
+  return [f"tissue motion {state}: {tissue['reason']}; rms (x, y) {rms} px"]
 
 
 def describe(summary: dict) -> str:
@@ -903,6 +972,7 @@ def describe(summary: dict) -> str:
     f"ensemble D = {ens['D_um2_s']:.4g} +- {ens['D_se_um2_s']:.2g} um^2/s "
     f"(x {ens['D_x_um2_s']:.4g}, y {ens['D_y_um2_s']:.4g}); edge-corrected over "
     f"{field['windows']} windows: {field['D_um2_s']:.4g} +- {field['D_se_um2_s']:.2g} um^2/s",
+    *_tissue_line(summary.get("tissue")),
     "common motion "
     + ("subtracted" if drift["applied"] else "not subtracted")
     + f" (p = {drift['p_value']:.2g}, total {drift['total_px'][0]:.2f}, "

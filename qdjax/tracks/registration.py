@@ -1,0 +1,524 @@
+"""Tissue motion read from the movie itself, and taken out of the detections.
+
+In vivo the sample moves while the beam scans it (breathing, heartbeat, slow drift): every
+line is recorded where the tissue was at that line's time, so a frame is sheared line by
+line and every QD's track carries the tissue's motion on top of its own. The tissue's
+autofluorescent texture moves with it, so the motion can be read from the background:
+
+1. a reference image of the tissue is the movie's mean, smoothed;
+2. each strip of ``strip_lines`` consecutive lines (about 10 ms of a 96-line frame) is
+   registered to the reference by maximum likelihood: the strip's counts are Poisson with
+   means the reference shifted by s, and the log-likelihood of every integer shift
+   ``|s| <= max_shift_px`` is one FFT cross-correlation; a parabola through the best shift
+   and its neighbours gives the subpixel shift and, from its curvature, the shift's
+   precision;
+3. the reference is rebuilt from the frames with the estimated motion taken out (each line
+   put back where the tissue was), and the strips registered again; first whole frames
+   (coarse), then strips, twice.
+
+The estimate is a displacement (x, y) in px per strip, relative to the reference, at the
+strip's middle time. A detection at (x, y) in frame f was recorded at
+``f * frame_interval + y * line_period + x * dwell``; its corrected position is
+(x, y) minus the displacement interpolated at that time. The tissue's z motion changes
+brightness only and is not corrected.
+
+Whether to correct is read from the movie too: the left and right halves of the frame,
+registered apart, see the same tissue motion at the same times, while the noise of a
+plain background, or a QD the mask missed, moves each on its own. The motion is corrected
+when the halves' shifts correlate (one-sided test at ``ALPHA``, with the effective sample
+size of two autocorrelated series) and the motion they share exceeds the noise of their
+mean (``MIN_SIGNAL_TO_NOISE``). Details and
+measured figures in docs/diffusion.md.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import math
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pandas as pd
+from scipy import stats
+
+from qdjax import io
+
+STRIP_LINES = 8  # lines registered together
+ALPHA = 1e-3  # significance of the motion test
+MIN_SIGNAL_TO_NOISE = 1.0  # corrected only where the shared motion exceeds its noise
+REFERENCE_FRAMES = 200  # frames (evenly spread) that build the reference
+CLIP_QUANTILE = 0.995  # counts above this quantile (QDs) are clipped before registering
+MIN_SHIFT_PX = 4  # search at least this far
+ITERATIONS = 3  # reference rebuilds
+COARSE_STRIPS = 4  # strips per frame of the first, wide search
+FINE_REACH_PX = 4  # fine strips search this far from the coarse estimate
+
+
+@dataclasses.dataclass(frozen=True)
+class Timing:
+  """When each pixel was recorded: ``frame * frame_interval_s + line * line_period_s +
+  column * dwell_s``."""
+
+  frame_interval_s: float
+  line_period_s: float
+  dwell_s: float
+
+  def times(self, frame, x, y):
+    """Seconds from the movie's start at which (x, y) px of ``frame`` was recorded."""
+    frame, x, y = (np.asarray(v, np.float64) for v in (frame, x, y))
+    return frame * self.frame_interval_s + y * self.line_period_s + x * self.dwell_s
+
+
+def timing_for(preset, height: int, width: int, frame_interval_s=None) -> Timing:
+  """The scan timing of a ``height x width`` movie recorded with ``preset``."""
+  from qdjax.sim import scan
+  from qdjax.tracks import diffusion
+
+  params = preset.sim_params(height=height, width=width)
+  line = float(scan.line_period(width, float(params.dwell_s), float(params.retrace_s)))
+  if frame_interval_s is None:
+    frame_interval_s = diffusion.default_frame_interval(params)
+  return Timing(float(frame_interval_s), line, float(params.dwell_s))
+
+
+@dataclasses.dataclass(frozen=True)
+class TissueMotion:
+  """The tissue's displacement estimated from the movie.
+
+  Attributes:
+    frame, line: [n] the frame and middle line of each registered strip.
+    time_s: [n] its middle time, s from the movie's start.
+    shift_px: [n, 2] displacement (x, y) of the tissue relative to the reference, px.
+    se_px: [n, 2] each shift's standard error from the likelihood's curvature (Poisson
+      counts; for detector units other than photons, a scale off).
+    noise_px: [2] the noise of a coarse strip's shift, from the frame's two halves
+      registered apart (sd(left - right) / 2), px.
+    rms_px: [2] the trace's spread about its mean, px.
+    p_value: the test of no motion (smooth trace against independent noise).
+    applied: whether the detections are corrected.
+    reason: why it is or is not applied, in words.
+    timing: the scan's timing (when each pixel was recorded).
+  """
+
+  frame: np.ndarray
+  line: np.ndarray
+  time_s: np.ndarray
+  shift_px: np.ndarray
+  se_px: np.ndarray
+  noise_px: np.ndarray
+  rms_px: np.ndarray
+  p_value: float
+  applied: bool
+  reason: str
+  timing: Timing
+
+  def at(self, time_s) -> np.ndarray:
+    """[k, 2] displacement (x, y) px at the given times, linear between strips."""
+    time_s = np.asarray(time_s, np.float64)
+    return np.stack([np.interp(time_s, self.time_s, self.shift_px[:, i]) for i in (0, 1)], -1)
+
+  def table(self, pixel_size_um: float | None = None) -> pd.DataFrame:
+    """One row per strip: frame, line, time_s, dx_px, dy_px, their SEs (and in um)."""
+    out = pd.DataFrame(
+      {
+        "frame": self.frame,
+        "line": self.line,
+        "time_s": self.time_s,
+        "dx_px": self.shift_px[:, 0],
+        "dy_px": self.shift_px[:, 1],
+        "dx_se_px": self.se_px[:, 0],
+        "dy_se_px": self.se_px[:, 1],
+      }
+    )
+    if pixel_size_um is not None:
+      out["dx_um"] = out["dx_px"] * pixel_size_um
+      out["dy_um"] = out["dy_px"] * pixel_size_um
+    return out
+
+  def summary(self) -> dict:
+    return {
+      "applied": self.applied,
+      "p_value": self.p_value,
+      "rms_px": [float(v) for v in self.rms_px],
+      "noise_px": [float(v) for v in self.noise_px],
+      "strips": len(self.time_s),
+      "reason": self.reason,
+    }
+
+
+# --- the registration kernel -------------------------------------------------------------
+
+
+@functools.partial(jax.jit, static_argnames=("lines", "reach", "pad"))
+def strip_shifts(frames, valid, reference, prior, *, lines: int, reach: int, pad: int):
+  """Maximum-likelihood shift of every strip of ``lines`` lines against ``reference``.
+
+  The counts I of a strip are Poisson with means R(p - s), the reference shifted by s;
+  up to terms free of s the log-likelihood is sum_p I(p) log(R(p - s)/Rbar) -
+  (R(p - s) - Rbar), with both terms 0 where p - s leaves the reference (no information
+  there), evaluated for every integer s within ``reach`` of the strip's ``prior`` by one
+  FFT cross-correlation per strip.
+
+  Args:
+    frames: [n, h, w] counts (clipped).
+    valid: [n, h, w] 1 where a pixel is background, 0 where it is left out (QDs).
+    reference: [h + 2 pad, w + 2 pad] positive expected counts of the tissue, on a
+      canvas ``pad`` px wider than the frame on every side (tissue the motion brings into
+      view).
+    prior: [n, S, 2] integer (x, y) px around which each strip is searched, |prior| <=
+      pad.
+    lines: lines per strip (the last strip may be shorter).
+    reach: largest |shift - prior| searched per axis, px.
+    pad: the reference's margin.
+
+  Returns:
+    (shift [n, S, 2] (x, y) px, se [n, S, 2] px).
+  """
+  n, h, w = frames.shape
+  strips = -(-h // lines)
+  hp = strips * lines
+  mean = jnp.mean(reference[pad : pad + h, pad : pad + w])
+  # log(R / Rbar) and R - Rbar, zero beyond the canvas and on the padded rows below it.
+  margin = ((reach, hp - h + reach), (reach, reach))
+  g = jnp.pad(jnp.log(jnp.maximum(reference, 0.05 * mean) / mean), margin)
+  e = jnp.pad(reference - mean, margin)
+  size = (lines + 2 * reach, w + 2 * reach)
+  prior = jnp.clip(prior.astype(jnp.int32), -pad, pad)
+
+  def crop(image, row, offset):
+    # B(q) = R(row * lines + q_y - reach - offset_y, q_x - reach - offset_x) in frame
+    # coordinates, so that sum_p A(p) B(p - s) compares the strip with R moved by offset + s.
+    start = (row * lines + pad - offset[1], pad - offset[0])
+    return jax.lax.dynamic_slice(image, start, size)
+
+  rows = jnp.broadcast_to(jnp.arange(strips), (n, strips))
+  per_strip = jax.vmap(jax.vmap(crop, (None, 0, 0)), (None, 0, 0))
+  g_crops, e_crops = per_strip(g, rows, prior), per_strip(e, rows, prior)
+
+  def placed(strip):  # [n, S, lines, w] -> [n, S, size] with the strip at (reach, reach)
+    return jnp.pad(strip, [(0, 0), (0, 0), (reach, reach), (reach, reach)])
+
+  strip_of = lambda a: jnp.pad(a, ((0, 0), (0, hp - h), (0, 0))).reshape(n, strips, lines, w)
+  valid = strip_of(valid)
+  data = strip_of(frames) * valid
+  # sum_p a(p) b(p - s) = irfft(rfft(a) conj(rfft(b)))(s): circular, with no wrap for
+  # |s| <= reach; both terms share one inverse transform.
+  spectrum = jnp.fft.rfft2(placed(data)) * jnp.conj(jnp.fft.rfft2(g_crops)) - jnp.fft.rfft2(
+    placed(valid)
+  ) * jnp.conj(jnp.fft.rfft2(e_crops))
+  loglik = jnp.fft.irfft2(spectrum, s=size)
+  # Shifts -reach..reach along each axis, in order.
+  loglik = jnp.roll(loglik, (reach, reach), axis=(-2, -1))[..., : 2 * reach + 1, : 2 * reach + 1]
+  k = 2 * reach + 1
+  flat = loglik.reshape(n, strips, k * k)
+  best = jnp.argmax(flat, axis=-1)
+  by, bx = best // k, best % k
+  # Parabola through the best and its neighbours, per axis (none at the search's edge).
+  by_c, bx_c = jnp.clip(by, 1, k - 2), jnp.clip(bx, 1, k - 2)
+
+  def value(yy, xx):
+    return jnp.take_along_axis(flat, (yy * k + xx)[..., None], axis=-1)[..., 0]
+
+  def vertex(minus, centre, plus, inside):
+    curvature = minus - 2 * centre + plus
+    ok = inside & (curvature < 0)
+    safe = jnp.where(ok, curvature, -1.0)
+    offset = jnp.where(ok, 0.5 * (minus - plus) / safe, 0.0)
+    se = jnp.where(ok, 1 / jnp.sqrt(-safe), jnp.inf)
+    return jnp.clip(offset, -0.5, 0.5), se
+
+  ox, sx = vertex(value(by, bx_c - 1), value(by, bx_c), value(by, bx_c + 1), bx == bx_c)
+  oy, sy = vertex(value(by_c - 1, bx), value(by_c, bx), value(by_c + 1, bx), by == by_c)
+  shift = jnp.stack([bx + ox, by + oy], axis=-1) - reach + prior
+  return shift.astype(jnp.float32), jnp.stack([sx, sy], axis=-1).astype(jnp.float32)
+
+
+@functools.partial(jax.jit, static_argnames=("pad",))
+def _accumulate(frames, valid, line_shift, pad: int):
+  """Sums (counts, coverage) [h + 2 pad, w + 2 pad] of the valid pixels of frames with
+  each line put back where the tissue was: line r of frame i shifted by
+  -line_shift[i, r] (bilinear splat), on a canvas ``pad`` px wider on every side."""
+  n, h0, w0 = frames.shape
+  h, w = h0 + 2 * pad, w0 + 2 * pad
+  x = jnp.arange(w0, dtype=jnp.float32)[None, None, :] + pad - line_shift[:, :, None, 0]
+  y = jnp.arange(h0, dtype=jnp.float32)[None, :, None] + pad - line_shift[:, :, None, 1]
+  x, y = jnp.broadcast_to(x, (n, h0, w0)), jnp.broadcast_to(y, (n, h0, w0))
+  x0, y0 = jnp.floor(x), jnp.floor(y)
+  counts = jnp.zeros((h, w), jnp.float32)
+  cover = jnp.zeros((h, w), jnp.float32)
+  for dx in (0, 1):
+    for dy in (0, 1):
+      xi, yi = x0 + dx, y0 + dy
+      weight = (1 - jnp.abs(x - xi)) * (1 - jnp.abs(y - yi))
+      inside = (xi >= 0) & (xi < w) & (yi >= 0) & (yi < h)
+      weight = jnp.where(inside, weight, 0.0) * valid
+      xi = jnp.clip(xi, 0, w - 1).astype(jnp.int32)
+      yi = jnp.clip(yi, 0, h - 1).astype(jnp.int32)
+      counts = counts.at[yi, xi].add(weight * frames)
+      cover = cover.at[yi, xi].add(weight)
+  return counts, cover
+
+
+def _smooth(image: np.ndarray, sigma: float) -> np.ndarray:
+  from scipy import ndimage
+
+  return ndimage.gaussian_filter(image, sigma, mode="nearest")
+
+
+def _reference(blocks, valids, shifts, pad: int, sigma: float = 1.0) -> np.ndarray:
+  """The tissue's image from ``blocks`` ([n, h, w] each, with their ``valids``) and their
+  per-line shifts ([n, h, 2] each), on a canvas ``pad`` px wider than the frame on every
+  side: the normalised, smoothed mean, positive everywhere (the mean where never seen)."""
+  counts, cover = 0.0, 0.0
+  for block, valid, shift in zip(blocks, valids, shifts, strict=True):
+    c, v = _accumulate(jnp.asarray(block), jnp.asarray(valid), jnp.asarray(shift, jnp.float32), pad)
+    counts, cover = counts + np.asarray(c, np.float64), cover + np.asarray(v, np.float64)
+  counts, cover = _smooth(counts, sigma), _smooth(cover, sigma)
+  mean = counts.sum() / max(cover.sum(), 1e-12)
+  reference = np.where(cover > 1e-3 * cover.max(), counts / np.maximum(cover, 1e-12), mean)
+  return np.maximum(reference, 0.05 * max(mean, 1e-6))
+
+
+def background_mask(indices, shape, exclude: pd.DataFrame | None, radius_px: float):
+  """[n, h, w] float32: 0 within ``radius_px`` of a position in ``exclude`` (frame, x, y)
+  of the frames ``indices``, 1 elsewhere."""
+  n = len(indices)
+  h, w = shape
+  valid = np.ones((n, h, w), np.float32)
+  if exclude is None or len(exclude) == 0:
+    return valid
+  where = {int(f): i for i, f in enumerate(indices)}
+  rows = exclude[exclude["frame"].isin(where)]
+  r = int(math.ceil(radius_px))
+  dy, dx = np.mgrid[-r : r + 1, -r : r + 1]
+  disc = dx**2 + dy**2 <= radius_px**2
+  for f, x, y in zip(rows["frame"].to_numpy(), rows["x"].to_numpy(), rows["y"].to_numpy(),
+                     strict=True):  # fmt: skip
+    if not (np.isfinite(x) and np.isfinite(y)):
+      continue
+    cx, cy = int(round(x)), int(round(y))
+    ys, xs = cy + dy[disc], cx + dx[disc]
+    keep = (ys >= 0) & (ys < h) & (xs >= 0) & (xs < w)
+    valid[where[int(f)], ys[keep], xs[keep]] = 0.0
+  return valid
+
+
+def _centres(lines: int, h: int) -> np.ndarray:
+  """[S] the middle line of each strip of ``lines`` lines (the last may be shorter)."""
+  starts = np.arange(0, h, lines)
+  return starts + (np.minimum(lines, h - starts) - 1) / 2
+
+
+def _smoothed(shift: np.ndarray, size: int = 5) -> np.ndarray:
+  """[n, S, 2] strip shifts with each replaced by the median of the ``size`` strips around
+  it in recording order (outliers gone; motion slower than a few strips kept)."""
+  from scipy import ndimage
+
+  n, strips = shift.shape[:2]
+  flat = shift.reshape(n * strips, 2)
+  out = np.stack([ndimage.median_filter(flat[:, a], size, mode="nearest") for a in (0, 1)], -1)
+  return out.reshape(shift.shape)
+
+
+def _line_shifts(shift, lines: int, h: int) -> np.ndarray:
+  """[n, S, 2] strip shifts -> [n, h, 2] per line, linear between strip centres (over the
+  frames given, in order)."""
+  n = shift.shape[0]
+  centre = _centres(lines, h)
+  rows = np.arange(h)
+  return np.stack(
+    [np.stack([np.interp(rows, centre, shift[i, :, a]) for a in (0, 1)], -1) for i in range(n)]
+  )
+
+
+def _centred(shift: np.ndarray) -> np.ndarray:
+  """[n, S, 2] strip shifts less their median over frames, per strip: a reference built
+  from sheared frames is itself distorted line by line, which shows as a shift of each
+  strip that does not change over time; the tissue's own motion averages out over frames."""
+  return shift - np.median(shift, axis=0, keepdims=True)
+
+
+def halves_agree(left: np.ndarray, right: np.ndarray, max_lag: int = 50):
+  """Whether two registrations of the same strips (the frame's left and right halves) see
+  the same motion.
+
+  Returns:
+    (one-sided p of their correlation under independence, with the effective sample
+    size of two autocorrelated series (Bartlett: n / (1 + 2 sum_k rho_l(k) rho_r(k)));
+    the spread of the motion they share, sqrt(cov) px; the noise of their mean,
+    sd(left - right) / 2 px).
+  """
+  ok = np.isfinite(left) & np.isfinite(right)
+  left, right = left[ok] - np.mean(left[ok]), right[ok] - np.mean(right[ok])
+  n = len(left)
+  if n < 8 or np.std(left) == 0 or np.std(right) == 0:
+    return 1.0, 0.0, math.inf
+
+  def autocorrelation(x):
+    spectrum = np.fft.rfft(x, 2 * n)
+    acf = np.fft.irfft(spectrum * np.conj(spectrum))[: min(max_lag, n - 1) + 1]
+    return acf / acf[0]
+
+  inflation = 1 + 2 * np.sum(autocorrelation(left)[1:] * autocorrelation(right)[1:])
+  n_eff = max(4.0, n / max(inflation, 1.0))
+  r = float(np.corrcoef(left, right)[0, 1])
+  z = math.atanh(min(max(r, -0.999999), 0.999999)) * math.sqrt(n_eff - 3)
+  common = math.sqrt(max(float(np.mean(left * right)), 0.0))
+  return float(stats.norm.sf(z)), common, float(np.std(left - right) / 2)
+
+
+def estimate(
+  frames,
+  timing: Timing,
+  *,
+  exclude: pd.DataFrame | None = None,
+  exclude_radius_px: float = 3.0,
+  strip_lines: int = STRIP_LINES,
+  max_shift_px: int | None = None,
+  chunk: int = 64,
+  alpha: float = ALPHA,
+  progress: bool = False,
+) -> TissueMotion:
+  """The tissue's displacement per strip of lines, read from the movie's background.
+
+  Args:
+    frames: (T, H, W) movie (a memory map is read chunk by chunk).
+    timing: when each pixel was recorded (``timing_for``).
+    exclude: positions (frame, x, y px) that are not background, e.g. the QDs' detections:
+      the pixels within ``exclude_radius_px`` of them are left out. Bright QDs otherwise
+      pull each strip towards the brightest tissue nearby.
+    exclude_radius_px: radius of the discs left out, px.
+    strip_lines: lines per strip.
+    max_shift_px: largest displacement from the reference searched (default a quarter of
+      the frame's short side, at least ``MIN_SHIFT_PX``).
+    chunk: frames per registration call (bounds memory).
+    alpha: significance of the test of motion.
+    progress: a progress bar over frames.
+
+  Raises:
+    ValueError: a movie that is not (T >= 2, H, W), or bad arguments.
+  """
+  from tqdm.auto import tqdm
+
+  if getattr(frames, "ndim", 0) != 3 or frames.shape[0] < 2:
+    raise ValueError(f"a movie must be (T >= 2, H, W), got shape {getattr(frames, 'shape', ())}")
+  t, h, w = frames.shape
+  if strip_lines < 1 or chunk < 1:
+    raise ValueError(f"need strip_lines >= 1 and chunk >= 1, got {strip_lines}, {chunk}")
+  pad = max(MIN_SHIFT_PX, min(h, w) // 4) if max_shift_px is None else int(max_shift_px)
+  if pad < 1:
+    raise ValueError(f"max_shift_px must be >= 1, got {max_shift_px}")
+  chunk = min(chunk, t)
+  coarse_lines = max(strip_lines, -(-h // COARSE_STRIPS))
+  fine_centres = _centres(strip_lines, h)
+
+  def shifts(block, mask, reference, lines, prior=None):
+    """Strip shifts of a block (padded to ``chunk`` frames: one compiled program)."""
+    n = len(block)
+    fill = ((0, chunk - n), (0, 0), (0, 0))
+    strips = -(-h // lines)
+    prior = np.zeros((n, strips, 2)) if prior is None else np.rint(prior)
+    out = strip_shifts(
+      jnp.asarray(np.pad(block, fill)), jnp.asarray(np.pad(mask, fill)),
+      jnp.asarray(reference, jnp.float32),
+      jnp.asarray(np.pad(prior, ((0, chunk - n), (0, 0), (0, 0))), jnp.int32),
+      lines=lines, reach=pad if lines == coarse_lines else FINE_REACH_PX, pad=pad,
+    )  # fmt: skip
+    return tuple(np.asarray(v)[:n].astype(np.float64) for v in out)
+
+  def coarse_then_fine(block, mask, reference):
+    """(coarse [n, S_coarse, 2] searched everywhere, fine [n, S, 2] and its SE searched
+    near the coarse estimate)."""
+    coarse = shifts(block, mask, reference, coarse_lines)[0]
+    prior = _line_shifts(coarse, coarse_lines, h)[:, fine_centres.round().astype(int)]
+    return (coarse, *shifts(block, mask, reference, strip_lines, prior))
+
+  # The reference: first one frame, the middle one of an even sample; then the sample's
+  # frames with their motion taken out, a few times.
+  picked = np.unique(np.linspace(0, t - 1, min(t, REFERENCE_FRAMES)).round().astype(int))
+  sample = np.asarray(frames[picked], np.float32)
+  valid = background_mask(picked, (h, w), exclude, exclude_radius_px)
+  clip = float(np.quantile(sample[valid > 0], CLIP_QUANTILE))
+  sample = np.minimum(sample, clip)
+  cuts = list(range(chunk, len(sample), chunk))
+  blocks, valids = np.split(sample, cuts), np.split(valid, cuts)
+  middle = len(sample) // 2
+  reference = _reference(
+    [sample[middle][None]], [valid[middle][None]], [np.zeros((1, h, 2))], pad, sigma=1.5
+  )
+  for _ in range(ITERATIONS):
+    fine = np.concatenate(
+      [coarse_then_fine(b, v, reference)[1] for b, v in zip(blocks, valids, strict=True)]
+    )
+    line_shift = _line_shifts(_smoothed(_centred(fine)), strip_lines, h)
+    reference = _reference(blocks, valids, np.split(line_shift, cuts), pad)
+  # The whole movie against the final reference.
+  halves = (np.arange(w) < w // 2).astype(np.float32)
+  left_parts, right_parts, fine_parts, se_parts = [], [], [], []
+  with tqdm(total=t, unit="frame", disable=not progress, desc="tissue motion") as bar:
+    for first, block in io.iter_chunks(frames, chunk):
+      mask = background_mask(np.arange(first, first + len(block)), (h, w), exclude,
+                             exclude_radius_px)  # fmt: skip
+      block = np.minimum(block, clip)
+      _, fine, se = coarse_then_fine(block, mask, reference)
+      # The left and right halves of each coarse strip, registered apart: tissue motion
+      # moves both alike, while noise, or a QD the mask missed, moves each on its own.
+      left_parts.append(shifts(block, mask * halves, reference, coarse_lines)[0])
+      right_parts.append(shifts(block, mask * (1 - halves), reference, coarse_lines)[0])
+      fine_parts.append(fine)
+      se_parts.append(se)
+      bar.update(len(block))
+  raw = _centred(np.concatenate(fine_parts))  # [T, S, 2]
+  shift = _smoothed(raw, 3)
+  se = np.concatenate(se_parts)
+  strips = shift.shape[1]
+  frame = np.repeat(np.arange(t), strips)
+  line = np.tile(fine_centres, t)
+  time = timing.times(frame, (w - 1) / 2, line)
+  trace = shift.reshape(-1, 2)
+  left = _centred(np.concatenate(left_parts)).reshape(-1, 2)
+  right = _centred(np.concatenate(right_parts)).reshape(-1, 2)
+  tests = [halves_agree(left[:, a], right[:, a]) for a in (0, 1)]
+  p_value = min(1.0, 2 * min(test[0] for test in tests))
+  common = np.array([test[1] for test in tests])
+  noise = np.array([test[2] for test in tests])
+  rms = trace.std(axis=0)
+  if p_value >= alpha:
+    applied = False
+    reason = f"no motion common to both halves of the frame (p = {p_value:.2g})"
+  elif not np.any(common > MIN_SIGNAL_TO_NOISE * noise):
+    applied = False
+    reason = (
+      f"motion no larger than the registration's noise ({noise.max():.2g} px): too little "
+      "texture in the background to read it"
+    )
+  else:
+    applied, reason = True, f"motion common to both halves of the frame (p = {p_value:.2g})"
+  return TissueMotion(
+    frame=frame,
+    line=line,
+    time_s=time,
+    shift_px=trace,
+    se_px=se.reshape(-1, 2).astype(np.float64),
+    noise_px=noise,
+    rms_px=rms,
+    p_value=p_value,
+    applied=applied,
+    reason=reason,
+    timing=timing,
+  )
+
+
+def correct(detections: pd.DataFrame, motion: TissueMotion) -> pd.DataFrame:
+  """Detections (frame, x, y, ...) with the tissue's displacement at the time each was
+  recorded taken out of x and y."""
+  out = detections.copy()
+  if len(out) == 0:
+    return out
+  times = motion.timing.times(out["frame"], out["x"], out["y"])
+  shift = motion.at(times)
+  out["x"] = out["x"].to_numpy(np.float64) - shift[:, 0]
+  out["y"] = out["y"].to_numpy(np.float64) - shift[:, 1]
+  return out
