@@ -11,6 +11,8 @@ r"""Throughput benchmarks; prints and writes JSON.
   python experiments/bench.py --what=fit   # microscope-fit recovery errors, not a time
   python experiments/bench.py --what=tradeoff --train_frames=131072 --models=base,s2
   python experiments/bench.py --what=batch   # many movies: 1 Dask worker against 2
+  python experiments/bench.py --what=motion   # D under tissue motion, corrected or not
+  python experiments/bench.py --what=motion --models=general --workdir=workdirs/x  # a model
 
 Timings are medians of repeats; ratios are measured side by side in the same run.
 """
@@ -36,6 +38,7 @@ _WHAT = flags.DEFINE_enum(
     "fit",
     "tradeoff",
     "batch",
+    "motion",
   ],
   "What to measure.",
 )
@@ -50,7 +53,9 @@ _TRAIN_FRAMES = flags.DEFINE_integer(
 _MODELS = flags.DEFINE_list(
   "models", None, "tradeoff: model presets to train and compare; startup: shipped models."
 )
-_WORKDIR = flags.DEFINE_string("workdir", None, "tradeoff: where the training runs go.")
+_WORKDIR = flags.DEFINE_string(
+  "workdir", None, "tradeoff: where the training runs go; motion: a trained model to use."
+)
 _PHOTON_SCALE = flags.DEFINE_float(
   "photon_scale", 1.0, "diffusion: QDs' peak photons times this (< 1: dimmer than in vivo)."
 )
@@ -74,6 +79,9 @@ def main(argv):
     options["models"] = tuple(_MODELS.value) if _MODELS.value else None
   if _WHAT.value == "diffusion":
     options["photon_scale"] = _PHOTON_SCALE.value
+  if _WHAT.value == "motion":
+    options["model"] = _MODELS.value[0] if _MODELS.value else None
+    options["workdir"] = _WORKDIR.value
   if _WHAT.value == "startup" and _MODELS.value:
     options["models"] = tuple(_MODELS.value)
   result = module.run(repeats=_REPEATS.value, quick=_QUICK.value, **options)

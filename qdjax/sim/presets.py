@@ -203,6 +203,7 @@ INVIVO_TISSUE = {
   "drift_um_s": (0.01, 0.01, 0.0),
   "texture_cv": 0.5,
   "texture_um": 0.4,
+  "texture_z_um": 0.95,
 }
 _OFF = "off by default (Preset.tissue_params(on=True), simulate.py --tissue)"
 INVIVO_TISSUE_PROVENANCE = {
@@ -222,6 +223,9 @@ INVIVO_TISSUE_PROVENANCE = {
   "tissue.drift_um_s": "first probe: 0.01 um/s in x and y (0.6 um per minute)",
   "tissue.texture_cv": "first probe: relative sd 0.5 of the autofluorescent background",
   "tissue.texture_um": "first probe: 0.4 um correlation length, about twice the PSF's sxy",
+  "tissue.texture_z_um": "derived: 0.95 um = sqrt(0.4^2 + 2 x 0.6^2): the background is the "
+  "tissue seen through the excitation volume (sz 0.6 um), which lengthens its correlation "
+  "along z",
 }
 
 

@@ -81,6 +81,9 @@ TISSUE_RANGES = (
   "drift_um_s",
 )
 TISSUE_LOG_UNIFORM = ("texture_um", "vessel_width_um")
+# The excitation volume's axial extent lengthens the texture's correlation along z
+# (qdjax.sim.tissue.make_params's texture_z_um): sqrt(2) x a typical sigma_z of 0.6 um.
+TEXTURE_AXIAL_BLUR_UM = 0.85
 _TISSUE_STREAM = 0x70746973
 # Values that must be > 0 (the rest >= 0).
 _POSITIVE = ("peak_photons", "background_ratio", "diffusion_um2_s", "sigma_xy_um")
@@ -344,7 +347,8 @@ def sample_tissue(key, prior: Prior, num_frames: int, width_um) -> tissue_lib.Ti
   axes = lambda v: jnp.where(on[:, None], v, 0.0)
   return tissue_lib.Tissue(
     texture_cv=scalar(uniform("texture_cv")),
-    texture_um=uniform("texture_um"),
+    texture_um=(texture_um := uniform("texture_um")),
+    texture_z_um=jnp.sqrt(texture_um**2 + TEXTURE_AXIAL_BLUR_UM**2),
     vessel_contrast=jnp.where(vessel, uniform("vessel_contrast"), 0.0),
     vessel_width_um=uniform("vessel_width_um"),
     vessel_angle_deg=vessel_angle,

@@ -20,8 +20,9 @@ d(t) (x, y, z, with the focal plane at z = 0):
 * T, the texture: a log-normal stationary random field of mean 1 and relative standard
   deviation ``texture_cv``, ``T = exp(s G - log E[exp(s G)])`` with ``s^2 = ln(1 + cv^2)``
   and ``G = sqrt(2/M) sum_m cos(k_m . r + psi_m)``, M (``num_modes``) random Fourier modes
-  with ``k_m ~ N(0, I / texture_um^2)`` and ``psi_m ~ U[0, 2 pi)``: G has mean 0, variance
-  1 and correlation ``exp(-|dr|^2 / (2 texture_um^2))``. Its normaliser is exact (a
+  with ``k_m ~ N(0, diag(1/l^2, 1/l^2, 1/l_z^2))`` (l = ``texture_um`` in the focal plane,
+  l_z = ``texture_z_um`` along z) and ``psi_m ~ U[0, 2 pi)``: G has mean 0, variance 1 and
+  correlation ``exp(-(dx^2 + dy^2) / (2 l^2) - dz^2 / (2 l_z^2))``. Its normaliser is exact (a
   product of Bessel functions I0), so T's mean is 1 exactly, and its variance is cv^2 up
   to a relative O(cv^2 / M) (0.3% at cv = 0.5, M = 64). The texture is 3D: z motion
   carries the focal plane through it.
@@ -73,7 +74,8 @@ class Tissue:
     heartbeat_hz: [] heart rate, Hz.
     drift_um_s: [3] drift velocity, um/s.
     texture_cv: [] relative standard deviation of the texture (0: none).
-    texture_um: [] its correlation length, um.
+    texture_um: [] its correlation length in the focal plane (x, y), um.
+    texture_z_um: [] its correlation length along z (the optical axis), um.
     vessel_contrast: [] relative brightness of the vessel band (0: none; >= -1).
     vessel_width_um: [] its full width at half maximum, um.
     vessel_angle_deg: [] its direction, degrees from the x axis.
@@ -91,6 +93,7 @@ class Tissue:
   drift_um_s: Any
   texture_cv: Any
   texture_um: Any
+  texture_z_um: Any
   vessel_contrast: Any
   vessel_width_um: Any
   vessel_angle_deg: Any
@@ -179,6 +182,7 @@ def make_params(
   drift_um_s=0.0,
   texture_cv: float = 0.0,
   texture_um: float = 0.4,
+  texture_z_um: float | None = None,
   vessel: Vessel | float | dict | str | None = None,
   gradient_per_um=0.0,
   num_modes: int = NUM_MODES,
@@ -191,7 +195,11 @@ def make_params(
     breathing_hz, heartbeat_hz: frequencies, Hz (>= 0).
     drift_um_s: drift velocity, um/s, one number or three.
     texture_cv: relative standard deviation of the log-normal texture (>= 0; 0: none).
-    texture_um: its correlation length, um (> 0).
+    texture_um: its correlation length in the focal plane, um (> 0).
+    texture_z_um: its correlation length along z, um (> 0; default ``texture_um``). The
+      background a two-photon microscope sees is the tissue blurred by its excitation
+      volume, much longer along z (sd ``sigma_z_um``) than across, so z motion changes it
+      more slowly than in-plane motion of the same size.
     vessel: None (none), a contrast, a ``Vessel``, its fields as a dict, or its text
       (``parse_vessel``).
     gradient_per_um: relative change of the background per um along (x, y), one number or
@@ -209,6 +217,8 @@ def make_params(
   heartbeat_hz = _number("heartbeat_hz", heartbeat_hz, lo=0.0)
   texture_cv = _number("texture_cv", texture_cv, lo=0.0)
   texture_um = _number("texture_um", texture_um, positive=True)
+  texture_z_um = texture_um if texture_z_um is None else texture_z_um
+  texture_z_um = _number("texture_z_um", texture_z_um, positive=True)
   if vessel is None:
     vessel = Vessel(0.0)
   elif isinstance(vessel, str):
@@ -232,6 +242,7 @@ def make_params(
     drift_um_s=f32(drift),
     texture_cv=f32(texture_cv),
     texture_um=f32(texture_um),
+    texture_z_um=f32(texture_z_um),
     vessel_contrast=f32(contrast),
     vessel_width_um=f32(width),
     vessel_angle_deg=f32(angle),
@@ -249,7 +260,8 @@ class Draw:
 
   Attributes:
     phases: [2] breathing and heartbeat phases, radians.
-    directions: [M, 3] the texture's wave vectors times ``texture_um`` (standard normal).
+    directions: [M, 3] the texture's wave vectors times its correlation lengths (x, y:
+      ``texture_um``, z: ``texture_z_um``; standard normal).
     mode_phases: [M] the modes' phases, radians.
   """
 
@@ -301,7 +313,8 @@ def texture(tissue: Tissue, modes: Draw, points_um):
   """
   m = tissue.num_modes
   s = jnp.sqrt(jnp.log1p(tissue.texture_cv**2))
-  wave = modes.directions / tissue.texture_um  # [M, 3] rad/um
+  lengths = jnp.stack([tissue.texture_um, tissue.texture_um, tissue.texture_z_um], axis=-1)
+  wave = modes.directions / lengths[..., None, :]  # [M, 3] rad/um
   phase = jnp.einsum("...i,mi->...m", points_um, wave, precision="highest") + modes.mode_phases
   field = math.sqrt(2.0 / m) * jnp.cos(phase).sum(axis=-1)
   # E[exp(s G)] = I0(s sqrt(2/M))^M for M independent uniform phases: the mean is exactly 1.

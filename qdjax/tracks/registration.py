@@ -322,6 +322,18 @@ def _smoothed(shift: np.ndarray, size: int = 5) -> np.ndarray:
   return out.reshape(shift.shape)
 
 
+def _spline(time: np.ndarray, trace: np.ndarray) -> np.ndarray:
+  """[n, 2] trace smoothed by a cubic smoothing spline in time, its smoothness chosen by
+  generalised cross-validation (``scipy.interpolate.make_smoothing_spline``): the tissue
+  moves smoothly, the registration's noise does not."""
+  from scipy.interpolate import make_smoothing_spline
+
+  if len(time) < 5:
+    return trace
+  x = time / np.median(np.diff(time))  # in strips: the criterion is ill-conditioned in s
+  return np.stack([make_smoothing_spline(x, trace[:, a])(x) for a in (0, 1)], -1)
+
+
 def _line_shifts(shift, lines: int, h: int) -> np.ndarray:
   """[n, S, 2] strip shifts -> [n, h, 2] per line, linear between strip centres (over the
   frames given, in order)."""
@@ -431,7 +443,7 @@ def estimate(
   def coarse_then_fine(block, mask, reference):
     """(coarse [n, S_coarse, 2] searched everywhere, fine [n, S, 2] and its SE searched
     near the coarse estimate)."""
-    coarse = shifts(block, mask, reference, coarse_lines)[0]
+    coarse = _smoothed(shifts(block, mask, reference, coarse_lines)[0], 3)
     prior = _line_shifts(coarse, coarse_lines, h)[:, fine_centres.round().astype(int)]
     return (coarse, *shifts(block, mask, reference, strip_lines, prior))
 
@@ -477,7 +489,7 @@ def estimate(
   frame = np.repeat(np.arange(t), strips)
   line = np.tile(fine_centres, t)
   time = timing.times(frame, (w - 1) / 2, line)
-  trace = shift.reshape(-1, 2)
+  trace = _spline(time, shift.reshape(-1, 2))
   left = _centred(np.concatenate(left_parts)).reshape(-1, 2)
   right = _centred(np.concatenate(right_parts)).reshape(-1, 2)
   tests = [halves_agree(left[:, a], right[:, a]) for a in (0, 1)]
