@@ -60,7 +60,14 @@ def manager(directory: Path, max_to_keep: int | None = None, create: bool = True
   if directory.exists() and not directory.is_dir():
     raise ValueError(f"checkpoint path is not a directory: {directory}")
   options = ocp.CheckpointManagerOptions(
-    max_to_keep=max_to_keep, create=create, cleanup_tmp_directories=create
+    max_to_keep=max_to_keep,
+    create=create,
+    cleanup_tmp_directories=create,
+    # Across processes Orbax names its barriers by step: 'checkpoints' and 'best' both saving
+    # one step would meet at the same barrier and time out, unless named apart.
+    multiprocessing_options=ocp.options.MultiprocessingOptions(
+      barrier_sync_key_prefix=directory.name
+    ),
   )
   return ocp.CheckpointManager(directory.absolute(), options=options)
 
