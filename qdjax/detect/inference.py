@@ -41,6 +41,7 @@ import numpy as np
 from flax import nnx
 
 from qdjax import chunks, io
+from qdjax.detect import cascade as cascade_lib
 from qdjax.detect import head
 from qdjax.detect import model as model_lib
 
@@ -122,9 +123,14 @@ class Locator:
       (a memory bound: 16 whole 512 x 512 fields, or 1024 crops of 24 x 25), or on a CPU
       ``CPU_CHUNK_PIXELS`` (one field, or 109 crops).
     info: provenance (config, preset, validation), kept as ``locator.info``.
+    cascade: None (the whole network on every pixel), or ``cascade.Settings``: frames
+      large enough run the network only on windows around candidate tiles
+      (``qdjax.detect.cascade``).
   """
 
-  def __init__(self, model_config, decode, weights, min_score=0.0, chunk=1024, info=None):
+  def __init__(
+    self, model_config, decode, weights, min_score=0.0, chunk=1024, info=None, cascade=None
+  ):
     decode = _current_decode_settings(decode)
     unknown = sorted(set(decode) - set(DECODE_SETTINGS))
     if unknown:
@@ -148,10 +154,13 @@ class Locator:
     self.chunk = int(chunk)
     self.info = dict(info or {})
     self.model_config = dict(model_config)
+    self.cascade = cascade
 
     @jax.jit
     def run(state, images, min_score):
       net = nnx.merge(graphdef, state)
+      if cascade is not None:
+        return cascade_lib.decode(net, images, cascade, self.decode_settings, min_score)
       return head.decode(net(images), **self.decode_settings, min_score=min_score)
 
     self._run = run
@@ -236,6 +245,7 @@ def load(
   model: str | None = None,
   min_score: float = 0.0,
   chunk: int = 1024,
+  cascade: bool | cascade_lib.Settings = False,
   **decode,
 ) -> Locator:
   """A ``Locator`` for a shipped model (``workdir=None``: ``model``, default
@@ -244,7 +254,8 @@ def load(
 
   ``decode`` overrides the stored decoding settings (``area_per_detection``,
   ``min_detections``, ``nms_window``, ``score_window``, ``score_radius``,
-  ``refine_window``; see ``head.decode``).
+  ``refine_window``; see ``head.decode``). ``cascade``: True (``cascade.Settings()``) or
+  settings to run large frames through ``qdjax.detect.cascade``.
 
   Raises:
     FileNotFoundError: no such directory or checkpoint, or no shipped weights yet.
@@ -252,6 +263,9 @@ def load(
   """
   if workdir is not None and model is not None:
     raise ValueError("give a workdir or a shipped model name, not both")
+  if cascade is True:
+    cascade = cascade_lib.Settings()
+  cascade = cascade or None
   if workdir is None:
     directory = pretrained_dir(default_model() if model is None else model)
   else:
@@ -264,7 +278,7 @@ def load(
     except (OSError, ValueError, EOFError, zipfile.BadZipFile, zlib.error) as e:  # damaged
       raise ValueError(f"cannot read {directory / WEIGHTS} ({type(e).__name__}: {e})") from None
     settings = {**_current_decode_settings(info["decode"]), **_current_decode_settings(decode)}
-    return Locator(info["model"], settings, weights, min_score, chunk, info)
+    return Locator(info["model"], settings, weights, min_score, chunk, info, cascade)
   if workdir is None:
     raise FileNotFoundError(
       f"no pretrained weights shipped yet ({directory / WEIGHTS} is missing): train with "
@@ -280,7 +294,7 @@ def load(
   weights, record = checkpoint.restore_best(directory, abstract_state)
   info = {"workdir": str(directory), "config": config, "validation": record}
   settings = {**_current_decode_settings(config["decode"]), **_current_decode_settings(decode)}
-  return Locator(_model_config(config), settings, weights, min_score, chunk, info)
+  return Locator(_model_config(config), settings, weights, min_score, chunk, info, cascade)
 
 
 def export_pretrained(workdir, out_dir=PRETRAINED_DIR, *, command: str | None = None) -> Path:

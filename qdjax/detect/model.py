@@ -258,10 +258,29 @@ class KeypointNet(nnx.Module):
       (dx, dy) from each pixel centre to its keypoint, px, and ``log_sigma`` [n, h, w] the
       log of the predicted per-axis rms error of those offsets, px.
     """
-    n, h, w = images.shape
-    x = normalize(images, self.normalization)[..., None]
+    return self.forward(normalize(images, self.normalization))
+
+  @property
+  def alignment(self) -> int:
+    """The network's total stride in px: frames are padded to a multiple of it, and a
+    window of a frame gives the frame's outputs only if it starts at a multiple of it."""
+    return self.strides[-1] * self.stem_stride
+
+  def forward(self, normalized):
+    """Dense outputs of frames already normalised (``normalize``); ``__call__`` is
+    ``forward(normalize(images))``. A window of a normalised frame gives the frame's own
+    outputs wherever the window holds the receptive field (``qdjax.detect.cascade``).
+
+    Args:
+      normalized: [n, h, w] float32.
+
+    Returns:
+      as ``__call__``.
+    """
+    n, h, w = normalized.shape
+    x = normalized[..., None]
     block = self.stem_stride
-    stride = self.strides[-1] * block
+    stride = self.alignment
     ph, pw = -h % stride, -w % stride
     x = jnp.pad(x, ((0, 0), (0, ph), (0, pw), (0, 0)))
     if block > 1:
