@@ -8,7 +8,9 @@ simulated moments through the differentiable simulator; the frames' PMT comes fr
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
+import types
 from pathlib import Path
 from typing import Any
 
@@ -191,6 +193,58 @@ class Detector:
     return expected * (4.0 / 3.0) + (self.pmt["pmt_dark_sigma"] * self.pmt["pmt_alpha"] / 3) ** 2
 
 
+@functools.cache
+def _compiled(pmt: tuple | None, learning_rate: float) -> types.SimpleNamespace:
+  """The fit's jitted programs for one detector model and Adam step size. The frames'
+  statistics, the keys and the base params are arguments, not constants baked into the
+  programs: every fit of the same shapes runs the same compiled programs (in this process,
+  and through the persistent compilation cache in the next)."""
+  import jax
+  import jax.numpy as jnp
+  import optax
+
+  detector_model = Detector(dict(pmt) if pmt is not None else None)
+
+  def loss(theta, keys, base, obs_mean, obs_cov):
+    sim = _simulated_statistics(theta, keys, base, detector_model)
+    diff = sim.mean(axis=0) - obs_mean
+    cov = obs_cov + jnp.cov(sim, rowvar=False) / len(keys)
+    w = jax.lax.stop_gradient(jnp.linalg.inv(cov))
+    return diff @ w @ diff
+
+  optimizer = optax.adam(learning_rate)
+
+  def step(theta, opt_state, keys, base, obs_mean, obs_cov):
+    value, grad = jax.value_and_grad(loss)(theta, keys, base, obs_mean, obs_cov)
+    updates, opt_state = optimizer.update(grad, opt_state, theta)
+    return optax.apply_updates(theta, updates), opt_state, value
+
+  def mean_and_all(theta, keys, base):
+    sim = _simulated_statistics(theta, keys, base, detector_model)
+    return sim.mean(axis=0), sim
+
+  def checked(photons):
+    return frame_statistics(photons)[:, 2], second_spot(photons), background_spread(photons)
+
+  def simulated_checks(theta, keys, base):
+    return checked(_simulated_frames(theta, keys, base, detector_model))
+
+  return types.SimpleNamespace(
+    optimizer=optimizer,
+    loss=jax.jit(loss),
+    step=jax.jit(step),
+    jacobian=jax.jit(jax.jacfwd(mean_and_all, has_aux=True)),
+    checked=jax.jit(checked),
+    simulated_checks=jax.jit(simulated_checks),
+  )
+
+
+def _programs(detector_model: Detector, learning_rate: float = 0.05) -> types.SimpleNamespace:
+  """``_compiled`` for a detector model (its PMT values as the cache key)."""
+  pmt = None if detector_model.pmt is None else tuple(sorted(detector_model.pmt.items()))
+  return _compiled(pmt, float(learning_rate))
+
+
 def _simulated_statistics(log_theta, keys, base, detector_model: Detector):
   """Statistics of frames simulated at exp(log_theta) = (N, B, sxy, D): [n, k].
 
@@ -309,7 +363,6 @@ def fit_microscope(
   """
   import jax
   import jax.numpy as jnp
-  import optax
   from tqdm.auto import tqdm
 
   frames = io.check_stack(
@@ -350,42 +403,22 @@ def fit_microscope(
   log_theta = jnp.log(jnp.array([guess[k] for k in FITTED], jnp.float32))
 
   keys = jax.random.split(jax.random.key(seed), num_simulated)
-
-  def sim_stats(theta):
-    return _simulated_statistics(theta, keys, base, detector_model)
-
-  def weight(sim):
-    cov = jnp.asarray(obs_cov) + jnp.cov(sim, rowvar=False) / num_simulated
-    return jnp.linalg.inv(cov)
-
-  def loss(theta):
-    sim = sim_stats(theta)
-    diff = sim.mean(axis=0) - jnp.asarray(obs_mean)
-    w = jax.lax.stop_gradient(weight(sim))
-    return diff @ w @ diff
+  programs = _programs(detector_model, learning_rate)
+  data = (keys, base, jnp.asarray(obs_mean), jnp.asarray(obs_cov))
 
   if "diffusion_um2_s" not in (start or {}):
     # D's start: the best of a log grid (factors of 2 from 1/64 to 2 times the preset's D)
     # at the other start values. Far above the truth the statistics change slowly with D
     # and Adam steps come down from there slowly; the grid puts the start near the valley.
-    j_at = jax.jit(loss)
     grid = guess["diffusion_um2_s"] * 2.0 ** np.arange(-6, 2)
     trials = [log_theta.at[3].set(math.log(d)) for d in grid]
-    log_theta = min(trials, key=lambda t: float(j_at(t)))
+    log_theta = min(trials, key=lambda t: float(programs.loss(t, *data)))
 
-  optimizer = optax.adam(learning_rate)
-  opt_state = optimizer.init(log_theta)
-
-  @jax.jit
-  def step(theta, opt_state):
-    value, grad = jax.value_and_grad(loss)(theta)
-    updates, opt_state = optimizer.update(grad, opt_state, theta)
-    return optax.apply_updates(theta, updates), opt_state, value
-
+  opt_state = programs.optimizer.init(log_theta)
   best = (float("inf"), log_theta)
   bar = tqdm(range(steps), desc="fit microscope", disable=not progress)
   for _ in bar:
-    new, opt_state, value = step(log_theta, opt_state)
+    new, opt_state, value = programs.step(log_theta, opt_state, *data)
     value = float(value)
     if value < best[0]:
       best = (value, log_theta)
@@ -394,12 +427,8 @@ def fit_microscope(
   bar.close()
   log_theta = best[1]
 
-  def mean_and_all(theta):
-    sim = sim_stats(theta)
-    return sim.mean(axis=0), sim
-
   # One forward-mode pass gives the Jacobian and the simulated statistics themselves.
-  jac, sim = jax.jit(jax.jacfwd(mean_and_all, has_aux=True))(log_theta)
+  jac, sim = programs.jacobian(log_theta, keys, base)
   jac, sim = np.asarray(jac), np.asarray(sim)
   w = np.linalg.inv(obs_cov + np.cov(sim, rowvar=False) / num_simulated)
   diff = sim.mean(axis=0) - obs_mean
@@ -460,21 +489,16 @@ def _predictive_checks(frames, log_theta, keys, base, detector_model, observed):
   - second spot: the frames' ``second_spot`` above that of the fit's frames; large when
     frames hold several QDs.
   """
-  import jax
   import jax.numpy as jnp
 
-  def checked(photons):
-    return frame_statistics(photons)[:, 2], second_spot(photons), background_spread(photons)
-
-  @jax.jit
-  def simulated(theta):
-    return checked(_simulated_frames(theta, keys, base, detector_model))
-
+  programs = _programs(detector_model)
   photons = detector_model.to_photons(jnp.asarray(frames))
-  _, observed_second, observed_spread = (np.asarray(v) for v in jax.jit(checked)(photons))
-  _, fitted_second, fitted_spread = (np.asarray(v) for v in simulated(log_theta))
+  _, observed_second, observed_spread = (np.asarray(v) for v in programs.checked(photons))
+  _, fitted_second, fitted_spread = (
+    np.asarray(v) for v in programs.simulated_checks(log_theta, keys, base)
+  )
   no_spot = jnp.asarray(log_theta).at[0].set(math.log(1e-6))  # N ~ 0: noise alone
-  noise_peak, _, _ = (np.asarray(v) for v in simulated(no_spot))
+  noise_peak, _, _ = (np.asarray(v) for v in programs.simulated_checks(no_spot, keys, base))
   spot_index = STATISTICS.index("spot_peak")
   return (
     _z(observed_spread, fitted_spread),
