@@ -212,6 +212,10 @@ def test_track_script_end_to_end(script, tmp_path, suffix):
     drift = pd.read_csv(tmp_path / "tracks_drift.csv")
     assert list(drift.columns) == ["frame", "drift_x_px", "drift_y_px", "tracks"]
     assert len(drift) == 12
+    tissue = pd.read_csv(tmp_path / "tracks_tissue.csv")
+    assert list(tissue.columns[:5]) == ["frame", "line", "time_s", "dx_px", "dy_px"]
+    assert (tmp_path / "tracks_tissue.png").stat().st_size > 0
+    assert "tissue motion not corrected" in result.stdout  # a flat background: nothing to read
 
 
 def test_track_bad_inputs(script, tmp_path):

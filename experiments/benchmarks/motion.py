@@ -174,7 +174,10 @@ def run(repeats: int = 1, quick: bool = False, model: str | None = None, workdir
       frames_m = counts[m]
       centroids, present = np.asarray(out.centroids[m]), np.asarray(out.present[m])
       detections, _ = tracking.detect(frames_m, locate)
-      found = tracking.tissue_motion(frames_m, detections, timing)
+      found = tracking.tissue_motion(
+        frames_m, detections, timing, pixel_size_um=pixel,
+        spot_sigma_px=float(preset.values["sigma_xy_um"]) / pixel,
+      )  # fmt: skip
       shared = dict(motion_types=False)
       t = frames_m.shape[0]
       per_row["qdjax"].append(
@@ -186,7 +189,10 @@ def run(repeats: int = 1, quick: bool = False, model: str | None = None, workdir
         _measure(tracking.track_detections(detections, t, size, size, analysis, **shared), d)
       )
       truth = _truth_detections(centroids, present)
-      known = registration.estimate(frames_m, timing, exclude=truth)
+      known = tracking.tissue_motion(
+        frames_m, truth, timing, pixel_size_um=pixel, min_score=0.0,
+        spot_sigma_px=float(preset.values["sigma_xy_um"]) / pixel,
+      )  # fmt: skip
       per_row["truth_corrected"].append(
         _measure(
           tracking.track_detections(truth, t, size, size, analysis, tissue=known, **shared), d

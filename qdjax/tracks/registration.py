@@ -25,9 +25,9 @@ brightness only and is not corrected.
 Whether to correct is read from the movie too: the left and right halves of the frame,
 registered apart, see the same tissue motion at the same times, while the noise of a
 plain background, or a QD the mask missed, moves each on its own. The motion is corrected
-when the halves' shifts correlate (one-sided test at ``ALPHA``, with the effective sample
-size of two autocorrelated series) and the motion they share exceeds the noise of their
-mean (``MIN_SIGNAL_TO_NOISE``). Details and
+when the halves' changes from strip to strip correlate (``halves_agree``, one-sided at
+``ALPHA``) and the motion they share exceeds the noise of their mean
+(``MIN_SIGNAL_TO_NOISE``). Details and
 measured figures in docs/diffusion.md.
 """
 
@@ -51,6 +51,7 @@ MIN_SIGNAL_TO_NOISE = 1.0  # corrected only where the shared motion exceeds its 
 REFERENCE_FRAMES = 200  # frames (evenly spread) that build the reference
 CLIP_QUANTILE = 0.995  # counts above this quantile (QDs) are clipped before registering
 MIN_SHIFT_PX = 4  # search at least this far
+MAX_SHIFT_UM = 6.0  # and at most this far (or a quarter of the frame): a few um of breathing
 ITERATIONS = 3  # reference rebuilds
 COARSE_STRIPS = 4  # strips per frame of the first, wide search
 FINE_REACH_PX = 4  # fine strips search this far from the coarse estimate
@@ -168,7 +169,7 @@ def strip_shifts(frames, valid, reference, prior, *, lines: int, reach: int, pad
       canvas ``pad`` px wider than the frame on every side (tissue the motion brings into
       view).
     prior: [n, S, 2] integer (x, y) px around which each strip is searched, |prior| <=
-      pad.
+      pad; None: around 0.
     lines: lines per strip (the last strip may be shorter).
     reach: largest |shift - prior| searched per axis, px.
     pad: the reference's margin.
@@ -185,7 +186,9 @@ def strip_shifts(frames, valid, reference, prior, *, lines: int, reach: int, pad
   g = jnp.pad(jnp.log(jnp.maximum(reference, 0.05 * mean) / mean), margin)
   e = jnp.pad(reference - mean, margin)
   size = (lines + 2 * reach, w + 2 * reach)
-  prior = jnp.clip(prior.astype(jnp.int32), -pad, pad)
+  fixed = prior is None  # the same crops for every frame: transformed once
+  prior = jnp.zeros((n, strips, 2), jnp.int32) if fixed else prior.astype(jnp.int32)
+  prior = jnp.clip(prior, -pad, pad)
 
   def crop(image, row, offset):
     # B(q) = R(row * lines + q_y - reach - offset_y, q_x - reach - offset_x) in frame
@@ -193,9 +196,13 @@ def strip_shifts(frames, valid, reference, prior, *, lines: int, reach: int, pad
     start = (row * lines + pad - offset[1], pad - offset[0])
     return jax.lax.dynamic_slice(image, start, size)
 
-  rows = jnp.broadcast_to(jnp.arange(strips), (n, strips))
-  per_strip = jax.vmap(jax.vmap(crop, (None, 0, 0)), (None, 0, 0))
-  g_crops, e_crops = per_strip(g, rows, prior), per_strip(e, rows, prior)
+  rows = jnp.arange(strips)
+  if fixed:
+    per_strip = jax.vmap(crop, (None, 0, 0))
+    g_crops, e_crops = per_strip(g, rows, prior[0]), per_strip(e, rows, prior[0])
+  else:
+    per_strip = jax.vmap(jax.vmap(crop, (None, 0, 0)), (None, None, 0))
+    g_crops, e_crops = per_strip(g, rows, prior), per_strip(e, rows, prior)
 
   def placed(strip):  # [n, S, lines, w] -> [n, S, size] with the strip at (reach, reach)
     return jnp.pad(strip, [(0, 0), (0, 0), (reach, reach), (reach, reach)])
@@ -352,33 +359,39 @@ def _centred(shift: np.ndarray) -> np.ndarray:
   return shift - np.median(shift, axis=0, keepdims=True)
 
 
-def halves_agree(left: np.ndarray, right: np.ndarray, max_lag: int = 50):
+def halves_agree(left: np.ndarray, right: np.ndarray, max_lag: int = 2):
   """Whether two registrations of the same strips (the frame's left and right halves) see
   the same motion.
 
+  The test correlates the two series' changes from strip to strip: independent noise, or
+  two QDs the mask missed, one in each half, give changes that are independent of each
+  other and nearly so from strip to strip (a random walk's steps), whereas the tissue moves
+  both halves alike. The effective sample size allows for the short-range dependence of
+  differenced noise (Bartlett: n / (1 + 2 sum_{k <= max_lag} rho_l(k) rho_r(k))).
+
   Returns:
-    (one-sided p of their correlation under independence, with the effective sample
-    size of two autocorrelated series (Bartlett: n / (1 + 2 sum_k rho_l(k) rho_r(k)));
-    the spread of the motion they share, sqrt(cov) px; the noise of their mean,
-    sd(left - right) / 2 px).
+    (one-sided p of the changes' correlation under independence; the spread of the
+    motion the halves share, sqrt(cov) px; the noise of their mean, sd(left - right) / 2
+    px).
   """
   ok = np.isfinite(left) & np.isfinite(right)
-  left, right = left[ok] - np.mean(left[ok]), right[ok] - np.mean(right[ok])
-  n = len(left)
-  if n < 8 or np.std(left) == 0 or np.std(right) == 0:
-    return 1.0, 0.0, math.inf
+  left, right = left[ok], right[ok]
+  common = math.sqrt(max(float(np.mean((left - left.mean()) * (right - right.mean()))), 0.0))
+  noise = float(np.std(left - right) / 2)
+  dl, dr = np.diff(left), np.diff(right)
+  n = len(dl)
+  if n < 8 or np.std(dl) == 0 or np.std(dr) == 0:
+    return 1.0, common, noise
 
   def autocorrelation(x):
-    spectrum = np.fft.rfft(x, 2 * n)
-    acf = np.fft.irfft(spectrum * np.conj(spectrum))[: min(max_lag, n - 1) + 1]
-    return acf / acf[0]
+    x = x - x.mean()
+    return np.array([np.sum(x[k:] * x[: n - k]) for k in range(max_lag + 1)]) / np.sum(x * x)
 
-  inflation = 1 + 2 * np.sum(autocorrelation(left)[1:] * autocorrelation(right)[1:])
+  inflation = 1 + 2 * np.sum(autocorrelation(dl)[1:] * autocorrelation(dr)[1:])
   n_eff = max(4.0, n / max(inflation, 1.0))
-  r = float(np.corrcoef(left, right)[0, 1])
+  r = float(np.corrcoef(dl, dr)[0, 1])
   z = math.atanh(min(max(r, -0.999999), 0.999999)) * math.sqrt(n_eff - 3)
-  common = math.sqrt(max(float(np.mean(left * right)), 0.0))
-  return float(stats.norm.sf(z)), common, float(np.std(left - right) / 2)
+  return float(stats.norm.sf(z)), common, noise
 
 
 def estimate(
@@ -430,12 +443,11 @@ def estimate(
     """Strip shifts of a block (padded to ``chunk`` frames: one compiled program)."""
     n = len(block)
     fill = ((0, chunk - n), (0, 0), (0, 0))
-    strips = -(-h // lines)
-    prior = np.zeros((n, strips, 2)) if prior is None else np.rint(prior)
+    if prior is not None:
+      prior = jnp.asarray(np.pad(np.rint(prior), ((0, chunk - n), (0, 0), (0, 0))), jnp.int32)
     out = strip_shifts(
       jnp.asarray(np.pad(block, fill)), jnp.asarray(np.pad(mask, fill)),
-      jnp.asarray(reference, jnp.float32),
-      jnp.asarray(np.pad(prior, ((0, chunk - n), (0, 0), (0, 0))), jnp.int32),
+      jnp.asarray(reference, jnp.float32), prior,
       lines=lines, reach=pad if lines == coarse_lines else FINE_REACH_PX, pad=pad,
     )  # fmt: skip
     return tuple(np.asarray(v)[:n].astype(np.float64) for v in out)
@@ -466,19 +478,34 @@ def estimate(
     )
     line_shift = _line_shifts(_smoothed(_centred(fine)), strip_lines, h)
     reference = _reference(blocks, valids, np.split(line_shift, cuts), pad)
-  # The whole movie against the final reference.
+  # The left and right halves of the sample's frames, registered apart: tissue motion moves
+  # both alike, while noise, or a QD the mask missed, moves each on its own.
+  # Each frame helped build the reference, which pulls the frame's shift towards the one it
+  # was built with, and so both halves alike: the halves of the odd frames are registered to
+  # a reference of the even ones.
   halves = (np.arange(w) < w // 2).astype(np.float32)
-  left_parts, right_parts, fine_parts, se_parts = [], [], [], []
+  even = np.arange(len(sample)) % 2 == 0
+  if even.sum() >= 1 and (~even).sum() >= 1:
+    independent = _reference([sample[even]], [valid[even]], [line_shift[even]], pad)
+    odd_blocks = np.split(sample[~even], range(chunk, int((~even).sum()), chunk))
+    odd_valids = np.split(valid[~even], range(chunk, int((~even).sum()), chunk))
+  else:
+    independent, odd_blocks, odd_valids = reference, blocks, valids
+
+  def half(side):  # fine strips of one half, each searched near its own coarse estimate
+    parts = [coarse_then_fine(b, v * side, independent)[1]
+             for b, v in zip(odd_blocks, odd_valids, strict=True)]  # fmt: skip
+    return _centred(np.concatenate(parts)).reshape(-1, 2)
+
+  left, right = half(halves), half(1 - halves)
+  # The whole movie against the final reference.
+  fine_parts, se_parts = [], []
   with tqdm(total=t, unit="frame", disable=not progress, desc="tissue motion") as bar:
     for first, block in io.iter_chunks(frames, chunk):
       mask = background_mask(np.arange(first, first + len(block)), (h, w), exclude,
                              exclude_radius_px)  # fmt: skip
       block = np.minimum(block, clip)
       _, fine, se = coarse_then_fine(block, mask, reference)
-      # The left and right halves of each coarse strip, registered apart: tissue motion
-      # moves both alike, while noise, or a QD the mask missed, moves each on its own.
-      left_parts.append(shifts(block, mask * halves, reference, coarse_lines)[0])
-      right_parts.append(shifts(block, mask * (1 - halves), reference, coarse_lines)[0])
       fine_parts.append(fine)
       se_parts.append(se)
       bar.update(len(block))
@@ -490,8 +517,6 @@ def estimate(
   line = np.tile(fine_centres, t)
   time = timing.times(frame, (w - 1) / 2, line)
   trace = _spline(time, shift.reshape(-1, 2))
-  left = _centred(np.concatenate(left_parts)).reshape(-1, 2)
-  right = _centred(np.concatenate(right_parts)).reshape(-1, 2)
   tests = [halves_agree(left[:, a], right[:, a]) for a in (0, 1)]
   p_value = min(1.0, 2 * min(test[0] for test in tests))
   common = np.array([test[1] for test in tests])

@@ -742,6 +742,8 @@ def track_movie(
   if tissue is not False:
     found = tissue_motion(
       frames, detections, registration.timing_for(preset, h, w, analysis.frame_interval_s),
+      pixel_size_um=analysis.pixel_size_um,
+      spot_sigma_px=float(preset.values["sigma_xy_um"]) / analysis.pixel_size_um,
       min_score=min_score, progress=progress,
     )  # fmt: skip
     if found is not None and tissue is True:
@@ -754,17 +756,29 @@ def track_movie(
 
 
 def tissue_motion(
-  frames, detections: pd.DataFrame, timing, *, min_score=None, progress: bool = False
+  frames,
+  detections: pd.DataFrame,
+  timing,
+  *,
+  pixel_size_um: float,
+  spot_sigma_px: float = 1.0,
+  min_score=None,
+  progress: bool = False,
 ):
-  """The tissue's motion read from the movie's background, with the QDs (the detections
-  above the score threshold) left out; None for frames under ``MIN_REGISTER_PX`` on a side.
-  """
+  """The tissue's motion read from the movie's background (``registration.estimate``),
+  with the QDs (discs of 3 spot sds around the detections above the score threshold) left
+  out, searched up to ``registration.MAX_SHIFT_UM`` or a quarter of the frame; None for
+  frames under ``MIN_REGISTER_PX`` on a side."""
   t, h, w = frames.shape
   if min(h, w) < MIN_REGISTER_PX:
     return None
   chosen = score_threshold(detections["score"]) if min_score is None else float(min_score)
   qds = detections if chosen is None else detections[detections["score"] >= chosen]
-  return registration.estimate(frames, timing, exclude=qds, progress=progress)
+  reach = min(min(h, w) // 4, round(registration.MAX_SHIFT_UM / pixel_size_um))
+  return registration.estimate(
+    frames, timing, exclude=qds, exclude_radius_px=max(2.0, 3 * spot_sigma_px),
+    max_shift_px=max(registration.MIN_SHIFT_PX, reach), progress=progress,
+  )  # fmt: skip
 
 
 def track_detections(

@@ -1,0 +1,117 @@
+"""Tissue motion read from the background (qdjax.tracks.registration), on movies of the
+NumPy simulator that shares no code with qdjax (experiments/independent_sim.py)."""
+
+import jax.numpy as jnp
+import numpy as np
+import pandas as pd
+import pytest
+from scipy import ndimage
+
+from qdjax.sim import presets
+from qdjax.tracks import registration, tracking
+
+SIZE, FRAMES = 64, 60
+
+
+def movie(seed, **options):
+  import independent_sim
+
+  defaults = dict(size=SIZE, frames=FRAMES, qds=6, diffusion_um2_s=0.2, peak=14.0, margin_px=6.0)
+  return independent_sim.movie(seed, motion_table=True, **{**defaults, **options})
+
+
+def timing(interval):
+  line = SIZE * 2e-6 + 1.1e-3
+  return registration.Timing(interval, line, 2e-6)
+
+
+def true_trace(found, motion):
+  """The true displacement (x, y) px at the strips' times, less its median."""
+  true = np.stack(
+    [np.interp(found.time_s, motion["time_s"], motion[c]) for c in ("dx_px", "dy_px")], -1
+  )
+  return true - np.median(true, 0)
+
+
+def test_strip_shifts_find_a_known_subpixel_shift():
+  """A noise-free texture moved by (2.4, -1.7) px: every strip reads that shift, searched
+  everywhere or near a prior."""
+  rng = np.random.default_rng(0)
+  pad = 8
+  canvas = np.exp(0.6 * ndimage.gaussian_filter(rng.normal(size=(48 + 2 * pad,) * 2), 2.0) * 3)
+  moved = ndimage.shift(canvas, (-1.7, 2.4), order=3, mode="nearest")[pad:-pad, pad:-pad]
+  frames = jnp.asarray(moved[None] * 40, jnp.float32)
+  valid = jnp.ones_like(frames)
+  reference = jnp.asarray(canvas * 40, jnp.float32)
+  far = registration.strip_shifts(frames, valid, reference, None, lines=8, reach=pad, pad=pad)[0]
+  prior = jnp.full((1, 6, 2), jnp.asarray([2, -2]), jnp.int32)
+  near = registration.strip_shifts(frames, valid, reference, prior, lines=8, reach=2, pad=pad)[0]
+  for shift in (np.asarray(far)[0], np.asarray(near)[0]):
+    # Edge strips see part of the canvas beyond the interpolated one: the middle four.
+    np.testing.assert_allclose(shift[1:-1], [[2.4, -1.7]] * 4, atol=0.12)
+
+
+def test_breathing_is_read_from_a_textured_background():
+  """0.5 um breathing (5 px, mostly y) and a 0.2 um heartbeat over a texture of relative
+  sd 0.5: corrected, and the trace follows the true motion to a fraction of a pixel."""
+  frames, truth, interval, motion = movie(1, breathing_um=0.5, heartbeat_um=0.2, texture_cv=0.5)
+  found = registration.estimate(frames, timing(interval), exclude=truth, exclude_radius_px=6)
+  assert found.applied, found.reason
+  true = true_trace(found, motion)
+  error = found.shift_px - np.median(found.shift_px, 0) - true
+  rms = np.sqrt(np.mean(error**2, 0))
+  assert true[:, 1].std() > 3
+  assert (rms < 0.6).all(), rms
+  assert found.table(0.1)["dy_um"].abs().max() > 0.3
+
+
+def test_no_correction_without_motion_or_without_texture():
+  """Texture without motion: nothing common to the frame's halves. Motion on a flat
+  background with the QDs not even masked: the QDs alone cannot fake tissue motion."""
+  frames, truth, interval, _ = movie(2, texture_cv=0.5)
+  still = registration.estimate(frames, timing(interval), exclude=truth, exclude_radius_px=6)
+  assert not still.applied, still.reason
+  frames, _, interval, _ = movie(3, breathing_um=0.5, diffusion_um2_s=0.05)
+  plain = registration.estimate(frames, timing(interval))
+  assert not plain.applied, plain.reason
+
+
+def test_correct_takes_out_the_motion_at_each_detections_time():
+  line, interval = 1e-3, 0.1
+  time = np.arange(0, 1, 0.01)
+  shift = np.stack([np.sin(2 * np.pi * time), 3 * time], -1)
+  motion = registration.TissueMotion(
+    frame=np.zeros(len(time), int), line=np.zeros(len(time)), time_s=time, shift_px=shift,
+    se_px=np.zeros_like(shift), noise_px=np.zeros(2), rms_px=shift.std(0), p_value=0.0,
+    applied=True, reason="", timing=registration.Timing(interval, line, 0.0),
+  )  # fmt: skip
+  detections = pd.DataFrame({"frame": [2, 5], "x": [10.0, 20.0], "y": [30.0, 40.0]})
+  out = registration.correct(detections, motion)
+  t = np.array([2 * interval + 30 * line, 5 * interval + 40 * line])
+  np.testing.assert_allclose(out["x"], [10, 20] - np.sin(2 * np.pi * t), atol=1e-3)
+  np.testing.assert_allclose(out["y"], [30, 40] - 3 * t, atol=1e-3)
+
+
+@pytest.mark.parametrize("seed", [4])
+def test_corrected_tracks_give_back_d(seed):
+  """The true positions where a localiser sees them (with the tissue's motion), linked and
+  estimated by the pipeline: 0.5 um breathing inflates D several-fold; corrected, D is
+  back within 0.75-1.25 of the truth."""
+  frames, truth, interval, _ = movie(seed, qds=10, frames=80, breathing_um=0.5, texture_cv=0.5)
+  preset = presets.get("paper")
+  analysis = tracking.analysis_for(preset, SIZE, SIZE, interval)
+  inside = truth[truth["x"].between(0, SIZE - 1) & truth["y"].between(0, SIZE - 1)]
+  detections = inside[["frame", "x", "y"]].assign(score=1.0).reset_index(drop=True)
+  found = tracking.tissue_motion(
+    frames, detections, registration.timing_for(preset, SIZE, SIZE, interval),
+    pixel_size_um=0.1, spot_sigma_px=2.0,
+  )  # fmt: skip
+  assert found.applied, found.reason
+  ratios = {}
+  for name, tissue in (("corrected", found), ("uncorrected", None)):
+    result = tracking.track_detections(
+      detections, 80, SIZE, SIZE, analysis, tissue=tissue, motion_types=False, drift=False
+    )
+    ratios[name] = result.summary["ensemble"]["D_um2_s"] / 0.2
+  assert ratios["uncorrected"] > 2, ratios
+  assert 0.75 < ratios["corrected"] < 1.25, ratios
