@@ -1,10 +1,11 @@
 r"""Draws the README's pictures: simulated frames of the three regimes, truth marked; or,
-with --populations, the populations benchmark's figure from its JSON.
+with --populations or --motion, that benchmark's figure from its JSON.
 
 python experiments/figures.py                            # writes ./regimes.png
 python experiments/figures.py --output=docs/regimes.png  # replaces the README's figure
 python experiments/figures.py --populations=results/bench_populations.json \
     --output=docs/populations.png
+python experiments/figures.py --motion=results/bench_motion.json --output=docs/motion.png
 """
 
 import json
@@ -20,6 +21,9 @@ _SEED = flags.DEFINE_integer("seed", 0, "Seed of the drawn frames.")
 _POPULATIONS = flags.DEFINE_string(
   "populations", None, "Draw this bench --what=populations JSON instead of the regimes."
 )
+_MOTION = flags.DEFINE_string(
+  "motion", None, "Draw this bench --what=motion JSON instead of the regimes."
+)
 _OUTPUT = flags.DEFINE_string(
   "output", "regimes.png", "PNG path (the README's figure is docs/regimes.png)."
 )
@@ -28,12 +32,17 @@ _OUTPUT = flags.DEFINE_string(
 def main(argv):
   cli.check_no_extra_args(argv)
   io.check_output_path(_OUTPUT.value)
-  if _POPULATIONS.value is not None:
-    with open(_POPULATIONS.value) as f:
+  for what, path, draw in (
+    ("populations", _POPULATIONS.value, plotting.populations_figure),
+    ("motion", _MOTION.value, plotting.motion_figure),
+  ):
+    if path is None:
+      continue
+    with open(path) as f:
       record = json.load(f)
-    if record.get("what") != "populations":
-      raise ValueError(f"{_POPULATIONS.value} is not a bench --what=populations result")
-    plotting.populations_figure(record, _OUTPUT.value)
+    if record.get("what") != what:
+      raise ValueError(f"{path} is not a bench --what={what} result")
+    draw(record, _OUTPUT.value)
     print(f"wrote {_OUTPUT.value}")
     return
   preset = presets.get(_PRESET.value)

@@ -272,3 +272,42 @@ def tissue_figure(motion, path, pixel_size_um: float, truth=None, frame=None):
   fig.tight_layout()
   io.save_figure(fig, path, dpi=110)
   plt.close(fig)
+
+
+def motion_figure(record: dict, path) -> None:
+  """``bench.py --what=motion``'s result: a frame recorded during breathing (sheared line by
+  line); the tissue's motion read from the background against the true one; and D_est / D
+  against the breathing amplitude, corrected (what ``track.py`` gives) and not, per D."""
+  example = record.get("example")
+  fig, axes = plt.subplots(1, 3, figsize=(16, 4.2), gridspec_kw={"width_ratios": [1, 1.8, 1.4]})
+  frame_ax, trace_ax, d_ax = axes
+  if example:
+    frame_ax.imshow(np.asarray(example["frame"]), cmap="magma", interpolation="nearest")
+    frame_ax.set_title(f"a frame, breathing {example['amplitude_um']:g} um", fontsize=9)
+    time = np.asarray(example["time_s"])
+    estimated, true = np.asarray(example["estimated_um"]), np.asarray(example["true_um"])
+    for i, (name, color) in enumerate((("x", "C0"), ("y", "C3"))):
+      trace_ax.plot(time, estimated[:, i], color=color, lw=1, label=f"{name}, read from the movie")
+      trace_ax.plot(time, true[:, i], "--", color="k", lw=0.8, label="true" if i == 0 else None)
+    trace_ax.set(xlabel="time (s)", ylabel="tissue displacement (um)", title="tissue motion")
+    trace_ax.legend(fontsize=8)
+  frame_ax.set_axis_off()
+  amplitudes = record["amplitudes_um"]
+  for j, d in enumerate(record["diffusions_um2_s"]):
+    for row, style, label in (("qdjax", "-o", "corrected (defaults)"),
+                              ("uncorrected", ":x", "uncorrected"),
+                              ("truth_corrected", "--s", "true positions, corrected")):  # fmt: skip
+      cells = [record["cells"][f"A={a:g}um,D={d:g}"][row] for a in amplitudes]
+      ratio = [c.get("mean_ratio", np.nan) for c in cells]
+      se = [c.get("mean_ratio_se") or 0.0 for c in cells]
+      d_ax.errorbar(amplitudes, ratio, yerr=se, fmt=style, color=f"C{j}", ms=4, lw=1,
+                    label=f"D={d:g}: {label}")  # fmt: skip
+  d_ax.axhspan(0.9, 1.1, color="0.9")
+  d_ax.axhline(1.0, color="k", lw=0.8)
+  d_ax.set_yscale("log")
+  d_ax.set(xlabel="breathing amplitude (um)", ylabel="D estimated / D true",
+           title="D with and without the correction")  # fmt: skip
+  d_ax.legend(fontsize=6, ncol=1)
+  fig.tight_layout()
+  io.save_figure(fig, path, dpi=110)
+  plt.close(fig)

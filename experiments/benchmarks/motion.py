@@ -17,7 +17,10 @@ Rows, per movie (one localisation feeds all rows of a localiser):
   * truth_corrected, truth_uncorrected (oracles: no localiser): the true centroids, where
     a localiser would see them (with the tissue's displacement), through the same
     pipeline with and without the correction: what the correction does alone;
-  * truth_true_motion (an oracle): the true centroids in the tissue's frame: the floor.
+  * truth_true_motion (an oracle): the true centroids in the tissue's frame: the floor;
+  * unwarped (at D = 0.2 only): the other place to correct, before localisation: each
+    frame resampled onto the tissue's grid with the motion read from it
+    (``registration.unwarp``), then localised and tracked without the correction.
 The measured D of a movie is the edge-corrected ensemble D over its tracks' windows
 (``tracking.field_ensemble``, docs/diffusion.md, section 5); the displacement-weighted
 ensemble over tracks is beside it. Per row and cell: the mean of D_est / D over the movies
@@ -47,6 +50,7 @@ SIZE, FRAMES, QDS = 96, 100, 8
 REACH_SD = 3.0  # QDs start up to this many movie-long displacement sds beyond the field
 MAX_OUTSIDE_PX = 60.0
 ROWS = ("qdjax", "uncorrected", "truth_corrected", "truth_uncorrected", "truth_true_motion")
+UNWARP_AT = 0.2  # D of the movies also corrected before localisation
 
 
 def movie_params(d: float, amplitude: float, size: int, frames: int, qds: int):
@@ -168,7 +172,7 @@ def run(repeats: int = 1, quick: bool = False, model: str | None = None, workdir
     pixel = float(params.frame.pixel_size_um)
     analysis = tracking.analysis_for(preset, size, size)
     timing = registration.timing_for(preset, size, size)
-    per_row = {name: [] for name in ROWS}
+    per_row = {name: [] for name in ROWS + (("unwarped",) if d == UNWARP_AT else ())}
     errors = []
     for m in range(movies):
       frames_m = counts[m]
@@ -205,6 +209,11 @@ def run(repeats: int = 1, quick: bool = False, model: str | None = None, workdir
       per_row["truth_true_motion"].append(
         _measure(tracking.track_detections(tissue_frame, t, size, size, analysis, **shared), d)
       )
+      if d == UNWARP_AT and found is not None:
+        flat, _ = tracking.detect(registration.unwarp(frames_m, found), locate)
+        per_row["unwarped"].append(
+          _measure(tracking.track_detections(flat, t, size, size, analysis, **shared), d)
+        )
       tissue_um = np.asarray(out.tissue_um[m])
       errors.append(_trace_error(found, tissue_um, times, pixel) if found is not None else {})
       if example is None and amplitude >= 1.0 and found is not None:

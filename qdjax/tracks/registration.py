@@ -559,3 +559,28 @@ def correct(detections: pd.DataFrame, motion: TissueMotion) -> pd.DataFrame:
   out["x"] = out["x"].to_numpy(np.float64) - shift[:, 0]
   out["y"] = out["y"].to_numpy(np.float64) - shift[:, 1]
   return out
+
+
+def unwarp(frames, motion: TissueMotion, first: int = 0) -> np.ndarray:
+  """Frames resampled onto the tissue's grid: pixel (r, c) of frame f is read where the
+  tissue point (c, r) was seen, (r + dy, c + dx) with d the displacement at line r's time
+  (bilinear; the edge is repeated). The alternative to ``correct``: motion taken out
+  before localisation rather than after it, at the cost of resampled, correlated noise.
+
+  Args:
+    frames: [n, h, w], frames ``first`` to ``first + n - 1`` of the movie.
+    motion: the movie's ``TissueMotion``.
+    first: the index of ``frames[0]`` in the movie.
+  """
+  from scipy import ndimage
+
+  frames = np.asarray(frames, np.float32)
+  n, h, w = frames.shape
+  rows, cols = np.mgrid[0:h, 0:w].astype(np.float64)
+  out = np.empty_like(frames)
+  for i in range(n):
+    times = motion.timing.times(first + i, (w - 1) / 2, np.arange(h))
+    shift = motion.at(times)  # [h, 2]
+    coords = [rows + shift[:, 1, None], cols + shift[:, 0, None]]
+    out[i] = ndimage.map_coordinates(frames[i], coords, order=1, mode="nearest")
+  return out
