@@ -1,5 +1,7 @@
 """The cascade (qdjax.detect.cascade): the network on windows around candidates only."""
 
+import json
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -111,3 +113,14 @@ def test_small_frames_run_the_whole_network(fast):
   crops = data.generate(presets.get("paper").sim_params(regime=1), 4, seed=3)["images"]
   for a, b in zip(locator(crops), through(crops), strict=True):
     np.testing.assert_allclose(a, b, atol=1e-5)
+
+
+def test_general_fast_is_the_default_and_records_its_training():
+  assert inference.default_model() == "general_fast"
+  directory = inference.pretrained_dir("general_fast")
+  info = json.loads((directory / inference.CONFIG).read_text())
+  assert info["model"]["name"] == "s4_light"
+  assert "experiments/configs/general.py" in info["training_command"]
+  assert info["training_config"]["data"] == "prior"
+  assert "paper_fast" in info["training_run"]["init"]
+  assert sum(p.stat().st_size for p in directory.iterdir()) < 1e6

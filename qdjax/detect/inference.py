@@ -17,9 +17,12 @@ Shipped models live in ``qdjax/pretrained/<name>/``: ``weights.npz`` (the model'
 command and seed that trained it). ``export_pretrained`` writes such a directory from a
 training workdir. The shipped names (``MODELS``, the preferred default first):
 
+- ``general_fast``: the ``s4_light`` network over the same prior as ``general``, started
+  from ``paper_fast``'s weights; the default wherever its weights are shipped. On the
+  ``invivo`` test sets at least as accurate as ``general`` in every cell, at many times its
+  speed (docs/results.md).
 - ``general``: the ``base`` network trained over ``qdjax.sim.prior`` (many photon levels,
-  Poisson and PMT frames, 0 to several QDs, several frame sizes); the default wherever
-  its weights are shipped.
+  Poisson and PMT frames, 0 to several QDs, several frame sizes).
 - ``paper_fast``: the ``s4_light`` network (``qdjax.detect.model``) trained on the ``paper``
   preset only, 1M frames. On the study's test sets its mean AUC is within 0.001 of
   ``paper``'s, at many times its speed (``experiments/bench.py --what=locate``).
@@ -48,7 +51,7 @@ from qdjax.detect import model as model_lib
 PRETRAINED_ROOT = Path(__file__).parents[1] / "pretrained"
 PRETRAINED_DIR = PRETRAINED_ROOT / "paper"
 # Shipped model names, the preferred default first.
-MODELS = ("general", "paper_fast", "paper")
+MODELS = ("general_fast", "general", "paper_fast", "paper")
 WEIGHTS = "weights.npz"
 CONFIG = "config.json"
 # Pixels per jitted call at most: a memory bound on an accelerator, where large calls fill
@@ -235,7 +238,7 @@ def shipped_models() -> tuple[str, ...]:
 
 
 def default_model() -> str:
-  """The first of ``MODELS`` whose weights are shipped (``general`` where shipped)."""
+  """The first of ``MODELS`` whose weights are shipped (``general_fast`` where shipped)."""
   return (shipped_models() or MODELS[-1:])[0]
 
 

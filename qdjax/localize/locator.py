@@ -25,9 +25,10 @@ import numpy as np
 METHODS = ("model", "trackpy", "mle")
 # The --model flag's help, shared by the scripts that take it.
 MODEL_HELP = (
-  "Shipped model for --method=model: 'general' (many photon levels, Poisson and PMT frames, "
-  "whole fields), 'paper_fast' (the study's preset only; fast) or 'paper' (the study's preset "
-  "only; the full-accuracy reference, slow on whole fields); default: general where shipped."
+  "Shipped model for --method=model: 'general_fast' (many photon levels, Poisson and PMT "
+  "frames, whole fields; fast), 'general' (the same prior on the larger, slower network), "
+  "'paper_fast' (the study's preset only; fast) or 'paper' (the study's preset only; the "
+  "full-accuracy reference, slow on whole fields); default: general_fast where shipped."
 )
 
 
@@ -89,7 +90,7 @@ def make(
       shipped with qdjax), 'trackpy', or 'mle' (Poisson maximum-likelihood Gaussian fit).
     workdir: a training workdir or exported model directory, for 'model' only.
     model: a shipped model's name (``inference.MODELS``), for 'model' without ``workdir``;
-      default ``inference.default_model()``: 'general' where shipped.
+      default ``inference.default_model()``: 'general_fast' where shipped.
     preset: a ``presets.Preset``: for trackpy without ``trackpy_settings``, its
       calibrated settings when it has them (trackpy's defaults otherwise).
     trackpy_settings: ``trackpy.Settings`` or a dict of them.
