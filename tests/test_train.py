@@ -9,6 +9,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import jax
 import numpy as np
 import pytest
 from configs import tiny
@@ -307,3 +308,32 @@ def test_inference_loads_workdir_and_export_on_any_frame_size(reference, tmp_pat
   again = inference.load(exported)(frames)
   for a, b in zip(everything, again, strict=True):
     np.testing.assert_array_equal(a, b)
+
+
+def test_init_from_starts_from_another_runs_best_weights(reference, tmp_path):
+  from qdjax.detect import checkpoint
+
+  ref_dir, _ = reference
+  exported = inference.export_pretrained(ref_dir, tmp_path / "export", command="test")
+  scratch = train.build(tiny_config())
+  best, _ = checkpoint.restore_best(ref_dir, scratch.state["model"])
+  for source in (ref_dir, exported):  # a workdir's best checkpoint, or exported weights
+    config = tiny_config()
+    config.init_from = str(source)
+    experiment = train.build(config)
+    state = train.warm_start(config, experiment)
+    for a, b in zip(
+      jax.tree.leaves(state["model"].to_pure_dict()), jax.tree.leaves(best), strict=True
+    ):
+      np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+  # The training loop starts from them: step 1's loss is that of the trained weights.
+  config = tiny_config()
+  config.init_from = str(exported)
+  config.num_steps, config.log_every = 1, 1
+  train.train_and_evaluate(config, tmp_path / "warm")
+  first = json.loads((tmp_path / "warm" / "metrics.jsonl").read_text().splitlines()[0])
+  _, fresh = scratch.train_step(scratch.state, 1)
+  assert first["loss"] < float(fresh["loss"])
+  config.model.name = "s4_light"
+  with pytest.raises(ValueError, match="init_from"):
+    train.warm_start(config, train.build(config))

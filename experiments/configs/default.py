@@ -16,6 +16,7 @@ def get_config():
   config.preset = "paper"  # simulation preset: a name or a JSON preset file (qdjax.sim.presets)
   config.diffusion = config_dict.placeholder(str)  # D um^2/s, or lo:hi; None: preset's range
   config.seed = 0  # key(seed) -> init key, data key
+  config.init_from = ""  # warm start: a shipped model, export or workdir (""/None: random)
   config.data = "simulate"  # qdjax.sources: simulate, noise_free, prior (device) or tfds
   config.tfds_data_dir = config_dict.placeholder(str)  # data=tfds: TFDS data directory
   config.tfds_name = "qd2pm/paper"  # data=tfds: dataset name/config

@@ -423,8 +423,11 @@ def _sim_record(experiment: Experiment) -> dict:
   return json.loads(json.dumps(record))
 
 
-def _resume(workdir: Path, experiment: Experiment, checkpoints, verbose: bool) -> tuple[dict, dict]:
-  """(state, meta) of the workdir's last checkpoint, or the fresh ones.
+def _resume(
+  workdir: Path, config, experiment: Experiment, checkpoints, verbose: bool
+) -> tuple[dict, dict]:
+  """(state, meta) of the workdir's last checkpoint, or the fresh ones (the model's weights
+  from ``config.init_from`` if set; see ``warm_start``).
 
   Raises:
     ValueError: a corrupt checkpoint, or one made with other simulation parameters.
@@ -439,6 +442,10 @@ def _resume(workdir: Path, experiment: Experiment, checkpoints, verbose: bool) -
   }
   restored = checkpoint.restore_latest(checkpoints, experiment.state, experiment.replicated)
   if restored is None:
+    if config.get("init_from"):
+      if verbose:
+        print(f"starting from the weights of {config.init_from}", flush=True)
+      return warm_start(config, experiment), meta
     return experiment.state, meta
   state, meta = restored
   if meta.get("sim_params", sim_record) != sim_record:
@@ -451,6 +458,33 @@ def _resume(workdir: Path, experiment: Experiment, checkpoints, verbose: bool) -
   if verbose:
     print(f"resuming from {checkpoints.directory} at step {meta['step']}", flush=True)
   return state, meta
+
+
+def warm_start(config, experiment: Experiment) -> dict:
+  """The fresh training state with the model's weights (and batch statistics) taken from
+  ``config.init_from``: a shipped model's name (``qdjax.detect.inference.MODELS``), a
+  directory written by ``export_pretrained`` or a training workdir (its best checkpoint).
+  The optimizer starts afresh (zero momentum, step 0 of the schedule).
+
+  Raises:
+    ValueError: the source is another architecture than ``config.model``.
+  """
+  from qdjax.detect import inference  # the loaders of shipped models and workdirs
+
+  source = config.init_from
+  if source in inference.MODELS:
+    locator = inference.load(model=source)
+  else:
+    locator = inference.load(source)
+  mine = {"name": config.model.name, **model_settings(config)}
+  theirs = {k: v for k, v in locator.model_config.items() if v is not None}
+  if mine != theirs:
+    raise ValueError(
+      f"config.init_from={source!r} is the model {theirs}, not config.model's {mine}"
+    )
+  model_state = jax.tree.map(lambda x: x, experiment.state["model"])  # a copy
+  nnx.replace_by_pure_dict(model_state, locator._state.to_pure_dict())
+  return {**experiment.state, "model": on_mesh(model_state, experiment.replicated)}
 
 
 def _write_run_record(workdir: Path, config, experiment: Experiment) -> None:
@@ -498,7 +532,7 @@ def train_and_evaluate(config, workdir) -> dict[str, Any]:
 
   checkpoints = checkpoint.manager(workdir / checkpoint.CHECKPOINTS, config.keep_checkpoints)
   best = checkpoint.manager(workdir / checkpoint.BEST, 1)
-  state, meta = _resume(workdir, experiment, checkpoints, primary and config.progress)
+  state, meta = _resume(workdir, config, experiment, checkpoints, primary and config.progress)
   if primary:
     _write_run_record(workdir, config, experiment)
   start = meta["step"]
