@@ -13,6 +13,8 @@ r"""Throughput benchmarks; prints and writes JSON.
   python experiments/bench.py --what=batch   # many movies: 1 Dask worker against 2
   python experiments/bench.py --what=motion   # D under tissue motion, corrected or not
   python experiments/bench.py --what=motion --models=general --workdir=workdirs/x  # a model
+  python experiments/bench.py --what=texture   # false detections on textured, moving tissue
+  python experiments/bench.py --what=texture --models=general --workdir=workdirs/x
 
 Timings are medians of repeats; ratios are measured side by side in the same run.
 """
@@ -39,6 +41,7 @@ _WHAT = flags.DEFINE_enum(
     "tradeoff",
     "batch",
     "motion",
+    "texture",
   ],
   "What to measure.",
 )
@@ -51,10 +54,10 @@ _TRAIN_FRAMES = flags.DEFINE_integer(
   "train_frames", None, "tradeoff: training frames per model (equal budget).", lower_bound=1
 )
 _MODELS = flags.DEFINE_list(
-  "models", None, "tradeoff: model presets to train and compare; startup: shipped models."
+  "models", None, "tradeoff: model presets to train and compare; startup, texture: shipped models."
 )
 _WORKDIR = flags.DEFINE_string(
-  "workdir", None, "tradeoff: where the training runs go; motion: a trained model to use."
+  "workdir", None, "tradeoff: where the training runs go; motion, texture: a trained model to use."
 )
 _PHOTON_SCALE = flags.DEFINE_float(
   "photon_scale", 1.0, "diffusion: QDs' peak photons times this (< 1: dimmer than in vivo)."
@@ -81,6 +84,9 @@ def main(argv):
     options["photon_scale"] = _PHOTON_SCALE.value
   if _WHAT.value == "motion":
     options["model"] = _MODELS.value[0] if _MODELS.value else None
+    options["workdir"] = _WORKDIR.value
+  if _WHAT.value == "texture":
+    options["models"] = tuple(_MODELS.value) if _MODELS.value else None
     options["workdir"] = _WORKDIR.value
   if _WHAT.value == "startup" and _MODELS.value:
     options["models"] = tuple(_MODELS.value)
