@@ -380,10 +380,11 @@ def test_napari_data_is_track_id_t_y_x(tmp_path):
 
 
 def test_napari_builds_a_tracks_layer_from_it():
-  """With napari installed (not a test dependency: ~190 MB), its Tracks layer takes the data
-  and properties as they are, headless."""
+  """napari's own Tracks layer (the test extra installs napari without Qt) takes the data and
+  properties as they are, headless."""
   os.environ.setdefault("QT_QPA_PLATFORM", "offscreen")
-  layers = pytest.importorskip("napari.layers")
+  from napari import layers
+
   data, properties = interop.to_napari(example_tracks())
   layer = layers.Tracks(data, properties=properties, color_by="score")
   assert layer.data.shape == (8, 4) and layer.color_by == "score"
