@@ -323,6 +323,34 @@ def test_score_threshold_splits_noise_from_spots():
   assert tracking.score_threshold(spots[:5]) is None
 
 
+def test_unsplit_scores_are_cut_at_the_localisers_default():
+  """A movie whose scores do not split (a few QDs among many noise peaks falling off
+  smoothly) is cut at the localiser's own default, not kept whole; a split, or a given
+  cut, comes first; trackpy's detections (it thresholds itself) are kept."""
+  from qdjax.detect import inference
+  from qdjax.localize import locator, mle
+  from qdjax.localize import trackpy as trackpy_locator
+
+  rng = np.random.default_rng(11)
+  smooth = np.exp(rng.uniform(math.log(0.005), 0.0, 5000))  # log-uniform: one broad mode
+  assert tracking.score_threshold(smooth) is None
+  model_cut = locator.default_min_score(inference.Locator)
+  assert model_cut == 0.25 and locator.default_min_score(mle.Locator) == 5.0
+  assert locator.default_min_score(trackpy_locator.Locator) is None
+  assert locator.default_min_score(object()) is None
+  assert tracking.choose_min_score(smooth, None, model_cut) == (
+    0.25,
+    "the localiser's default (scores not bimodal)",
+  )
+  assert tracking.choose_min_score(smooth, None, None) == (None, "none (scores not bimodal)")
+  split = np.concatenate([np.exp(rng.normal(math.log(0.005), 1.0, 2000)), np.full(300, 0.8)])
+  cut, source = tracking.choose_min_score(split, None, model_cut)
+  assert source == "score split" and 0.03 < cut < 0.4
+  assert tracking.choose_min_score(smooth, 0.6, model_cut) == (0.6, "given")
+  with pytest.raises(ValueError, match="nan"):
+    tracking.choose_min_score(smooth, math.nan, model_cut)
+
+
 def clutter(rng, num_frames, size, qds, step_px, clutter_per_frame):
   """Detections of ``qds`` random walks (Gaussian steps of sd ``step_px`` per axis) plus
   uniform false detections; [frame, x, y, score]."""

@@ -131,6 +131,8 @@ class Locator:
       (``qdjax.detect.cascade``).
   """
 
+  method = "model"  # its name in ``qdjax.localize.locator`` (default score cut there)
+
   def __init__(
     self, model_config, decode, weights, min_score=0.0, chunk=1024, info=None, cascade=None
   ):

@@ -18,21 +18,7 @@ from tqdm.auto import tqdm
 from qdjax import io
 from qdjax.localize import locator
 
-# What a method's score means, and the least score ``experiments/locate.py`` keeps by default
-# (measured on 400 frames per case of the calibrated paper preset, simulated apart from
-# every test split, matching within 2 px):
-# - model: about the probability that a QD lies within 1 px: the presence probability
-#   summed over a 3 x 3 window times the predicted P(position error < 1 px). Top scores of
-#   empty frames: median 0.13, 99th percentile 0.41; 0.25 keeps recall 0.90 (precision
-#   0.94) at D1 and 0.56 at D3, with 0.16 false alarms per empty frame; 0.5 would keep only
-#   0.36 at D1, as a blurred QD's position is rarely certain to 1 px.
-# - trackpy: trackpy's mass (background-subtracted counts in the feature's mask); its own
-#   minmass, chosen on validation data, already applies, so nothing more is cut.
-# - mle: the log-likelihood ratio of a fitted spot against a flat background (nats).
-#   Empty frames reach llr >= 2 in 62% of frames, >= 5 in 31%, >= 10 in 1%; at D1 the
-#   recall is 0.815 / 0.810 / 0.657 at those cuts. 5 halves the false alarms for almost
-#   no recall.
-DEFAULT_MIN_SCORE = {"model": 0.25, "trackpy": -np.inf, "mle": 5.0}
+DEFAULT_MIN_SCORE = locator.DEFAULT_MIN_SCORE  # what each method's score means: there
 
 
 def _rows(

@@ -17,6 +17,7 @@ methods are ``qdjax.detect.inference.Locator`` ('model', the trained detector),
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from typing import Protocol
 
@@ -32,6 +33,24 @@ MODEL_HELP = (
 )
 
 
+# What a method's score means, and the least score ``experiments/locate.py`` keeps by default (and
+# tracking keeps where a movie's scores do not split, ``default_min_score``)
+# (measured on 400 frames per case of the calibrated paper preset, simulated apart from
+# every test split, matching within 2 px):
+# - model: about the probability that a QD lies within 1 px: the presence probability
+#   summed over a 3 x 3 window times the predicted P(position error < 1 px). Top scores of
+#   empty frames: median 0.13, 99th percentile 0.41; 0.25 keeps recall 0.90 (precision
+#   0.94) at D1 and 0.56 at D3, with 0.16 false alarms per empty frame; 0.5 would keep only
+#   0.36 at D1, as a blurred QD's position is rarely certain to 1 px.
+# - trackpy: trackpy's mass (background-subtracted counts in the feature's mask); its own
+#   minmass, chosen on validation data, already applies, so nothing more is cut.
+# - mle: the log-likelihood ratio of a fitted spot against a flat background (nats).
+#   Empty frames reach llr >= 2 in 62% of frames, >= 5 in 31%, >= 10 in 1%; at D1 the
+#   recall is 0.815 / 0.810 / 0.657 at those cuts. 5 halves the false alarms for almost
+#   no recall.
+DEFAULT_MIN_SCORE = {"model": 0.25, "trackpy": -math.inf, "mle": 5.0}
+
+
 class Progress(Protocol):
   """What a locator needs of a progress bar (tqdm has it)."""
 
@@ -42,6 +61,14 @@ class Locator(Protocol):
   """images [n, h, w] -> list of n [k, 3] (x, y, score); see the module docstring."""
 
   def __call__(self, images: np.ndarray, progress: Progress | None = None) -> list[np.ndarray]: ...
+
+
+def default_min_score(locate) -> float | None:
+  """The least score worth keeping from this localiser when nothing else says where
+  (``DEFAULT_MIN_SCORE`` of its ``method`` attribute); None for a localiser that cuts its
+  own detections (trackpy) or one not named there."""
+  cut = DEFAULT_MIN_SCORE.get(getattr(locate, "method", None))
+  return None if cut is None or not math.isfinite(cut) else float(cut)
 
 
 def check_method(method: str, known: Sequence[str] = METHODS) -> str:

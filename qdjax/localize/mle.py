@@ -271,6 +271,8 @@ class Locator:
   """``Locator(config)(images) -> list of [k, 3] (x, y, score)``, k = 0 or 1 per frame; a
   ``qdjax.localize.locator.Locator``."""
 
+  method = "mle"  # its name in ``qdjax.localize.locator`` (default score cut there)
+
   def __init__(self, config: Config = Config()):
     self.config = config
 

@@ -267,6 +267,8 @@ class Locator:
   collection.
   """
 
+  method = "trackpy"  # its name in ``qdjax.localize.locator`` (default score cut there)
+
   def __init__(self, settings: Settings | None = None, workers: int | None = None):
     self.settings = settings or Settings()
     self.workers = workers

@@ -8,7 +8,8 @@ The pipeline, every choice made from the movie itself (docs/diffusion.md, sectio
 1. any localiser (a ``qdjax.localize.locator.Locator``: frames in, per-frame [k, 3] x, y, score
    out) runs on chunks of the movie, so memory is bounded by one chunk;
 2. the detections are thresholded where the movie's score distribution splits into
-   noise and QDs (``score_threshold``);
+   noise and QDs (``score_threshold``), or, where it does not split, at the localiser's
+   own default cut (``choose_min_score``);
 3. the size of a frame-to-frame step is fitted to the distances between detections of
    consecutive frames (``step_scale``), and ``trackpy.link`` links with a search range
    from it, bridging ``memory`` missed frames;
@@ -129,6 +130,24 @@ def score_threshold(scores, separation: float = 4.0) -> float | None:
     return None
   cut = float((order[best] + order[best + 1]) / 2)
   return float(math.exp(cut)) if positive else cut
+
+
+def choose_min_score(scores, min_score=None, fallback=None) -> tuple[float | None, str]:
+  """The score cut of a movie's detections and where it came from: ``min_score`` when
+  given; else the movie's own split (``score_threshold``); else, when its scores do not
+  split (a few QDs among many more noise peaks, or QDs at every focus and brightness),
+  ``fallback``, the localiser's own default cut (``locator.default_min_score``); else
+  none (everything is kept)."""
+  if min_score is not None:
+    if math.isnan(min_score):
+      raise ValueError("min_score must be a number, got nan")
+    return float(min_score), "given"
+  cut = score_threshold(scores)
+  if cut is not None:
+    return cut, "score split"
+  if fallback is not None:
+    return float(fallback), "the localiser's default (scores not bimodal)"
+  return None, "none (scores not bimodal)"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -707,7 +726,8 @@ def track_movie(
     memory: frames a track may skip (blinks, misses).
     min_detections: shortest track kept and given a D.
     chunk: frames per localiser call (bounds memory).
-    min_score: drop detections scoring below this (default: ``score_threshold``).
+    min_score: drop detections scoring below this (default: ``choose_min_score``, the
+      movie's score split, else the localiser's default cut).
     window: frames per window of the edge-corrected ensemble D (``field_windows``).
     drift: subtract the common motion: None, where it is significant; True; False.
     tissue: correct the detections for the tissue's motion read from the background
@@ -738,20 +758,21 @@ def track_movie(
     preset, h, w, frame_interval_s, min_frames=min_detections, estimator=estimator
   )
   detections, mean_frame = detect(frames, locate, chunk, progress)
+  fallback = locator.default_min_score(locate)
   found = None
   if tissue is not False:
     found = tissue_motion(
       frames, detections, registration.timing_for(preset, h, w, analysis.frame_interval_s),
       pixel_size_um=analysis.pixel_size_um,
       spot_sigma_px=float(preset.values["sigma_xy_um"]) / analysis.pixel_size_um,
-      min_score=min_score, progress=progress,
+      min_score=min_score, fallback_min_score=fallback, progress=progress,
     )  # fmt: skip
     if found is not None and tissue is True:
       found = dataclasses.replace(found, applied=True, reason=found.reason + "; applied as asked")
   return track_detections(
     detections, t, h, w, analysis, max_diffusion=max_diffusion, memory=memory,
     min_score=min_score, window=window, drift=drift, motion_types=motion_types,
-    mean_frame=mean_frame, tissue=found,
+    mean_frame=mean_frame, tissue=found, fallback_min_score=fallback,
   )  # fmt: skip
 
 
@@ -763,16 +784,17 @@ def tissue_motion(
   pixel_size_um: float,
   spot_sigma_px: float = 1.0,
   min_score=None,
+  fallback_min_score: float | None = None,
   progress: bool = False,
 ):
   """The tissue's motion read from the movie's background (``registration.estimate``),
-  with the QDs (discs of 3 spot sds around the detections above the score threshold) left
-  out, searched up to ``registration.MAX_SHIFT_UM`` or a quarter of the frame; None for
-  frames under ``MIN_REGISTER_PX`` on a side."""
+  with the QDs (discs of 3 spot sds around the detections above the score cut,
+  ``choose_min_score``) left out, searched up to ``registration.MAX_SHIFT_UM`` or a
+  quarter of the frame; None for frames under ``MIN_REGISTER_PX`` on a side."""
   t, h, w = frames.shape
   if min(h, w) < MIN_REGISTER_PX:
     return None
-  chosen = score_threshold(detections["score"]) if min_score is None else float(min_score)
+  chosen, _ = choose_min_score(detections["score"], min_score, fallback_min_score)
   qds = detections if chosen is None else detections[detections["score"] >= chosen]
   reach = min(min(h, w) // 4, round(registration.MAX_SHIFT_UM / pixel_size_um))
   return registration.estimate(
@@ -796,17 +818,17 @@ def track_detections(
   motion_types: bool = True,
   mean_frame=None,
   tissue=None,
+  fallback_min_score: float | None = None,
 ) -> Result:
   """Steps 2-6 of the pipeline (module docstring) on a movie's detections (frame, x, y,
   score); ``track_movie``'s arguments, with ``analysis.min_frames`` the shortest track and
   ``tissue`` the tissue's motion (``registration.TissueMotion``; corrected for when its
-  ``applied``)."""
+  ``applied``) and ``fallback_min_score`` the localiser's default cut
+  (``choose_min_score``)."""
   t, h, w = num_frames, height, width
   if tissue is not None and tissue.applied:
     detections = registration.correct(detections, tissue)
-  if min_score is not None and math.isnan(min_score):
-    raise ValueError("min_score must be a number, got nan")
-  chosen = score_threshold(detections["score"]) if min_score is None else float(min_score)
+  chosen, chosen_source = choose_min_score(detections["score"], min_score, fallback_min_score)
   kept = detections if chosen is None else detections[detections["score"] >= chosen]
   kept = kept.reset_index(drop=True)
   scale = step_scale(kept, w, h)
@@ -844,9 +866,7 @@ def track_detections(
     "detections": len(detections),
     "detections_kept": len(kept),
     "min_score": chosen,
-    "min_score_source": "given"
-    if min_score is not None
-    else ("score split" if chosen is not None else "none (scores not bimodal)"),
+    "min_score_source": chosen_source,
     "step_scale_px": scale.scale_px,
     "search_range_px": reach,
     "search_range_source": range_source,
