@@ -178,11 +178,12 @@ def run(repeats: int = 1, quick: bool = False, model: str | None = None, workdir
       frames_m = counts[m]
       centroids, present = np.asarray(out.centroids[m]), np.asarray(out.present[m])
       detections, _ = tracking.detect(frames_m, locate)
+      fallback = locator.default_min_score(locate)  # as track_movie
       found = tracking.tissue_motion(
-        frames_m, detections, timing, pixel_size_um=pixel,
+        frames_m, detections, timing, pixel_size_um=pixel, fallback_min_score=fallback,
         spot_sigma_px=float(preset.values["sigma_xy_um"]) / pixel,
       )  # fmt: skip
-      shared = dict(motion_types=False)
+      shared = dict(motion_types=False, fallback_min_score=fallback)
       t = frames_m.shape[0]
       per_row["qdjax"].append(
         _measure(

@@ -2,8 +2,8 @@
 
 Movies of 96 x 96 px with 8 QDs in focus at D = 0.2 um^2/s, located by each shipped model
 (and ``--workdir``'s, named ``workdir``) without a threshold, then cut at the movie's own
-score split (``tracking.score_threshold``, what ``track_movie`` does by default; all
-detections are kept when the scores are not bimodal). Backgrounds:
+score split or, without one, the localiser's default cut (``tracking.choose_min_score``,
+what ``track_movie`` does by default). Backgrounds:
 
   * ``invivo_flat``: the ``invivo`` preset's microscope (PMT, 0.2 um pixels), flat
     background, no tissue motion;
@@ -106,8 +106,12 @@ def _inside(xy, size):
 def score_movie(frames, truth, locate) -> dict:
   """Counts of one movie: detections before and after its score split, false ones, QDs
   found, QDs inside the field, and whether the split was found."""
+  from qdjax.localize import locator
+
   detections, _ = tracking.detect(frames, locate)
-  cut = tracking.score_threshold(detections["score"])
+  cut, source = tracking.choose_min_score(
+    detections["score"], fallback=locator.default_min_score(locate)
+  )
   kept = detections if cut is None else detections[detections["score"] >= cut]
   size = frames.shape[-1]
   false = found = qds = 0
@@ -129,7 +133,7 @@ def score_movie(frames, truth, locate) -> dict:
     "false": false,
     "found": found,
     "qds": qds,
-    "split": cut is not None,
+    "split": source == "score split",
   }
 
 
