@@ -15,8 +15,9 @@ Rows, per movie (one localisation feeds all rows of a localiser):
     where the frame's halves agree, common motion, CVE or MLE);
   * uncorrected: the same without the tissue correction (``tissue=False``);
   * truth_corrected, truth_uncorrected (oracles: no localiser): the true centroids, where
-    a localiser would see them (with the tissue's displacement), through the same
-    pipeline with and without the correction: what the correction does alone;
+    a localiser would see them (the tissue-frame centroid moved by the tissue's
+    displacement at the middle of the QD's line), through the same pipeline with and
+    without the correction: what the correction does alone;
   * truth_true_motion (an oracle): the true centroids in the tissue's frame: the floor;
   * unwarped (at D = 0.2 only): the other place to correct, before localisation: each
     frame resampled onto the tissue's grid with the motion read from it
@@ -78,6 +79,20 @@ def _photons(counts, frame):
   if frame.detector != "pmt":
     return counts
   return (counts - float(frame.pmt_offset)) * float(frame.pmt_alpha) / 3.0
+
+
+def _seen_at_line(tissue_centroids, tissue_um, pixel_um: float):
+  """[T, P, 2] px: each QD where the scan saw it, its tissue-frame centroid moved by the
+  tissue's displacement at the middle of the line it lies on. (The movie's ``centroids``
+  average the displacement over the whole frame, which is not where a localiser sees a QD
+  that the tissue moved while the frame was scanned.)"""
+  h = tissue_um.shape[1]
+  line = np.clip(np.round(tissue_centroids[..., 1]), 0, h - 1).astype(int)
+  shift = np.take_along_axis(tissue_um[..., :2], line[..., None], axis=1) / pixel_um
+  seen = tissue_centroids + shift
+  line = np.clip(np.round(seen[..., 1]), 0, h - 1).astype(int)  # the line it was seen on
+  shift = np.take_along_axis(tissue_um[..., :2], line[..., None], axis=1) / pixel_um
+  return tissue_centroids + shift
 
 
 def _truth_detections(centroids, present) -> pd.DataFrame:
@@ -176,7 +191,7 @@ def run(repeats: int = 1, quick: bool = False, model: str | None = None, workdir
     errors = []
     for m in range(movies):
       frames_m = counts[m]
-      centroids, present = np.asarray(out.centroids[m]), np.asarray(out.present[m])
+      present = np.asarray(out.present[m])
       detections, _ = tracking.detect(frames_m, locate)
       fallback = locator.default_min_score(locate)  # as track_movie
       found = tracking.tissue_motion(
@@ -193,7 +208,10 @@ def run(repeats: int = 1, quick: bool = False, model: str | None = None, workdir
       per_row["uncorrected"].append(
         _measure(tracking.track_detections(detections, t, size, size, analysis, **shared), d)
       )
-      truth = _truth_detections(centroids, present)
+      truth = _truth_detections(
+        _seen_at_line(np.asarray(out.tissue_centroids[m]), np.asarray(out.tissue_um[m]), pixel),
+        present,
+      )
       known = tracking.tissue_motion(
         frames_m, truth, timing, pixel_size_um=pixel, min_score=0.0,
         spot_sigma_px=float(preset.values["sigma_xy_um"]) / pixel,
