@@ -168,6 +168,19 @@ def test_linking_keeps_identities_and_bridges_blinks():
   assert unbridged["particle"].nunique() == 5
 
 
+def test_detections_too_dense_to_link_give_a_one_line_error():
+  """A frame of noise peaks that trackpy cannot link even at a tenth of the range is a
+  one-line ValueError that says what to do, not trackpy's chain of exceptions."""
+  rng = np.random.default_rng(0)
+  n = 300
+  detections = pd.DataFrame(
+    {"frame": np.repeat([0, 1, 2], n), "x": rng.uniform(0, 10, 3 * n)}
+  ).assign(y=rng.uniform(0, 10, 3 * n), score=1.0)
+  with pytest.raises(ValueError, match=r"too dense to link \(300 a frame.*min_score") as e:
+    tracking.link(detections, search_range=8.0)
+  assert "\n" not in str(e.value)
+
+
 def write_movie(path, n_frames=12, size=32, seed=5):
   """A movie from a simple simulator of its own: 2 bright Gaussian spots, Poisson noise."""
   rng = np.random.default_rng(seed)

@@ -259,17 +259,30 @@ def link(detections: pd.DataFrame, search_range: float, memory: int = 3) -> pd.D
   When a dense subnetwork makes trackpy give up at ``search_range``, it retries with a
   range shrunk by 10% per step (trackpy's adaptive search), never silently dropping
   detections.
+
+  Raises:
+    ValueError: the detections are too dense to link even at a tenth of the range (most of
+      them noise: cut them by score first).
   """
   if len(detections) == 0:
     return detections.assign(particle=pd.Series(dtype=int))[TRACK_COLUMNS]
   tp = _trackpy()
-  linked = tp.link(
-    detections,
-    search_range,
-    memory=memory,
-    adaptive_stop=0.1 * search_range,
-    adaptive_step=0.9,
-  )
+  try:
+    linked = tp.link(
+      detections,
+      search_range,
+      memory=memory,
+      adaptive_stop=0.1 * search_range,
+      adaptive_step=0.9,
+    )
+  except tp.SubnetOversizeException as e:
+    per_frame = len(detections) / max(detections["frame"].nunique(), 1)
+    raise ValueError(
+      f"the detections are too dense to link ({per_frame:.0f} a frame; at a tenth of the "
+      f"{search_range:.1f} px range trackpy still reports: {str(e).strip()}): most are "
+      "likely noise; keep fewer with a higher min_score, or link over a shorter range with "
+      "max_diffusion"
+    ) from None
   linked = linked.sort_values(["particle", "frame"], kind="stable").reset_index(drop=True)
   return linked[TRACK_COLUMNS]
 
