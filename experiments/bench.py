@@ -13,6 +13,7 @@ r"""Throughput benchmarks; prints and writes JSON.
   python experiments/bench.py --what=batch   # many movies: 1 Dask worker against 2
   python experiments/bench.py --what=motion   # D under tissue motion, corrected or not
   python experiments/bench.py --what=motion --models=general --workdir=workdirs/x  # a model
+  python experiments/bench.py --what=motion --breathing_z=0   # breathing in the plane only
   python experiments/bench.py --what=texture   # false detections on textured, moving tissue
   python experiments/bench.py --what=texture --models=general --workdir=workdirs/x
 
@@ -59,6 +60,11 @@ _MODELS = flags.DEFINE_list(
 _WORKDIR = flags.DEFINE_string(
   "workdir", None, "tradeoff: where the training runs go; motion, texture: a trained model to use."
 )
+_BREATHING_Z = flags.DEFINE_float(
+  "breathing_z",
+  0.5,
+  "motion: the breathing's z amplitude as a fraction of its y amplitude (0: in the plane).",
+)
 _PHOTON_SCALE = flags.DEFINE_float(
   "photon_scale", 1.0, "diffusion: QDs' peak photons times this (< 1: dimmer than in vivo)."
 )
@@ -85,6 +91,7 @@ def main(argv):
   if _WHAT.value == "motion":
     options["model"] = _MODELS.value[0] if _MODELS.value else None
     options["workdir"] = _WORKDIR.value
+    options["breathing_z"] = _BREATHING_Z.value
   if _WHAT.value == "texture":
     options["models"] = tuple(_MODELS.value) if _MODELS.value else None
     options["workdir"] = _WORKDIR.value

@@ -5,6 +5,7 @@ has its own tests in test_track.py.)
 """
 
 import json
+import math
 
 import pytest
 from conftest import run_script
@@ -29,3 +30,22 @@ def test_bench_runs_quick(what, tmp_path):
   assert record and "Traceback" not in result.stderr
   if what == "tradeoff":
     assert {"trackpy_1_process", "tiny"} <= set(record["rows"]), record["rows"].keys()
+
+
+@pytest.mark.parametrize("what", ["motion", "texture"])
+def test_tissue_benches_run_quick(what, tmp_path):
+  """The tissue-motion and texture benches with the shipped default model (no workdir)."""
+  output = tmp_path / f"bench_{what}.json"
+  result = run_script("bench.py", f"--what={what}", "--quick", f"--output={output}", cwd=tmp_path)
+  assert result.returncode == 0, result.stderr[-3000:]
+  record = json.loads(output.read_text())
+  assert "Traceback" not in result.stderr
+  if what == "motion":  # A = 0 and 2 um at D = 0.2, every row measured
+    assert set(record["cells"]) == {"A=0um,D=0.2", "A=2um,D=0.2"}
+    for cell in record["cells"].values():
+      assert {"qdjax", "uncorrected", "truth_true_motion"} <= set(cell)
+      assert all(math.isfinite(cell[row]["mean_ratio"]) for row in ("qdjax", "truth_true_motion"))
+  else:
+    for cell in record["cells"].values():
+      assert list(cell) == ["general_fast"]
+      assert 0 <= cell["general_fast"]["false_share"] <= 1

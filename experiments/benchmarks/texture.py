@@ -153,13 +153,14 @@ def _summary(per_movie: list[dict], frames: int) -> dict:
 def run(
   repeats: int = 1, quick: bool = False, models: tuple[str, ...] | None = None, workdir=None
 ) -> dict:
-  """The benchmark (--quick: 1 movie of 8 frames per background)."""
+  """The benchmark (--quick: 1 movie of 8 frames per background, the default model only)."""
   del repeats  # accuracy: one pass
   from qdjax.detect import inference
   from qdjax.localize import locator
 
   movies, frames = (1, 8) if quick else (3, 20)
-  names = tuple(models) if models else inference.shipped_models()
+  everything = (inference.default_model(),) if quick else inference.shipped_models()
+  names = tuple(models) if models else everything
   locators = {name: locator.make("model", model=name) for name in names}
   if workdir is not None:
     locators["workdir"] = locator.make("model", workdir=workdir)
