@@ -16,9 +16,11 @@ is significant, and each track's D comes from the covariance-based estimator (Ve
 et al. 2014) per axis, with the raster scan's blur and the localisation error corrected
 and missed frames allowed, or from the maximum-likelihood estimator where the
 localisation error dominates (docs/diffusion.md). Every choice can be set instead
-(--min_score, --max_diffusion, --drift, --tissue, --estimator). Before linking, the
-tissue's own motion (breathing, heartbeat) is read from the background, line by line, and
-taken out of the detections where it is significant (--tissue; docs/diffusion.md).
+(--min_score, --max_diffusion, --drift, --tissue, --background, --estimator). Before
+linking, the tissue's own motion (breathing, heartbeat) is read from the background, line by
+line, and taken out of the detections where it is significant (--tissue), and where the
+background has structure (textured tissue) the movie is localised again less its static
+background, read from the movie with the QDs left out (--background; docs/diffusion.md).
 
 One movie: writes --output (frame,x,y,score,particle; px, the centre of pixel (0, 0) is
 (0, 0)) and --diffusion_output (particle, n_detections, n_frames_spanned, D_um2_s,
@@ -40,7 +42,8 @@ its summary) in --output_dir (and <stem>_tracks.png, <stem>_drift.csv, <stem>_ti
 <stem>_tissue.png, <stem>_napari.csv, <stem>_trackmate.xml as asked), and summary.csv one
 row per movie (name, path, status done|skipped|failed, error, frames, tracks, D_um2_s,
 D_se_um2_s, D_edge_um2_s, D_edge_se_um2_s, drift_subtracted, drift_x_px, drift_y_px,
-tissue_corrected, tissue_rms_px, seconds), rewritten as each movie finishes. A rerun skips
+tissue_corrected, tissue_rms_px, background_flattened, seconds), rewritten as each movie
+finishes. A rerun skips
 movies whose outputs exist with the same settings (--overwrite tracks them again). A movie
 that fails (unreadable, wrong shape, no track) gets its error in its row and the others go
 on. --workers=N runs N worker processes (a
@@ -128,6 +131,13 @@ _TISSUE = flags.DEFINE_enum(
   "Correct for the tissue's motion read from the background: where significant (auto), "
   "always, never (not even estimated).",
 )
+_BACKGROUND = flags.DEFINE_enum(
+  "background",
+  "auto",
+  ["auto", "on", "off"],
+  "Localise the movie less its static background read from the movie (textured tissue is "
+  "not taken for QDs): where the background has structure (auto), always, never.",
+)
 _ESTIMATOR = flags.DEFINE_enum(
   "estimator",
   "auto",
@@ -161,6 +171,7 @@ def _track_options() -> dict:
     "window": _WINDOW.value,
     "drift": {"auto": None, "on": True, "off": False}[_DRIFT.value],
     "tissue": {"auto": None, "on": True, "off": False}[_TISSUE.value],
+    "background": {"auto": None, "on": True, "off": False}[_BACKGROUND.value],
     "estimator": _ESTIMATOR.value,
   }
 

@@ -62,12 +62,13 @@ def track(
     frame_interval_s: default ``H * (W * dwell + retrace)``.
     progress: a progress bar over frames.
     options: ``tracking.track_movie``'s settings (min_score, max_diffusion, memory,
-      min_detections, window, drift, tissue, estimator, motion_types, chunk).
+      min_detections, window, drift, tissue, background, estimator, motion_types, chunk).
 
   Returns:
     ``tracking.Result``; it unpacks as ``tracks, per_track`` (DataFrames), and has
     ``.summary``, ``.populations``, ``.motion`` (common motion), ``.tissue`` (the
-    tissue's motion read from the background) and ``.detections``.
+    tissue's motion read from the background), ``.background`` (the static background the
+    movie was localised without, where it has structure) and ``.detections``.
   """
   from qdjax.localize import locator
   from qdjax.tracks import tracking as track_lib

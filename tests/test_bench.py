@@ -47,5 +47,5 @@ def test_tissue_benches_run_quick(what, tmp_path):
       assert all(math.isfinite(cell[row]["mean_ratio"]) for row in ("qdjax", "truth_true_motion"))
   else:
     for cell in record["cells"].values():
-      assert list(cell) == ["general_fast", "general_fast+flattened"]
+      assert list(cell) == ["general_fast", "general_fast+background"]
       assert 0 <= cell["general_fast"]["false_share"] <= 1

@@ -205,10 +205,12 @@ def test_track_script_end_to_end(script, tmp_path, suffix):
   tracks, table = tmp_path / "tracks.csv", tmp_path / "diffusion.csv"
   args = [f"--input={movie}", "--method=trackpy", f"--output={tracks}"]
   args += [f"--diffusion_output={table}"] + (["--max_diffusion=1"] if suffix == ".tif" else [])
-  result = script("track.py", *args, *(["--plot"] if suffix == ".npy" else ["--window=6"]))
+  extra = ["--plot"] if suffix == ".npy" else ["--window=6", "--background=off"]
+  result = script("track.py", *args, *extra)
   assert result.returncode == 0, result.stderr
   if suffix == ".tif":  # windows of frames 0-5 and 6-11: both QDs', edge-weighted
     assert re.search(r"edge-corrected over [2-9]\d* windows: \d", result.stdout), result.stdout
+    assert "background" not in result.stdout  # not even estimated
   found = pd.read_csv(tracks)
   assert list(found.columns) == ["frame", "x", "y", "score", "particle"]
   assert found["frame"].max() == 11
@@ -229,6 +231,7 @@ def test_track_script_end_to_end(script, tmp_path, suffix):
     assert list(tissue.columns[:5]) == ["frame", "line", "time_s", "dx_px", "dy_px"]
     assert (tmp_path / "tracks_tissue.png").stat().st_size > 0
     assert "tissue motion not corrected" in result.stdout  # a flat background: nothing to read
+    assert "background left as it is" in result.stdout  # 12 frames: too few to read it
 
 
 def test_track_bad_inputs(script, tmp_path):

@@ -12,8 +12,11 @@ converted back to photons with the preset's PMT gain and offset, as a user would
 Rows, per movie (one localisation feeds all rows of a localiser):
   * qdjax: what a user gets: ``track_movie``'s defaults (the shipped model, the movie's
     score split and link range, the tissue's motion read from the background and corrected
-    where the frame's halves agree, common motion, CVE or MLE);
+    where the frame's halves agree, the movie localised again less its static background
+    where that has structure, common motion, CVE or MLE);
   * uncorrected: the same without the tissue correction (``tissue=False``);
+  * not_flattened: the same without the background step (``background=False``): the
+    movie's own frames localised;
   * truth_corrected, truth_uncorrected (oracles: no localiser): the true centroids, where
     a localiser would see them (the tissue-frame centroid moved by the tissue's
     displacement at the middle of the QD's line), through the same pipeline with and
@@ -42,7 +45,7 @@ import pandas as pd
 from tqdm.auto import tqdm
 
 from qdjax.sim import movie, presets
-from qdjax.tracks import diffusion, registration, tracking
+from qdjax.tracks import background, diffusion, registration, tracking
 
 AMPLITUDES = (0.0, 0.5, 1.0, 2.0, 3.0)  # breathing amplitude, um (half peak-to-peak)
 DIFFUSIONS = (0.05, 0.2, 1.0)
@@ -50,7 +53,14 @@ DIRECTION = (0.0, 1.0, 0.5)  # breathing along y and z, as the invivo preset's
 SIZE, FRAMES, QDS = 96, 100, 8
 REACH_SD = 3.0  # QDs start up to this many movie-long displacement sds beyond the field
 MAX_OUTSIDE_PX = 60.0
-ROWS = ("qdjax", "uncorrected", "truth_corrected", "truth_uncorrected", "truth_true_motion")
+ROWS = (
+  "qdjax",
+  "uncorrected",
+  "not_flattened",
+  "truth_corrected",
+  "truth_uncorrected",
+  "truth_true_motion",
+)
 UNWARP_AT = 0.2  # D of the movies also corrected before localisation
 
 
@@ -196,25 +206,40 @@ def run(
     analysis = tracking.analysis_for(preset, size, size)
     timing = registration.timing_for(preset, size, size)
     per_row = {name: [] for name in ROWS + (("unwarped",) if d == UNWARP_AT else ())}
-    errors = []
+    errors, flattened_movies = [], []
     for m in range(movies):
       frames_m = counts[m]
       present = np.asarray(out.present[m])
-      detections, _ = tracking.detect(frames_m, locate)
+      raw, _ = tracking.detect(frames_m, locate)
       fallback = locator.default_min_score(locate)  # as track_movie
+      spot_px = float(preset.values["sigma_xy_um"]) / pixel
       found = tracking.tissue_motion(
-        frames_m, detections, timing, pixel_size_um=pixel, fallback_min_score=fallback,
-        spot_sigma_px=float(preset.values["sigma_xy_um"]) / pixel,
+        frames_m, raw, timing, pixel_size_um=pixel, fallback_min_score=fallback,
+        spot_sigma_px=spot_px,
       )  # fmt: skip
+      still = tracking.static_background(
+        frames_m, raw, spot_sigma_px=spot_px, fallback_min_score=fallback,
+        confident_score=locator.confident_score(locate),
+      )  # fmt: skip
+      flattened_movies.append(still.applied)
+      detections = raw
+      if still.applied:
+        detections, _ = tracking.detect(background.Flattened(frames_m, still), locate)
       shared = dict(motion_types=False, fallback_min_score=fallback)
       t = frames_m.shape[0]
       per_row["qdjax"].append(
         _measure(
-          tracking.track_detections(detections, t, size, size, analysis, tissue=found, **shared), d
-        )  # fmt: skip
+          tracking.track_detections(
+            detections, t, size, size, analysis, tissue=found, background=still, **shared
+          ),
+          d,
+        )
       )
       per_row["uncorrected"].append(
         _measure(tracking.track_detections(detections, t, size, size, analysis, **shared), d)
+      )
+      per_row["not_flattened"].append(
+        _measure(tracking.track_detections(raw, t, size, size, analysis, tissue=found, **shared), d)
       )
       truth = _truth_detections(
         _seen_at_line(np.asarray(out.tissue_centroids[m]), np.asarray(out.tissue_um[m]), pixel),
@@ -261,6 +286,7 @@ def run(
         }
     key = f"A={amplitude:g}um,D={d:g}"
     cells[key] = {name: _cell(rows) for name, rows in per_row.items()}
+    cells[key]["qdjax"]["flattened_movies"] = int(sum(flattened_movies))
     traces[key] = {
       "trace_rms_error_px": np.nanmean(
         [e["trace_rms_error_px"] for e in errors if e], axis=0

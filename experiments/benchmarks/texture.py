@@ -15,10 +15,10 @@ what ``track_movie`` does by default). Backgrounds:
     (``experiments/independent_sim.py``: Poisson counts, 0.1 um pixels, texture_cv=0.5;
     breathing 1 um and heartbeat 0.25 um when moving).
 
-Each model also runs as ``<name>+flattened`` on the same frames less their static background
-(the movie's per-pixel median over time, smoothed by a 1 px Gaussian, plus its mean): a
-measurement of what a background model taken from the movie would buy, not part of
-``track_movie``.
+Each model runs twice: ``<name>`` localises the movie's own frames (as ``track_movie`` with
+``background=False``), ``<name>+background`` adds ``track_movie``'s default background step
+(``tracking.static_background``: where the movie's static background, read with the QDs
+left out, has structure, the movie is localised again less it).
 
 PMT output is converted back to photons with the preset's gain and offset, as a user would
 with ``calibrate_pmt.py``'s result. A detection is false when no QD of its frame lies
@@ -35,6 +35,7 @@ import jax
 import numpy as np
 
 from qdjax.sim import movie, presets
+from qdjax.tracks import background as background_lib
 from qdjax.tracks import tracking
 
 SIZE, QDS, D = 96, 8, 0.2
@@ -104,19 +105,39 @@ def independent_movies(background: str, movies: int, frames: int, seed: int, siz
   return result
 
 
+def spot_px(background: str) -> float:
+  """The QDs' spot sd in px on ``background``'s movies (the invivo preset's PSF on its
+  0.2 um pixels; the independent simulator's 0.2 um PSF on its 0.1 um pixels)."""
+  if background in INVIVO:
+    preset = presets.get("invivo")
+    return float(preset.values["sigma_xy_um"]) / float(preset.values["pixel_size_um"])
+  return 0.2 / 0.1
+
+
 def _inside(xy, size):
   return xy[np.all((xy >= -0.5) & (xy <= size - 0.5), axis=1)]
 
 
-def score_movie(frames, truth, locate) -> dict:
+def score_movie(frames, truth, locate, spot_sigma_px: float | None = None) -> dict:
   """Counts of one movie: detections before and after its score split, false ones, QDs
-  found, QDs inside the field, and whether the split was found."""
+  found, QDs inside the field, whether the split was found and whether the movie was
+  flattened (with ``spot_sigma_px``, the QDs' spot sd: ``track_movie``'s background step
+  first)."""
   from qdjax.localize import locator
 
+  frames = np.asarray(frames, np.float32)
   detections, _ = tracking.detect(frames, locate)
-  cut, source = tracking.choose_min_score(
-    detections["score"], fallback=locator.default_min_score(locate)
-  )
+  fallback = locator.default_min_score(locate)
+  flattened = False
+  if spot_sigma_px is not None:
+    still = tracking.static_background(
+      frames, detections, spot_sigma_px=spot_sigma_px, fallback_min_score=fallback,
+      confident_score=locator.confident_score(locate),
+    )  # fmt: skip
+    if still.applied:
+      detections, _ = tracking.detect(background_lib.Flattened(frames, still), locate)
+      flattened = True
+  cut, source = tracking.choose_min_score(detections["score"], fallback=fallback)
   kept = detections if cut is None else detections[detections["score"] >= cut]
   size = frames.shape[-1]
   false = found = qds = 0
@@ -139,17 +160,8 @@ def score_movie(frames, truth, locate) -> dict:
     "found": found,
     "qds": qds,
     "split": source == "score split",
+    "flattened": flattened,
   }
-
-
-def flattened(frames) -> np.ndarray:
-  """Frames less their static background (the smoothed per-pixel median over time), plus its
-  mean: a textured but still background made flat."""
-  from scipy import ndimage
-
-  frames = np.asarray(frames, np.float32)
-  background = ndimage.gaussian_filter(np.median(frames, axis=0), 1.0)
-  return frames - background + background.mean()
 
 
 def _summary(per_movie: list[dict], frames: int) -> dict:
@@ -162,6 +174,7 @@ def _summary(per_movie: list[dict], frames: int) -> dict:
     "recall": total["found"] / max(total["qds"], 1),
     "qds_per_frame": total["qds"] / n,
     "split_found": f"{sum(m['split'] for m in per_movie)}/{len(per_movie)}",
+    "flattened": f"{sum(m['flattened'] for m in per_movie)}/{len(per_movie)}",
   }
 
 
@@ -184,13 +197,14 @@ def run(
   for i, background in enumerate(INVIVO + INDEPENDENT):
     make = invivo_movies if background in INVIVO else independent_movies
     data = make(background, movies, frames, seed=100 * (i + 1))
+    spot = spot_px(background)
     cells[background] = {}
     for name, locate in locators.items():
       cells[background][name] = _summary(
         [score_movie(f, truth, locate) for f, truth in data], frames
       )
-      cells[background][f"{name}+flattened"] = _summary(
-        [score_movie(flattened(f), truth, locate) for f, truth in data], frames
+      cells[background][f"{name}+background"] = _summary(
+        [score_movie(f, truth, locate, spot) for f, truth in data], frames
       )
   return {
     "what": "texture",

@@ -49,6 +49,11 @@ MODEL_HELP = (
 #   recall is 0.815 / 0.810 / 0.657 at those cuts. 5 halves the false alarms for almost
 #   no recall.
 DEFAULT_MIN_SCORE = {"model": 0.25, "trackpy": -math.inf, "mle": 5.0}
+# The least score at which a detection is taken for a QD with confidence (the QDs left out
+# when the movie's static background is read, ``qdjax.tracks.background``): model, a
+# presence probability within 1 px of one half; mle, a log-likelihood ratio that 1% of
+# empty frames reach; trackpy, whose mass has no fixed scale, none beyond the movie's cut.
+CONFIDENT_SCORE = {"model": 0.5, "trackpy": -math.inf, "mle": 10.0}
 
 
 class Progress(Protocol):
@@ -68,6 +73,12 @@ def default_min_score(locate) -> float | None:
   (``DEFAULT_MIN_SCORE`` of its ``method`` attribute); None for a localiser that cuts its
   own detections (trackpy) or one not named there."""
   cut = DEFAULT_MIN_SCORE.get(getattr(locate, "method", None))
+  return None if cut is None or not math.isfinite(cut) else float(cut)
+
+
+def confident_score(locate) -> float | None:
+  """``CONFIDENT_SCORE`` of this localiser's ``method`` (None where it has none)."""
+  cut = CONFIDENT_SCORE.get(getattr(locate, "method", None))
   return None if cut is None or not math.isfinite(cut) else float(cut)
 
 

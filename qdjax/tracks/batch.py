@@ -67,6 +67,7 @@ SUMMARY_COLUMNS = [
   "drift_y_px",
   "tissue_corrected",  # whether the tissue's motion read from the background was taken out
   "tissue_rms_px",  # that motion's spread (x and y together), px
+  "background_flattened",  # whether it was localised less its static background
   "seconds",  # wall time of tracking the recording (of the run that did it, when skipped)
 ]
 SUMMARY_FILE = "summary.csv"
@@ -342,7 +343,7 @@ def one_line(error: BaseException) -> str:
 def summary_row(summary: dict) -> dict:
   """A recording's ``SUMMARY_COLUMNS`` values from ``tracking.track_file``'s summary."""
   ens, field, drift = summary["ensemble"], summary["field_ensemble"], summary["drift"]
-  tissue = summary.get("tissue")
+  tissue, still = summary.get("tissue"), summary.get("background")
   return {
     "frames": int(summary["frames"]),
     "tracks": int(summary["tracks"]),
@@ -355,6 +356,7 @@ def summary_row(summary: dict) -> dict:
     "drift_y_px": float(drift["total_px"][1]),
     "tissue_corrected": None if tissue is None else bool(tissue["applied"]),
     "tissue_rms_px": None if tissue is None else float(math.hypot(*tissue["rms_px"])),
+    "background_flattened": None if still is None else bool(still["applied"]),
   }
 
 
@@ -721,6 +723,7 @@ _TRACK_OPTIONS = (
   "window",
   "drift",
   "tissue",
+  "background",
   "estimator",
   "motion_types",
 )
@@ -748,7 +751,7 @@ def describe(summary: pd.DataFrame) -> str:
     shown[column] = shown[column].map(lambda v: "" if pd.isna(v) else f"{v:.2f}")
   for column in ("frames", "tracks"):
     shown[column] = shown[column].map(lambda v: "" if pd.isna(v) else str(int(v)))
-  for column in ("drift_subtracted", "tissue_corrected"):
+  for column in ("drift_subtracted", "tissue_corrected", "background_flattened"):
     shown[column] = shown[column].map(lambda v: "" if v is None or pd.isna(v) else str(v))
   lines = [shown.to_string(index=False)]
   counts = summary["status"].value_counts()

@@ -6,7 +6,10 @@
 The pipeline, every choice made from the movie itself (docs/diffusion.md, section 7):
 
 1. any localiser (a ``qdjax.localize.locator.Locator``: frames in, per-frame [k, 3] x, y, score
-   out) runs on chunks of the movie, so memory is bounded by one chunk;
+   out) runs on chunks of the movie, so memory is bounded by one chunk; the tissue's
+   motion is read from the background (``tissue_motion``), and where the background has
+   structure (textured tissue) the movie is localised again without it
+   (``qdjax.tracks.background``);
 2. the detections are thresholded where the movie's score distribution splits into
    noise and QDs (``score_threshold``), or, where it does not split, at the localiser's
    own default cut (``choose_min_score``);
@@ -39,6 +42,7 @@ from tqdm.auto import tqdm
 from qdjax import io
 from qdjax.localize import locator
 from qdjax.sim import movie
+from qdjax.tracks import background as background_lib
 from qdjax.tracks import diffusion, registration
 
 TRACK_COLUMNS = ["frame", "x", "y", "score", "particle"]
@@ -691,6 +695,8 @@ class Result:
       with fewer than 5 tracks.
     tissue: the tissue's motion read from the background (``registration.TissueMotion``),
       or None where not estimated.
+    background: the movie's static background (``background.Background``; the frames
+      were localised flattened where its ``applied``), or None where not estimated.
   """
 
   tracks: pd.DataFrame
@@ -703,6 +709,7 @@ class Result:
   windows: pd.DataFrame
   populations: object = None
   tissue: object = None
+  background: object = None
 
   def __iter__(self):
     """``tracks, per_track = result``."""
@@ -723,6 +730,7 @@ def track_movie(
   window: int = 20,
   drift: bool | None = None,
   tissue: bool | None = None,
+  background: bool | None = None,
   estimator: str = "auto",
   motion_types: bool = True,
   progress: bool = False,
@@ -746,6 +754,9 @@ def track_movie(
     tissue: correct the detections for the tissue's motion read from the background
       (``qdjax.tracks.registration``): None, where it is significant; True; False (not
       even estimated).
+    background: localise the movie less its static background read from the movie
+      (``qdjax.tracks.background``; textured tissue is not taken for QDs): None, where the
+      background has structure; True; False (not even estimated).
     estimator: 'auto', 'cve' or 'mle'.
     motion_types: classify each track's motion and fit D populations (``qdjax.tracks.populations``).
     progress: a progress bar over frames.
@@ -782,10 +793,19 @@ def track_movie(
     )  # fmt: skip
     if found is not None and tissue is True:
       found = dataclasses.replace(found, applied=True, reason=found.reason + "; applied as asked")
+  still = None
+  if background is not False:
+    still = static_background(
+      frames, detections, spot_sigma_px=float(preset.values["sigma_xy_um"])
+      / analysis.pixel_size_um, min_score=min_score, fallback_min_score=fallback,
+      confident_score=locator.confident_score(locate), apply=background,
+    )  # fmt: skip
+    if still.applied:
+      detections, _ = detect(background_lib.Flattened(frames, still), locate, chunk, progress)
   return track_detections(
     detections, t, h, w, analysis, max_diffusion=max_diffusion, memory=memory,
     min_score=min_score, window=window, drift=drift, motion_types=motion_types,
-    mean_frame=mean_frame, tissue=found, fallback_min_score=fallback,
+    mean_frame=mean_frame, tissue=found, fallback_min_score=fallback, background=still,
   )  # fmt: skip
 
 
@@ -816,6 +836,31 @@ def tissue_motion(
   )  # fmt: skip
 
 
+def static_background(
+  frames,
+  detections: pd.DataFrame,
+  *,
+  spot_sigma_px: float = 1.0,
+  min_score=None,
+  fallback_min_score: float | None = None,
+  confident_score: float | None = None,
+  apply: bool | None = None,
+):
+  """The movie's static background (``background.estimate``), with the QDs (discs of 3
+  spot sds around the detections above both the score cut, ``choose_min_score``, and
+  ``confident_score``, the localiser's ``locator.confident_score``) left out: a bright
+  patch of tissue the localiser half-believes is a QD stays in the background, where it
+  belongs, while a QD that stays put is not taken for background. Every detection above
+  the cut is left out of the test of structure (a dim QD moving through a flat field is
+  no structure). ``apply``: flatten with it where it has structure (None), always, never."""
+  chosen, _ = choose_min_score(detections["score"], min_score, fallback_min_score)
+  kept = detections if chosen is None else detections[detections["score"] >= chosen]
+  confident = kept if confident_score is None else kept[kept["score"] >= confident_score]
+  return background_lib.estimate(
+    frames, confident, max(2.0, 3 * spot_sigma_px), apply=apply, candidates=kept
+  )
+
+
 def track_detections(
   detections: pd.DataFrame,
   num_frames: int,
@@ -832,12 +877,14 @@ def track_detections(
   mean_frame=None,
   tissue=None,
   fallback_min_score: float | None = None,
+  background=None,
 ) -> Result:
   """Steps 2-6 of the pipeline (module docstring) on a movie's detections (frame, x, y,
   score); ``track_movie``'s arguments, with ``analysis.min_frames`` the shortest track and
   ``tissue`` the tissue's motion (``registration.TissueMotion``; corrected for when its
-  ``applied``) and ``fallback_min_score`` the localiser's default cut
-  (``choose_min_score``)."""
+  ``applied``), ``fallback_min_score`` the localiser's default cut
+  (``choose_min_score``) and ``background`` the static background the detections were
+  localised without (``background.Background``, reported in the summary)."""
   t, h, w = num_frames, height, width
   if tissue is not None and tissue.applied:
     detections = registration.correct(detections, tissue)
@@ -901,14 +948,16 @@ def track_detections(
     "populations": None if found is None else found.table().to_dict("list"),
     "immobile_population": None if found is None else found.immobile,
     "tissue": None if tissue is None else tissue.summary(),
+    "background": None if background is None else background.summary(),
     "blur_coefficient": [float(v) for v in np.broadcast_to(analysis.blur, (2,))],
     "frame_interval_s": analysis.frame_interval_s,
   }
   if mean_frame is None:
     mean_frame = np.zeros((h, w))
   return Result(
-    tracks, table, detections, summary, motion, analysis, mean_frame, windows, found, tissue
-  )
+    tracks, table, detections, summary, motion, analysis, mean_frame, windows, found, tissue,
+    background,
+  )  # fmt: skip
 
 
 def track_file(
@@ -1004,6 +1053,15 @@ def _tissue_line(tissue: dict | None) -> list[str]:
   return [f"tissue motion {state}: {tissue['reason']}; rms (x, y) {rms} px"]
 
 
+def _background_line(background: dict | None) -> list[str]:
+  if background is None:
+    return []
+  state = "localised flattened" if background["applied"] else "left as it is"
+  return [
+    f"background {state}: {background['reason']}; relative sd {background['relative_sd']:.2g}"
+  ]
+
+
 def describe(summary: dict) -> str:
   """A few lines a user reads after tracking: what was chosen from the movie, and D."""
   ens, field, drift = summary["ensemble"], summary["field_ensemble"], summary["drift"]
@@ -1020,6 +1078,7 @@ def describe(summary: dict) -> str:
     f"(x {ens['D_x_um2_s']:.4g}, y {ens['D_y_um2_s']:.4g}); edge-corrected over "
     f"{field['windows']} windows: {field['D_um2_s']:.4g} +- {field['D_se_um2_s']:.2g} um^2/s",
     *_tissue_line(summary.get("tissue")),
+    *_background_line(summary.get("background")),
     "common motion "
     + ("subtracted" if drift["applied"] else "not subtracted")
     + f" (p = {drift['p_value']:.2g}, total {drift['total_px'][0]:.2f}, "
