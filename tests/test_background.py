@@ -59,7 +59,7 @@ def test_a_flat_background_is_left_as_it_is(seed):
   """Without texture the halves' medians are independent noise: r far below 1/3."""
   frames, truth, _ = movie(seed)
   found = background.estimate(frames, truth, radius_px=6.0)
-  assert not found.applied and abs(found.correlation) < 0.2, found
+  assert not found.applied and abs(found.correlation) < background.MIN_CORRELATION, found
   assert background.estimate(frames, truth, radius_px=6.0, apply=True).applied
 
 

@@ -35,6 +35,7 @@ from qdjax.tracks import registration
 SAMPLE_FRAMES = 128  # frames in the mean (evenly spaced over the movie)
 MIN_FRAMES = 20  # fewer, and the mean is too noisy to subtract
 TEST_RADIUS = 2.0  # the test of structure leaves out this many times the discs' radius
+MIN_TEST_PIXELS = 256  # fewer pixels free of QDs in every frame, and nothing is tested
 MIN_CORRELATION = 1 / 3  # the halves' smoothed means: structure above the mean's noise
 SMOOTH_PX = 1.0  # the background's smoothing, px
 FILL_PX = 4.0  # the smoothing that fills pixels never free of QDs, px
@@ -141,16 +142,22 @@ def estimate(
     valid = registration.background_mask(picked, (h, w), exclude, wide)
     if candidates is not None:
       valid = valid * registration.background_mask(picked, (h, w), candidates, wide)
+    # Only pixels no QD came near in any sampled frame: a slow QD's trail, dim in the
+    # frames where it scored below the cut, is no structure of the background.
+    never = valid.min(axis=0) > 0
     even = np.arange(len(picked)) % 2 == 0
-    correlation = _correlation(
-      _filled(_mean(sample[even], valid[even])), _filled(_mean(sample[~even], valid[~even]))
-    )
-    structured = correlation >= MIN_CORRELATION
-    why = (
-      f"structured: the halves' means correlate (r = {correlation:.2f})"
-      if structured
-      else f"flat: the halves' means do not correlate (r = {correlation:.2f})"
-    )
+    halves = [_filled(np.where(never, _mean(sample[k], valid[k]), np.nan)) for k in (even, ~even)]
+    correlation = _correlation(*[np.where(never, m, np.nan) for m in halves])
+    if never.sum() < MIN_TEST_PIXELS:
+      correlation, structured = 0.0, False
+      why = f"too little background away from the QDs to test ({int(never.sum())} px)"
+    else:
+      structured = correlation >= MIN_CORRELATION
+      why = (
+        f"structured: the halves' means correlate (r = {correlation:.2f})"
+        if structured
+        else f"flat: the halves' means do not correlate (r = {correlation:.2f})"
+      )
   applied = structured if apply is None else bool(apply)
   if apply is not None:
     why += "; flattened as asked" if apply else "; not flattened, as asked"
