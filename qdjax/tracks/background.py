@@ -12,10 +12,11 @@ the movie itself says what the background is:
    that flattens the texture itself); smoothed by a 1 px Gaussian, normalised by the
    pixels seen (a pixel never free of QDs takes the background around it);
 3. whether taking it out helps: the smoothed means of the sample's even and odd frames,
-   each with its own noise, correlate over the field only as far as the background has
-   structure. With correlation r, the structure's variance is r / (1 - r) of one half's
-   noise, and the whole sample's mean carries about half that noise: subtracting it
-   removes more variance than it adds when r > 1/3;
+   each with its own noise, correlate only as far as the background has structure
+   (tested on the pixels no detection came near in any sampled frame, so that a slow QD's
+   dim trail is not taken for structure). With correlation r, the structure's variance
+   is r / (1 - r) of one half's noise, and the whole sample's mean carries about half that
+   noise: subtracting it removes more variance than it adds when r > 1/3;
 4. where it has, each frame less the background plus its mean is what the localiser sees
    (``Flattened``, chunk by chunk): flat, with the QDs as they were.
 
