@@ -5,8 +5,9 @@ walls) on the scale of a spot. A detector trained on flat backgrounds scores its
 patches like QDs. The structure stays where it is from frame to frame while QDs move, so
 the movie itself says what the background is:
 
-1. the QDs are left out: discs around the detections the movie keeps (a QD that stays put
-   is not background);
+1. the QDs are left out: discs around the detections the localiser is confident of
+   (``tracking.static_background``): a QD that stays put is not background, while a bright
+   patch of tissue the localiser only half-believes stays in, where it belongs;
 2. per pixel, the mean over an even sample of frames of what is left (not the median:
    at the few photons a pixel of tissue gives, the median of Poisson counts is an integer
    that flattens the texture itself); smoothed by a 1 px Gaussian, normalised by the
