@@ -45,7 +45,7 @@ import pandas as pd
 from tqdm.auto import tqdm
 
 from qdjax.sim import movie, presets
-from qdjax.tracks import background, diffusion, registration, tracking
+from qdjax.tracks import diffusion, registration, tracking
 
 AMPLITUDES = (0.0, 0.5, 1.0, 2.0, 3.0)  # breathing amplitude, um (half peak-to-peak)
 DIFFUSIONS = (0.05, 0.2, 1.0)
@@ -217,14 +217,8 @@ def run(
         frames_m, raw, timing, pixel_size_um=pixel, fallback_min_score=fallback,
         spot_sigma_px=spot_px,
       )  # fmt: skip
-      still = tracking.static_background(
-        frames_m, raw, spot_sigma_px=spot_px, fallback_min_score=fallback,
-        confident_score=locator.confident_score(locate),
-      )  # fmt: skip
+      detections, still = tracking.without_background(frames_m, raw, locate, spot_sigma_px=spot_px)
       flattened_movies.append(still.applied)
-      detections = raw
-      if still.applied:
-        detections, _ = tracking.detect(background.Flattened(frames_m, still), locate)
       shared = dict(motion_types=False, fallback_min_score=fallback)
       t = frames_m.shape[0]
       per_row["qdjax"].append(

@@ -17,7 +17,7 @@ what ``track_movie`` does by default). Backgrounds:
 
 Each model runs twice: ``<name>`` localises the movie's own frames (as ``track_movie`` with
 ``background=False``), ``<name>+background`` adds ``track_movie``'s default background step
-(``tracking.static_background``: where the movie's static background, read with the QDs
+(``tracking.without_background``: where the movie's static background, read with the QDs
 left out, has structure, the movie is localised again less it).
 
 PMT output is converted back to photons with the preset's gain and offset, as a user would
@@ -35,7 +35,6 @@ import jax
 import numpy as np
 
 from qdjax.sim import movie, presets
-from qdjax.tracks import background as background_lib
 from qdjax.tracks import tracking
 
 SIZE, QDS, D = 96, 8, 0.2
@@ -130,13 +129,10 @@ def score_movie(frames, truth, locate, spot_sigma_px: float | None = None) -> di
   fallback = locator.default_min_score(locate)
   flattened = False
   if spot_sigma_px is not None:
-    still = tracking.static_background(
-      frames, detections, spot_sigma_px=spot_sigma_px, fallback_min_score=fallback,
-      confident_score=locator.confident_score(locate),
-    )  # fmt: skip
-    if still.applied:
-      detections, _ = tracking.detect(background_lib.Flattened(frames, still), locate)
-      flattened = True
+    detections, still = tracking.without_background(
+      frames, detections, locate, spot_sigma_px=spot_sigma_px
+    )
+    flattened = still.applied
   cut, source = tracking.choose_min_score(detections["score"], fallback=fallback)
   kept = detections if cut is None else detections[detections["score"] >= cut]
   size = frames.shape[-1]

@@ -6,7 +6,7 @@ patches like QDs. The structure stays where it is from frame to frame while QDs 
 the movie itself says what the background is:
 
 1. the QDs are left out: discs around the detections the localiser is confident of
-   (``tracking.static_background``): a QD that stays put is not background, while a bright
+   (``tracking.without_background``): a QD that stays put is not background, while a bright
    patch of tissue the localiser only half-believes stays in, where it belongs;
 2. per pixel, the mean over an even sample of frames of what is left (not the median:
    at the few photons a pixel of tissue gives, the median of Poisson counts is an integer
@@ -92,8 +92,7 @@ def _filled(mean: np.ndarray) -> np.ndarray:
   wide_cover = ndimage.gaussian_filter(seen, FILL_PX, mode="nearest")
   wide = ndimage.gaussian_filter(known, FILL_PX, mode="nearest") / np.maximum(wide_cover, 1e-12)
   fallback = float(known.sum() / seen.sum())
-  image = np.where(cover > MIN_COVER, near, np.where(wide_cover > 1e-3, wide, fallback))
-  return image
+  return np.where(cover > MIN_COVER, near, np.where(wide_cover > 1e-3, wide, fallback))
 
 
 def _correlation(a: np.ndarray, b: np.ndarray) -> float:
@@ -147,13 +146,13 @@ def estimate(
     # Only pixels no QD came near in any sampled frame: a slow QD's trail, dim in the
     # frames where it scored below the cut, is no structure of the background.
     never = valid.min(axis=0) > 0
-    even = np.arange(len(picked)) % 2 == 0
-    halves = [_filled(np.where(never, _mean(sample[k], valid[k]), np.nan)) for k in (even, ~even)]
-    correlation = _correlation(*[np.where(never, m, np.nan) for m in halves])
     if never.sum() < MIN_TEST_PIXELS:
       correlation, structured = 0.0, False
       why = f"too little background away from the QDs to test ({int(never.sum())} px)"
     else:
+      even = np.arange(len(picked)) % 2 == 0
+      halves = [_filled(np.where(never, _mean(sample[k], valid[k]), np.nan)) for k in (even, ~even)]
+      correlation = _correlation(*[np.where(never, m, np.nan) for m in halves])
       structured = correlation >= MIN_CORRELATION
       why = (
         f"structured: the halves' means correlate (r = {correlation:.2f})"

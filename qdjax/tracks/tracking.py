@@ -783,25 +783,22 @@ def track_movie(
   )
   detections, mean_frame = detect(frames, locate, chunk, progress)
   fallback = locator.default_min_score(locate)
+  spot_px = float(preset.values["sigma_xy_um"]) / analysis.pixel_size_um
   found = None
   if tissue is not False:
     found = tissue_motion(
       frames, detections, registration.timing_for(preset, h, w, analysis.frame_interval_s),
-      pixel_size_um=analysis.pixel_size_um,
-      spot_sigma_px=float(preset.values["sigma_xy_um"]) / analysis.pixel_size_um,
+      pixel_size_um=analysis.pixel_size_um, spot_sigma_px=spot_px,
       min_score=min_score, fallback_min_score=fallback, progress=progress,
     )  # fmt: skip
     if found is not None and tissue is True:
       found = dataclasses.replace(found, applied=True, reason=found.reason + "; applied as asked")
   still = None
   if background is not False:
-    still = static_background(
-      frames, detections, spot_sigma_px=float(preset.values["sigma_xy_um"])
-      / analysis.pixel_size_um, min_score=min_score, fallback_min_score=fallback,
-      confident_score=locator.confident_score(locate), apply=background,
+    detections, still = without_background(
+      frames, detections, locate, spot_sigma_px=spot_px, min_score=min_score,
+      apply=background, chunk=chunk, progress=progress,
     )  # fmt: skip
-    if still.applied:
-      detections, _ = detect(background_lib.Flattened(frames, still), locate, chunk, progress)
   return track_detections(
     detections, t, h, w, analysis, max_diffusion=max_diffusion, memory=memory,
     min_score=min_score, window=window, drift=drift, motion_types=motion_types,
@@ -831,34 +828,48 @@ def tissue_motion(
   qds = detections if chosen is None else detections[detections["score"] >= chosen]
   reach = min(min(h, w) // 4, round(registration.MAX_SHIFT_UM / pixel_size_um))
   return registration.estimate(
-    frames, timing, exclude=qds, exclude_radius_px=max(2.0, 3 * spot_sigma_px),
+    frames, timing, exclude=qds, exclude_radius_px=_qd_radius_px(spot_sigma_px),
     max_shift_px=max(registration.MIN_SHIFT_PX, reach), progress=progress,
   )  # fmt: skip
 
 
-def static_background(
+def _qd_radius_px(spot_sigma_px: float) -> float:
+  """The disc left out around a QD when the background is read: 3 spot sds, >= 2 px."""
+  return max(2.0, 3 * spot_sigma_px)
+
+
+def without_background(
   frames,
   detections: pd.DataFrame,
+  locate: locator.Locator,
   *,
   spot_sigma_px: float = 1.0,
   min_score=None,
-  fallback_min_score: float | None = None,
-  confident_score: float | None = None,
   apply: bool | None = None,
+  chunk: int = 256,
+  progress: bool = False,
 ):
-  """The movie's static background (``background.estimate``), with the QDs (discs of 3
-  spot sds around the detections above both the score cut, ``choose_min_score``, and
-  ``confident_score``, the localiser's ``locator.confident_score``) left out: a bright
-  patch of tissue the localiser half-believes is a QD stays in the background, where it
-  belongs, while a QD that stays put is not taken for background. Every detection above
-  the cut is left out of the test of structure (a dim QD moving through a flat field is
-  no structure). ``apply``: flatten with it where it has structure (None), always, never."""
-  chosen, _ = choose_min_score(detections["score"], min_score, fallback_min_score)
+  """(detections, background): the movie's static background (``background.estimate``)
+  and, where it is applied, the movie's detections localised again less it; else the
+  detections given.
+
+  The QDs left out of the background are discs of 3 spot sds around the detections above
+  both the score cut (``choose_min_score``, with the localiser's default cut) and the
+  localiser's ``locator.confident_score``: a bright patch of tissue the localiser
+  half-believes is a QD stays in the background, where it belongs, while a QD that stays
+  put is not taken for background. Every detection above the cut is left out of the test
+  of structure (a dim QD moving through a flat field is no structure). ``apply``: flatten
+  where the background has structure (None), always, never."""
+  chosen, _ = choose_min_score(detections["score"], min_score, locator.default_min_score(locate))
   kept = detections if chosen is None else detections[detections["score"] >= chosen]
+  confident_score = locator.confident_score(locate)
   confident = kept if confident_score is None else kept[kept["score"] >= confident_score]
-  return background_lib.estimate(
-    frames, confident, max(2.0, 3 * spot_sigma_px), apply=apply, candidates=kept
+  still = background_lib.estimate(
+    frames, confident, _qd_radius_px(spot_sigma_px), apply=apply, candidates=kept
   )
+  if still.applied:
+    detections, _ = detect(background_lib.Flattened(frames, still), locate, chunk, progress)
+  return detections, still
 
 
 def track_detections(
