@@ -36,7 +36,6 @@ from qdjax.tracks import registration
 
 SAMPLE_FRAMES = 128  # frames in the mean (evenly spaced over the movie)
 MIN_FRAMES = 20  # fewer, and the mean is too noisy to subtract
-TEST_RADIUS = 2.0  # the test of structure leaves out this many times the discs' radius
 MIN_TEST_PIXELS = 256  # fewer pixels free of QDs in every frame, and nothing is tested
 MIN_CORRELATION = 1 / 3  # the halves' smoothed means: structure above the mean's noise
 SMOOTH_PX = 1.0  # the background's smoothing, px
@@ -121,9 +120,7 @@ def estimate(
     apply: flatten with it: None, where the background has structure; True; False.
     candidates: positions also left out of the test of structure only (default
       ``exclude``): detections that may be QDs, so that dim QDs moving through the field
-      cannot make a flat background look structured. The test leaves out ``TEST_RADIUS``
-      times the radius around them and ``exclude`` (a QD's spot may be wider than the
-      preset says: its tails are no structure either).
+      cannot make a flat background look structured.
 
   Raises:
     ValueError: a movie that is not (T, H, W).
@@ -139,10 +136,8 @@ def estimate(
     correlation = 0.0
     structured, why = False, f"too few frames ({len(picked)} < {MIN_FRAMES}) to read it"
   else:
-    wide = TEST_RADIUS * radius_px
-    valid = registration.background_mask(picked, (h, w), exclude, wide)
     if candidates is not None:
-      valid = valid * registration.background_mask(picked, (h, w), candidates, wide)
+      valid = valid * registration.background_mask(picked, (h, w), candidates, radius_px)
     # Only pixels no QD came near in any sampled frame: a slow QD's trail, dim in the
     # frames where it scored below the cut, is no structure of the background.
     never = valid.min(axis=0) > 0
