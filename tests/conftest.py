@@ -83,6 +83,24 @@ def pytest_configure(config):
   cli.use_compilation_cache()
 
 
+# Runs whose numbers are not checked (the benchmarks' smoke runs), or are compared only with
+# another run under the same flags (one device against four, two processes against one),
+# spend most of their time compiling small programs. LLVM at -O0 changes how fast the
+# compiled code runs, not what it computes (up to rounding), and nearly halves that time
+# (measured on 2 cores from a cold cache: the benchmarks' smoke tests from 271 to 184 s of
+# CPU). Every test that checks a number against theory or truth runs at the optimisation
+# level users get.
+SMOKE_XLA_FLAGS = "--xla_backend_optimization_level=0"
+
+
+def smoke_env(env=None) -> dict:
+  """``env`` for a smoke run of a script (``SMOKE_XLA_FLAGS`` added to any XLA_FLAGS)."""
+  env = dict(env or {})
+  flags = env.get("XLA_FLAGS", os.environ.get("XLA_FLAGS", ""))
+  env["XLA_FLAGS"] = f"{flags} {SMOKE_XLA_FLAGS}".strip()
+  return env
+
+
 def _script_env(env=None) -> dict:
   full_env = {**os.environ, **(env or {})}
   # The scripts import qdjax from this checkout, whatever copy is installed.

@@ -8,7 +8,7 @@ import json
 import math
 
 import pytest
-from conftest import run_script
+from conftest import run_script, smoke_env
 
 QUICK = ["simulate", "train", "locate", "startup", "fit", "tradeoff"]
 
@@ -23,6 +23,7 @@ def test_bench_runs_quick(what, tmp_path):
     "--repeats=1",
     f"--output={output}",
     f"--workdir={tmp_path / 'work'}",
+    env=smoke_env(),
     cwd=tmp_path,
   )
   assert result.returncode == 0, result.stderr[-3000:]
@@ -36,7 +37,9 @@ def test_bench_runs_quick(what, tmp_path):
 def test_tissue_benches_run_quick(what, tmp_path):
   """The tissue-motion and texture benches with the shipped default model (no workdir)."""
   output = tmp_path / f"bench_{what}.json"
-  result = run_script("bench.py", f"--what={what}", "--quick", f"--output={output}", cwd=tmp_path)
+  result = run_script(
+    "bench.py", f"--what={what}", "--quick", f"--output={output}", env=smoke_env(), cwd=tmp_path
+  )
   assert result.returncode == 0, result.stderr[-3000:]
   record = json.loads(output.read_text())
   assert "Traceback" not in result.stderr

@@ -3,6 +3,7 @@
 import numpy as np
 import pandas as pd
 import pytest
+from conftest import smoke_env
 
 from qdjax.tracks import populations, tracking
 
@@ -105,7 +106,7 @@ def test_populations_bench_smoke(script, tmp_path):
   import json
 
   out = tmp_path / "pop.json"
-  result = script("bench.py", "--what=populations", "--quick", f"--output={out}")
+  result = script("bench.py", "--what=populations", "--quick", f"--output={out}", env=smoke_env())
   assert result.returncode == 0, result.stderr
   record = json.loads(out.read_text())
   assert set(record["rows"]) == {"two_free", "three", "confined_vs_free"}

@@ -13,7 +13,13 @@ import jax
 import numpy as np
 import pytest
 from configs import tiny
-from conftest import assert_one_line_error, checkpoint_params, interrupt_script, run_script
+from conftest import (
+  assert_one_line_error,
+  checkpoint_params,
+  interrupt_script,
+  run_script,
+  smoke_env,
+)
 
 from qdjax.detect import inference, train, validation
 
@@ -136,7 +142,7 @@ print("OK")
 
 
 def test_four_devices_equal_one_device_for_the_same_global_batch():
-  env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=4"}
+  env = {**os.environ, **smoke_env({"XLA_FLAGS": "--xla_force_host_platform_device_count=4"})}
   env["JAX_PLATFORMS"] = "cpu"
   proc = run_cli([sys.executable, "-c", FOUR_DEVICES], env=env)
   assert proc.returncode == 0 and "OK" in proc.stdout, proc.stdout + proc.stderr

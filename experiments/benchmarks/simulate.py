@@ -90,7 +90,7 @@ def run(repeats: int = 5, quick: bool = False) -> dict:
   preset = presets.get("paper")
   regime = 3
   params = preset.sim_params(regime=regime)
-  batch_sizes = (16, 128) if quick else (64, 256, 1024, 4096)
+  batch_sizes = (16,) if quick else (64, 256, 1024, 4096)
   per_frame_normals = params.max_particles * params.height * params.width * params.substeps * 3
   rng = np.random.default_rng(0)
   rows = []
@@ -124,7 +124,7 @@ def run(repeats: int = 5, quick: bool = False) -> dict:
   best = max(rows, key=lambda r: r["jax_frames_per_s"])
   num_frames = 512 if quick else 8192
   write = write_rates(preset, params, num_frames, repeats)
-  chunk_sizes = (64, 256) if quick else (64, 128, 256, 512, 1024, 2048)
+  chunk_sizes = (64,) if quick else (64, 128, 256, 512, 1024, 2048)
   chunk_rows = chunk_rates(params, num_frames, chunk_sizes, repeats)
   return {
     "what": "simulate",
