@@ -40,7 +40,6 @@ COSTLY_FILES = (
 # unit of its own, which another worker may take, rather than part of its file's unit.
 SEPARATE_TESTS = (
   "test_bench.py::test_bench_runs_quick",
-  "test_fit_microscope.py::test_fit_microscope_script_end_to_end_and_bad_input",
   "test_train.py::test_four_devices_equal_one_device_for_the_same_global_batch",
   "test_batch.py::test_ctrl_c_stops_the_workers_in_one_line_and_keeps_what_is_done",
 )

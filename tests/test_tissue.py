@@ -185,8 +185,9 @@ def test_structured_background_of_frames():
   base = dict(height=8, width=8, margin_px=1.0, background_photons=3.0, num_particles=0)
   flat = sim_params(**base)
   forced = tissue.make_params(texture_cv=0.0).replace(structured=True)
-  a = simulate.simulate_batch(jax.random.key(2), flat, 16)
-  b = simulate.simulate_batch(jax.random.key(2), flat.replace(tissue=forced), 16)
+  # 512 frames throughout: the textured batch runs the program compiled for ``b``.
+  a = simulate.simulate_batch(jax.random.key(2), flat, 512)
+  b = simulate.simulate_batch(jax.random.key(2), flat.replace(tissue=forced), 512)
   np.testing.assert_array_equal(np.asarray(b.expected), np.asarray(a.expected))
   np.testing.assert_array_equal(np.asarray(b.counts), np.asarray(a.counts))
   textured = flat.replace(tissue=tissue.make_params(texture_cv=0.5, texture_um=0.4))

@@ -403,6 +403,7 @@ def render_noise_free_batch(keys, params: Params, *, per_frame: bool = False):
   return jax.vmap(_render_noise_free, (0, 0 if per_frame else None))(keys, params)
 
 
+@jax.jit
 def render(key, params: Params) -> Frame:
   """Draws one frame: QD count, D, start positions, paths, image, noise, ground truth."""
   return jax.tree.map(lambda x: x[0], render_batch(key[None], params))

@@ -41,7 +41,6 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pandas as pd
-from scipy import stats
 
 from qdjax import io
 
@@ -391,7 +390,7 @@ def halves_agree(left: np.ndarray, right: np.ndarray, max_lag: int = 2):
   n_eff = max(4.0, n / max(inflation, 1.0))
   r = float(np.corrcoef(dl, dr)[0, 1])
   z = math.atanh(min(max(r, -0.999999), 0.999999)) * math.sqrt(n_eff - 3)
-  return float(stats.norm.sf(z)), common, noise
+  return 0.5 * math.erfc(z / math.sqrt(2)), common, noise
 
 
 def estimate(
