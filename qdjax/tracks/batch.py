@@ -532,7 +532,10 @@ def local_cluster(workers: int, single_threaded: bool = True):
         threads_per_worker=1,
         processes=True,
         dashboard_address=None,
-        silence_logs=logging.ERROR,
+        # Not even ERROR: a worker busy in a movie when the run is stopped logs its failed
+        # heartbeat to the closing scheduler with a traceback. A worker that dies is
+        # reported by its future, in the movie's summary row.
+        silence_logs=logging.CRITICAL,
         env=worker_env(single_threaded),
       )
     with cluster:
