@@ -18,7 +18,6 @@ from absl import flags
 
 from qdjax import cli
 from qdjax.sim import presets
-from qdjax.study import calibrate
 
 _CONFIG = cli.define_config(
   __file__,
@@ -48,6 +47,9 @@ def main(argv):
   else:
     output = _OUTPUT.value or f"{config.preset}_calibration.json"
   command = "python " + " ".join(shlex.quote(a) for a in sys.argv)
+  # The library (jax) loads once the flags are checked: a bad flag fails at once.
+  from qdjax.study import calibrate
+
   record = calibrate.calibrate(config, output, command)
   print(calibrate.format_report(record))
   print(f"wrote {output}")

@@ -13,8 +13,7 @@ and pr_curves.png into --output_dir.
 from absl import flags
 
 from qdjax import cli
-from qdjax.detect import inference
-from qdjax.study import evaluate
+from qdjax.detect import shipped
 
 _CONFIG = cli.define_config(
   __file__,
@@ -26,7 +25,7 @@ _METHODS = flags.DEFINE_string("methods", None, "Comma-separated methods; overri
 _SCALE = flags.DEFINE_float("scale", None, "Test-set size factor; overrides config.")
 _WORKDIR = flags.DEFINE_string("workdir", None, "Model training directory; overrides config.")
 _MODEL = flags.DEFINE_enum(
-  "model", None, list(inference.MODELS), "Shipped model (without --workdir); overrides config."
+  "model", None, list(shipped.MODELS), "Shipped model (without --workdir); overrides config."
 )
 _OUTPUT_DIR = flags.DEFINE_string("output_dir", None, "Output directory; overrides config.")
 _SEED = flags.DEFINE_integer("seed", None, "User seed of the test splits; overrides config.")
@@ -36,6 +35,9 @@ def main(argv):
   config = cli.config_from_flags(
     argv, _CONFIG, _METHODS, _SCALE, _WORKDIR, _MODEL, _OUTPUT_DIR, _SEED
   )
+  # The library (jax) loads once the flags are checked: a bad flag fails at once.
+  from qdjax.study import evaluate
+
   evaluate.parse_methods(config.methods)
   output_dir = cli.output_dir(config.output_dir)
   # Made before the work, so a bad path fails early; removed again if the run fails.

@@ -11,7 +11,7 @@ from pathlib import Path
 
 from absl import flags
 
-from qdjax import cli, datasets, io
+from qdjax import cli, io
 from qdjax.sim import presets
 
 _DATA_DIR = flags.DEFINE_string("data_dir", None, "TFDS data directory.", required=True)
@@ -25,6 +25,9 @@ def main(argv):
   cli.check_no_extra_args(argv)
   if not (Path(_DATA_DIR.value).expanduser() / "qd2pm").is_dir():  # a verify only reads
     io.check_output_dir(_DATA_DIR.value)
+  # The library (jax) loads once the flags are checked: a bad flag fails at once.
+  from qdjax import datasets
+
   # On Ctrl-C or SIGTERM TFDS removes its incomplete directory; a data_dir this run made is
   # removed too.
   with cli.removed_on_failure(_DATA_DIR.value):

@@ -12,7 +12,7 @@ chunks of --chunk frames: memory is bounded by one chunk.
 from absl import flags
 
 from qdjax import cli
-from qdjax.detect import inference
+from qdjax.detect import shipped
 from qdjax.localize import files as locate_lib
 from qdjax.localize import locator
 from qdjax.sim import presets
@@ -21,7 +21,7 @@ _METHOD = flags.DEFINE_enum("method", "model", list(locator.METHODS), "Localisat
 _WORKDIR = flags.DEFINE_string(
   "workdir", None, "Training workdir of a model; default: a model shipped with qdjax (--model)."
 )
-_MODEL = flags.DEFINE_enum("model", None, list(inference.MODELS), locator.MODEL_HELP)
+_MODEL = flags.DEFINE_enum("model", None, list(shipped.MODELS), locator.MODEL_HELP)
 _INPUT = flags.DEFINE_string("input", None, "Frames: .npy, .npz or .tif.", required=True)
 _OUTPUT = flags.DEFINE_string("output", None, "CSV to write.", required=True)
 _MIN_SCORE = flags.DEFINE_float(

@@ -16,7 +16,6 @@ from absl import flags
 
 from qdjax import cli
 from qdjax.localize import locator
-from qdjax.study import reproduction, reproduction_report
 
 _CONFIG = cli.define_config(
   __file__,
@@ -44,6 +43,9 @@ def main(argv):
   config = cli.config_from_flags(
     argv, _CONFIG, _METHODS, _WORKDIR, _MODEL, _BLUR_FLOOR_WORKDIR, _OUTPUT_DIR
   )
+  # The library (jax) loads once the flags are checked: a bad flag fails at once.
+  from qdjax.study import reproduction, reproduction_report
+
   reproduction.parse_methods(config.methods)
   output_dir = cli.output_dir(config.output_dir)
   output_dir.mkdir(parents=True, exist_ok=True)

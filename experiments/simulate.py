@@ -71,7 +71,7 @@ and ``keypoints`` are where they appeared); a ``.tif`` has ``<stem>_tissue.csv``
 from absl import flags
 
 from qdjax import cli, io
-from qdjax.sim import data, motion, movie, presets
+from qdjax.sim import presets
 
 _CONFIG = cli.define_config(
   __file__,
@@ -194,6 +194,8 @@ def main(argv):
   io.check_output_path(_OUTPUT.value)
   if _PLOT.value:
     io.check_output_path(_OUTPUT.value[:-4] + ".png", inputs=[_OUTPUT.value])
+  from qdjax.sim import data  # jax: imported once the flags and the output are checked
+
   arrays = data.write(
     _OUTPUT.value,
     params,
@@ -274,6 +276,8 @@ def _flag_of(message: str) -> str:
 
 
 def _parse_populations(text: str):
+  from qdjax.sim import motion
+
   try:
     populations = motion.parse_populations(text)
     motion.make_motion(populations)  # the fractions' sum
@@ -283,6 +287,8 @@ def _parse_populations(text: str):
 
 
 def _write_movie(params, preset, populations=None):
+  from qdjax.sim import movie
+
   movie_params = movie.make_params(
     params,
     _NUM_FRAMES.value,

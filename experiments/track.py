@@ -58,7 +58,7 @@ from pathlib import Path
 from absl import app, flags
 
 from qdjax import cli, io
-from qdjax.detect import inference
+from qdjax.detect import shipped
 from qdjax.localize import locator
 from qdjax.sim import presets
 from qdjax.tracks import batch
@@ -80,7 +80,7 @@ _METHOD = flags.DEFINE_enum("method", "model", list(locator.METHODS), "Localisat
 _WORKDIR = flags.DEFINE_string(
   "workdir", None, "Training workdir of a model; default: a model shipped with qdjax (--model)."
 )
-_MODEL = flags.DEFINE_enum("model", None, list(inference.MODELS), locator.MODEL_HELP)
+_MODEL = flags.DEFINE_enum("model", None, list(shipped.MODELS), locator.MODEL_HELP)
 _OUTPUT = flags.DEFINE_string("output", None, "Tracks CSV to write (one movie).")
 _DIFFUSION_OUTPUT = flags.DEFINE_string(
   "diffusion_output", None, "Per-track diffusion CSV to write (one movie)."

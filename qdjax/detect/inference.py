@@ -47,11 +47,10 @@ from qdjax import chunks, io
 from qdjax.detect import cascade as cascade_lib
 from qdjax.detect import head
 from qdjax.detect import model as model_lib
+from qdjax.detect.shipped import MODELS
 
 PRETRAINED_ROOT = Path(__file__).parents[1] / "pretrained"
 PRETRAINED_DIR = PRETRAINED_ROOT / "paper"
-# Shipped model names, the preferred default first.
-MODELS = ("general_fast", "general", "paper_fast", "paper")
 WEIGHTS = "weights.npz"
 CONFIG = "config.json"
 # Pixels per jitted call at most: a memory bound on an accelerator, where large calls fill

@@ -15,15 +15,17 @@ calibration drops in without a code change.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import hashlib
 import json
 import math
 import types
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from qdjax.sim import simulate
-from qdjax.sim import tissue as tissue_lib
+if TYPE_CHECKING:  # the simulator (and jax) load when a preset makes parameters, not before
+  from qdjax.sim import simulate
+  from qdjax.sim import tissue as tissue_lib
 
 CALIBRATION_DIR = Path(__file__).parents[1] / "calibration"
 
@@ -71,6 +73,8 @@ class Preset:
       **overrides: ``tissue.make_params`` values that replace the preset's.
     """
     on = self.tissue_on if on is None else on
+    from qdjax.sim import tissue as tissue_lib
+
     return tissue_lib.make_params(**{**(dict(self.tissue) if on else {}), **overrides})
 
   def sim_params(self, diffusion=None, regime: int | None = None, **overrides) -> simulate.Params:
@@ -93,6 +97,8 @@ class Preset:
       diffusion = self.regimes[regime - 1]
     if diffusion is None:
       diffusion = self.train_diffusion
+    from qdjax.sim import simulate
+
     return simulate.make_params(**{**self.values, **overrides, "diffusion_um2_s": diffusion})
 
   def to_dict(self) -> dict[str, Any]:
@@ -348,10 +354,17 @@ def get(name: str) -> Preset:
 
 # --- preset files ---------------------------------------------------------------------
 
-# The spec-named values a preset file may set (sections 1 and 7), and its other keys.
-FILE_VALUES = tuple(
-  f.name for f in dataclasses.fields(simulate.Params) if f.name not in ("diffusion_um2_s", "tissue")
-)
+
+@functools.cache
+def file_values() -> tuple[str, ...]:
+  """The spec-named values a preset file may set (sections 1 and 7): the simulator's
+  parameters but D and the tissue (``FILE_EXTRAS`` are its other keys)."""
+  from qdjax.sim import simulate
+
+  skip = ("diffusion_um2_s", "tissue")
+  return tuple(f.name for f in dataclasses.fields(simulate.Params) if f.name not in skip)
+
+
 FILE_EXTRAS = (
   "preset",  # a name for the record (default: the file's name)
   "base",  # the named preset whose values fill in what the file leaves out (default paper)
@@ -410,11 +423,11 @@ def load_file(path) -> Preset:
     raise _file_error(path, f"not valid JSON ({e})") from None
   if not isinstance(record, dict):
     raise _file_error(path, "must hold a JSON object of named values")
-  unknown = sorted(set(record) - set(FILE_VALUES) - set(FILE_EXTRAS))
+  unknown = sorted(set(record) - set(file_values()) - set(FILE_EXTRAS))
   if unknown:
     raise _file_error(
       path,
-      f"unknown key {unknown[0]!r}; known: spec-named values ({', '.join(FILE_VALUES)}) "
+      f"unknown key {unknown[0]!r}; known: spec-named values ({', '.join(file_values())}) "
       f"and {', '.join(FILE_EXTRAS)}",
     )
   base_name = record.get("base", "paper")
@@ -422,7 +435,7 @@ def load_file(path) -> Preset:
     raise _file_error(path, f"base must be one of {', '.join(NAMES)}, got {base_name!r}")
   base = _BUILDERS[base_name]()
   values = dict(base.values)
-  values.update({k: record[k] for k in FILE_VALUES if k in record})
+  values.update({k: record[k] for k in file_values() if k in record})
   if isinstance(values.get("num_particles"), list):
     values["num_particles"] = tuple(values["num_particles"])
   regimes, train = base.regimes, None
@@ -466,7 +479,7 @@ def load_file(path) -> Preset:
       raise _file_error(path, f"standard error of {key!r} must be a number >= 0, got {se!r}")
   provenance = dict(base.provenance)
   for key in record:
-    if key in FILE_VALUES or key in ("diffusion_um2_s", "regimes", "train_diffusion"):
+    if key in file_values() or key in ("diffusion_um2_s", "regimes", "train_diffusion"):
       provenance[key if key != "diffusion_um2_s" else "regimes"] = "set by the preset file"
     elif key in ("epsilons_px", "blink_on_s", "blink_off_s"):
       provenance[key] = "set by the preset file"
