@@ -121,9 +121,9 @@ def test_fit_microscope_script_end_to_end_and_bad_input(pmt_frames, tmp_path, sc
   args = [f"--input={stack}", "--preset=invivo", f"--pmt={pmt_path}", f"--output={out}"]
   # The fixture's PMT values (to the last bit: they are constants of the compiled programs)
   # and number of simulated frames: the script loads the fit's programs that the fixture
-  # compiled from the persistent compilation cache (26 s -> 10 s on 2 cores) instead of
-  # compiling them again. Enough steps to converge (steps are cheap once compiled): a fit
-  # stopped far from its minimum is refused by its J statistic.
+  # compiled from the persistent compilation cache instead of compiling them again. Enough
+  # steps to converge (steps are cheap once compiled): a fit stopped far from its minimum is
+  # refused by its J statistic.
   result = script("fit_microscope.py", *args, "--num_simulated=128", "--steps=100", timeout=1800)
   assert result.returncode == 0, result.stderr
   record = json.loads(out.read_text())

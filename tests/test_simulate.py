@@ -14,7 +14,8 @@ from qdjax.localize import trackpy as trackpy_baseline
 from qdjax.sim import data, detector, presets, scan, simulate
 
 # Frames per batch of the default small frame (``sim_params()``, any traced values): one
-# compiled program serves every test that draws such a batch (4000 frames run in ~0.2 s).
+# compiled program serves every test that draws such a batch (running 4000 frames costs far
+# less than compiling a program for another size).
 BATCH = 4000
 
 

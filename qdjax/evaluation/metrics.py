@@ -293,7 +293,7 @@ def crlb(total_photons, background_photons, sigma_px, pixel_px: float = 1.0) -> 
     raise ValueError(f"crlb needs Ntot > 0, b >= 0, s > 0, a >= 0; got {n}, {b}, {s}, {a}")
   sa2 = s**2 + a**2 / 12
   tau = 2 * np.pi * sa2 * b / (n * a**2) if a > 0 else (np.inf if b > 0 else 0.0)
-  from scipy import special  # here, not at the top: it costs every importer 0.2 s
+  from scipy import special  # slow to import, and only this function needs it
 
   # scipy's spence(z) = Li2(1 - z), so Li2(-1/tau) = spence(1 + 1/tau).
   integral = float(tau * special.spence(1 + 1 / tau)) if 0 < tau < np.inf else -float(tau > 0)
