@@ -47,7 +47,7 @@ def main(argv):
   else:
     output = _OUTPUT.value or f"{config.preset}_calibration.json"
   command = "python " + " ".join(shlex.quote(a) for a in sys.argv)
-  # The library (jax) loads once the flags are checked: a bad flag fails at once.
+  # Imported here, not at the top: --help and a bad flag exit without loading it.
   from qdjax.study import calibrate
 
   record = calibrate.calibrate(config, output, command)

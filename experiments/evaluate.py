@@ -35,7 +35,7 @@ def main(argv):
   config = cli.config_from_flags(
     argv, _CONFIG, _METHODS, _SCALE, _WORKDIR, _MODEL, _OUTPUT_DIR, _SEED
   )
-  # The library (jax) loads once the flags are checked: a bad flag fails at once.
+  # Imported here, not at the top: --help and a bad flag exit without loading it.
   from qdjax.study import evaluate
 
   evaluate.parse_methods(config.methods)

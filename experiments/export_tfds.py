@@ -25,7 +25,7 @@ def main(argv):
   cli.check_no_extra_args(argv)
   if not (Path(_DATA_DIR.value).expanduser() / "qd2pm").is_dir():  # a verify only reads
     io.check_output_dir(_DATA_DIR.value)
-  # The library (jax) loads once the flags are checked: a bad flag fails at once.
+  # Imported here, not at the top: --help and a bad flag exit without loading it.
   from qdjax import datasets
 
   # On Ctrl-C or SIGTERM TFDS removes its incomplete directory; a data_dir this run made is

@@ -43,7 +43,7 @@ def main(argv):
   config = cli.config_from_flags(
     argv, _CONFIG, _METHODS, _WORKDIR, _MODEL, _BLUR_FLOOR_WORKDIR, _OUTPUT_DIR
   )
-  # The library (jax) loads once the flags are checked: a bad flag fails at once.
+  # Imported here, not at the top: --help and a bad flag exit without loading it.
   from qdjax.study import reproduction, reproduction_report
 
   reproduction.parse_methods(config.methods)

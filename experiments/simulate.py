@@ -194,7 +194,7 @@ def main(argv):
   io.check_output_path(_OUTPUT.value)
   if _PLOT.value:
     io.check_output_path(_OUTPUT.value[:-4] + ".png", inputs=[_OUTPUT.value])
-  from qdjax.sim import data  # jax: imported once the flags and the output are checked
+  from qdjax.sim import data  # here: --help and a bad flag exit without loading it
 
   arrays = data.write(
     _OUTPUT.value,
