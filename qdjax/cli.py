@@ -12,7 +12,7 @@ Every script in ``experiments/`` runs through ``run`` and exits with:
   temporary name and renamed when complete (``qdjax.io``), so an interrupted run leaves no
   partial file.
 
-``run`` also turns on JAX's persistent compilation cache (``use_compilation_cache``), so
+``run`` also turns on JAX's persistent compilation cache (``cache_environment``), so
 a second call of a script does not compile its programs again: it holds most of the
 fixed cost of a small job (``python experiments/bench.py --what=startup``). Set
 ``QDJAX_COMPILATION_CACHE=0`` to turn it off, or to a directory to put it there.
@@ -248,6 +248,41 @@ def use_compilation_cache() -> Path | None:
   return directory
 
 
+# JAX reads its cache settings from these variables when it is imported.
+_JAX_CACHE_DIR_ENV = "JAX_COMPILATION_CACHE_DIR"
+_JAX_CACHE_ENV = {
+  "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS": "0",
+  "JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES": "0",
+  "JAX_COMPILATION_CACHE_MAX_SIZE": str(CACHE_MAX_BYTES),
+}
+# The directory that ``cache_environment`` put in JAX_COMPILATION_CACHE_DIR, so that a child
+# process tells qdjax's choice, which it makes again from its own QDJAX_COMPILATION_CACHE,
+# from a directory the user chose through JAX's variable, which it keeps.
+_CACHE_MARK_ENV = "QDJAX_JAX_COMPILATION_CACHE_DIR"
+
+
+def cache_environment() -> Path | None:
+  """``use_compilation_cache`` through JAX's environment variables, for a process that has
+  not imported jax yet (jax reads them on import; child processes inherit them): a command
+  line whose input is refused before any computation then never loads jax.
+
+  Returns:
+    the cache directory, or None when it is off.
+  """
+  env = os.environ
+  chosen = env.get(_JAX_CACHE_DIR_ENV)
+  if chosen and env.get(_CACHE_MARK_ENV) != chosen:
+    return Path(chosen)  # the user's own choice, with the user's own settings
+  directory = compilation_cache_dir()
+  if directory is None:
+    for name in (_JAX_CACHE_DIR_ENV, _CACHE_MARK_ENV, *_JAX_CACHE_ENV):
+      env.pop(name, None)
+    return None
+  env[_JAX_CACHE_DIR_ENV] = env[_CACHE_MARK_ENV] = str(directory)
+  env.update(_JAX_CACHE_ENV)
+  return directory
+
+
 def run(main) -> None:
   """``absl.app.run(main)`` under the exit-code convention above, with the persistent
   compilation cache on (``use_compilation_cache``).
@@ -259,7 +294,9 @@ def run(main) -> None:
     verbose = flags.FLAGS["verbosity"].present
     if not verbose:
       quiet_logging()
-    if use_compilation_cache() is not None and not verbose:
+    # Through the environment unless the script imported jax before its flags were read.
+    cache = use_compilation_cache() if "jax" in sys.modules else cache_environment()
+    if cache is not None and not verbose:
       quiet_cpu_cache_loader()
     return one_line_errors(main)(argv)
 
@@ -286,11 +323,11 @@ def quiet_cpu_cache_loader() -> None:
   takes the compiler's tuning preferences (+prefer-no-gather, +prefer-no-scatter) recorded
   with the program for CPU features that this host lacks, even on the host that compiled
   it. The program loads and runs; only the message is wrong (10 to 144 lines per run).
-  XLA's C++ log level can be set only before jax is imported, or through this private
-  setter; without it the lines stay. ``--verbosity`` keeps XLA's log as it was.
+  XLA's C++ log level is set through jaxlib's own setter (TF_CPP_MIN_LOG_LEVEL no longer
+  reaches it), which loads without jax itself. ``--verbosity`` keeps XLA's log as it was.
   """
   try:
-    from jax._src.lib import utils
+    from jaxlib import utils
 
     utils.absl_set_min_log_level(3)  # absl's kFatal
   except (ImportError, AttributeError):
@@ -321,9 +358,14 @@ def _unraisablehook(unraisable) -> None:
 
 
 def quiet_logging() -> None:
-  """absl and Python logging at WARNING: Orbax and TFDS log every step at INFO."""
+  """absl and Python logging at WARNING: Orbax and TFDS log every step at INFO.
+
+  jax's loggers are left to inherit that level: jax takes a level set on its own logger
+  before it is imported as its C++ log level too, which would undo
+  ``quiet_cpu_cache_loader``.
+  """
   absl_logging.set_verbosity(absl_logging.WARNING)
-  for name in ("absl", "orbax", "tensorflow_datasets", "jax"):
+  for name in ("absl", "orbax", "tensorflow_datasets"):
     logging.getLogger(name).setLevel(logging.WARNING)
 
 

@@ -380,10 +380,10 @@ def test_napari_data_is_track_id_t_y_x(tmp_path):
 
 
 def test_napari_builds_a_tracks_layer_from_it():
-  """napari's own Tracks layer (the test extra installs napari without Qt) takes the data and
-  properties as they are, headless."""
+  """napari's own Tracks layer takes the data and properties as they are, headless (napari
+  is the ``napari`` extra, not part of the test extra: ``pip install -e ".[test,napari]"``)."""
   os.environ.setdefault("QT_QPA_PLATFORM", "offscreen")
-  from napari import layers
+  layers = pytest.importorskip("napari.layers", reason='napari is the "napari" extra')
 
   data, properties = interop.to_napari(example_tracks())
   layer = layers.Tracks(data, properties=properties, color_by="score")

@@ -57,24 +57,25 @@ def busy(units: int) -> int:
   return total
 
 
-def _reference_seconds(cluster, count: int, repeats: int) -> float:
-  """Wall time of ``count`` tasks of pure-Python work on the cluster's workers: what the
-  machine's free cores allow, with no I/O and nothing to load (the control)."""
+def _reference_seconds(cluster, count: int, repeats: int, units: int) -> float:
+  """Wall time of ``count`` tasks of pure-Python work (``busy(units)`` each) on the cluster's
+  workers: what the machine's free cores allow, with no I/O and nothing to load (the
+  control)."""
   from dask.distributed import Client
 
   with Client(cluster.scheduler_address) as client:
 
     def run_all():
-      client.gather(client.map(busy, [30] * count, pure=False))
+      client.gather(client.map(busy, [units] * count, pure=False))
 
     return median_seconds(run_all, repeats=repeats, warmup=1)
 
 
-def _time_cluster(workers, single_threaded, movies, warm, work, repeats, method) -> dict:
+def _time_cluster(workers, single_threaded, movies, warm, work, repeats, method, units) -> dict:
   start = time.perf_counter()
   with batch.local_cluster(workers, single_threaded=single_threaded) as cluster:
     started = time.perf_counter() - start
-    reference = _reference_seconds(cluster, len(movies), repeats)
+    reference = _reference_seconds(cluster, len(movies), repeats, units)
     options = dict(method=method, preset="paper", scheduler=cluster.scheduler_address)
     options.update(overwrite=True, progress=False)
     # Each worker imports qdjax and builds its locator on its first movie: not timed.
@@ -107,17 +108,18 @@ def run(repeats: int = 5, quick: bool = False, method: str = "trackpy", frames=N
   count, default_frames, size = (4, 24, 32) if quick else (8, 200, 64)
   frames = frames or default_frames
   repeats = 1 if quick else repeats
+  units = 3 if quick else 30  # the control's tasks: about 30 or 300 ms each
   with tempfile.TemporaryDirectory(prefix="qdjax-bench-batch.") as tmp:
     work = Path(tmp)
     movies = write_movies(work / "movies", count, frames, size, qds=6)
     warm = write_movies(work / "warm", 2 if quick else 4, frames, size, qds=6, seed=100)
     rows = {
-      "1_worker": _time_cluster(1, True, movies, warm, work, repeats, method),
-      "2_workers": _time_cluster(2, True, movies, warm, work, repeats, method),
+      "1_worker": _time_cluster(1, True, movies, warm, work, repeats, method, units),
+      "2_workers": _time_cluster(2, True, movies, warm, work, repeats, method, units),
     }
     if not quick:
       rows["2_workers_default_threads"] = _time_cluster(
-        2, False, movies, warm, work, repeats, method
+        2, False, movies, warm, work, repeats, method, units
       )
   speedup = rows["2_workers"]["movies_per_s"] / rows["1_worker"]["movies_per_s"]
   # The same ratio for pure-Python tasks: the parallelism the machine had to give.
