@@ -150,3 +150,28 @@ def test_ctrl_c_during_export_leaves_no_dataset(tmp_path):
   )
   assert_one_line_error(result, "interrupted", code=130)
   assert not data_dir.exists()  # made by this run, so removed with what TFDS left
+
+
+def test_cache_environment_keeps_the_users_choice_and_remakes_its_own(monkeypatch, tmp_path):
+  """A child process makes qdjax's cache choice again from its own QDJAX_COMPILATION_CACHE,
+  even where it inherited the parent's; a directory the user chose through JAX's own
+  variable is kept."""
+  from qdjax import cli
+
+  env = dict(os.environ)
+  monkeypatch.setattr(os, "environ", env)
+  for name in ("JAX_COMPILATION_CACHE_DIR", "QDJAX_JAX_COMPILATION_CACHE_DIR"):
+    env.pop(name, None)
+  env["QDJAX_COMPILATION_CACHE"] = str(tmp_path / "parent")
+  assert cli.cache_environment() == tmp_path / "parent"
+  assert env["JAX_COMPILATION_CACHE_DIR"] == str(tmp_path / "parent")
+  assert env["JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS"] == "0"
+  env["QDJAX_COMPILATION_CACHE"] = str(tmp_path / "child")  # inherited, then told otherwise
+  assert cli.cache_environment() == tmp_path / "child"
+  assert env["JAX_COMPILATION_CACHE_DIR"] == str(tmp_path / "child")
+  env["QDJAX_COMPILATION_CACHE"] = "off"
+  assert cli.cache_environment() is None and "JAX_COMPILATION_CACHE_DIR" not in env
+  env["JAX_COMPILATION_CACHE_DIR"] = str(tmp_path / "users")
+  env["QDJAX_COMPILATION_CACHE"] = str(tmp_path / "ignored")
+  assert cli.cache_environment() == tmp_path / "users"
+  assert env["JAX_COMPILATION_CACHE_DIR"] == str(tmp_path / "users")
