@@ -10,7 +10,8 @@ import math
 import pytest
 from conftest import run_script, smoke_env
 
-QUICK = ["simulate", "train", "locate", "startup", "fit", "tradeoff"]
+# --what=fit's smoke run is in test_fit_microscope.py, beside the fit it shares programs with.
+QUICK = ["simulate", "train", "locate", "startup", "tradeoff"]
 
 
 @pytest.mark.parametrize("what", QUICK)

@@ -161,6 +161,19 @@ def test_fit_microscope_script_end_to_end_and_bad_input(pmt_frames, tmp_path, sc
   bad("no spot", input=zero)
 
 
+def test_fit_bench_runs_quick(fitted):
+  """``bench.py --what=fit --quick``'s run, after the fixture's fit: with the fixture's number
+  of simulated frames and PMT (the preset's), the fit's programs are the ones compiled."""
+  from benchmarks import fit as fit_bench
+
+  record = fit_bench.run(quick=True, num_simulated=128)
+  assert record["fit_options"] == {"steps": 10, "num_simulated": 128}
+  (row,) = record["sets"]
+  assert set(fit_bench.TARGETS) <= set(row)
+  assert all(np.isfinite(row[name]["estimate"]) for name in fit_bench.TARGETS)
+  json.dumps(record)  # what bench.py writes
+
+
 def test_calibrate_pmt_script_refuses_a_non_uniform_stack(tmp_path, script):
   rng = np.random.default_rng(0)
   stack = rng.normal(100, 10, (4, 64, 64)) * np.arange(1, 5)[:, None, None]
