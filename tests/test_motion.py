@@ -212,7 +212,7 @@ def test_confined_qds_stay_in_their_sphere_and_plateau(mixed, gapped):
       lags = [np.sum((q[lag:, :2] - q[:-lag, :2]) ** 2, axis=-1) for lag in range(5, FRAMES)]
       per_qd.append(np.concatenate(lags).mean())
     per_qd = np.asarray(per_qd)
-    se = per_qd.std() / math.sqrt(len(per_qd))
+    se = float(per_qd.std()) / math.sqrt(len(per_qd))
     assert per_qd.mean() == pytest.approx(plateau, abs=4 * se), (per_qd.mean(), plateau, se)
     assert 4 * se < 0.2 * plateau  # the test can tell a plateau 20% off
 
