@@ -255,9 +255,10 @@ _JAX_CACHE_ENV = {
   "JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES": "0",
   "JAX_COMPILATION_CACHE_MAX_SIZE": str(CACHE_MAX_BYTES),
 }
-# The directory that ``cache_environment`` put in JAX_COMPILATION_CACHE_DIR, so that a child
-# process tells qdjax's choice, which it makes again from its own QDJAX_COMPILATION_CACHE,
-# from a directory the user chose through JAX's variable, which it keeps.
+# Where ``cache_environment`` also writes the directory it put in JAX_COMPILATION_CACHE_DIR.
+# A child process inherits both: where they agree, the directory was qdjax's choice, and the
+# child makes it again from its own QDJAX_COMPILATION_CACHE; where they differ, the user set
+# JAX's variable, and it is kept.
 _CACHE_MARK_ENV = "QDJAX_JAX_COMPILATION_CACHE_DIR"
 
 
@@ -285,7 +286,8 @@ def cache_environment() -> Path | None:
 
 def run(main) -> None:
   """``absl.app.run(main)`` under the exit-code convention above, with the persistent
-  compilation cache on (``use_compilation_cache``).
+  compilation cache on (``cache_environment``, or ``use_compilation_cache`` where the script
+  has imported jax already).
 
   Library logging (absl, Orbax, TFDS) stays at WARNING unless ``--verbosity`` asks for more.
   """
