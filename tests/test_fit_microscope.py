@@ -10,6 +10,10 @@ from conftest import assert_one_line_error
 from qdjax.microscope import fit, pmt_calibration
 from qdjax.sim import data, presets
 
+# Adam steps of the refused fits: each refusal is a check made after the fit, against frames
+# simulated where it stopped; these frames are refused for the same reason after 20 steps as
+# after 100.
+REFUSED_STEPS = 20
 TRUTH = {
   "peak_photons": 16.0,
   "background_photons": 1.2,
@@ -69,7 +73,7 @@ def test_a_correct_fit_passes_every_check(fitted):
 def _refused(frames, pmt, needle):
   with pytest.raises(ValueError, match=needle) as error:
     fit.fit_microscope_file(
-      frames, presets.get("invivo"), pmt, progress=False, num_simulated=128, steps=100
+      frames, presets.get("invivo"), pmt, progress=False, num_simulated=128, steps=REFUSED_STEPS
     )
   assert "\n" not in str(error.value)
   return str(error.value)
