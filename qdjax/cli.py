@@ -242,19 +242,21 @@ def use_compilation_cache() -> Path | None:
   if directory is None:
     return None
   jax.config.update("jax_compilation_cache_dir", str(directory))
-  jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
-  jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)
-  jax.config.update("jax_compilation_cache_max_size", CACHE_MAX_BYTES)
+  for name, value in _CACHE_SETTINGS.items():
+    jax.config.update(name, value)
   return directory
 
 
-# JAX reads its cache settings from these variables when it is imported.
-_JAX_CACHE_DIR_ENV = "JAX_COMPILATION_CACHE_DIR"
-_JAX_CACHE_ENV = {
-  "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS": "0",
-  "JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES": "0",
-  "JAX_COMPILATION_CACHE_MAX_SIZE": str(CACHE_MAX_BYTES),
+# JAX's cache settings besides the directory: every program is kept. ``use_compilation_cache``
+# sets them in ``jax.config``; ``cache_environment`` in the variables JAX reads on import,
+# named as the settings in upper case.
+_CACHE_SETTINGS = {
+  "jax_persistent_cache_min_compile_time_secs": 0.0,
+  "jax_persistent_cache_min_entry_size_bytes": 0,
+  "jax_compilation_cache_max_size": CACHE_MAX_BYTES,
 }
+_JAX_CACHE_DIR_ENV = "JAX_COMPILATION_CACHE_DIR"
+_JAX_CACHE_ENV = {name.upper(): str(value) for name, value in _CACHE_SETTINGS.items()}
 # Where ``cache_environment`` also writes the directory it put in JAX_COMPILATION_CACHE_DIR.
 # A child process inherits both: where they agree, the directory was qdjax's choice, and the
 # child makes it again from its own QDJAX_COMPILATION_CACHE; where they differ, the user set

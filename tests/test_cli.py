@@ -165,7 +165,7 @@ def test_cache_environment_keeps_the_users_choice_and_remakes_its_own(monkeypatc
   env["QDJAX_COMPILATION_CACHE"] = str(tmp_path / "parent")
   assert cli.cache_environment() == tmp_path / "parent"
   assert env["JAX_COMPILATION_CACHE_DIR"] == str(tmp_path / "parent")
-  assert env["JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS"] == "0"
+  assert env["JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS"] == "0.0"
   env["QDJAX_COMPILATION_CACHE"] = str(tmp_path / "child")  # inherited, then told otherwise
   assert cli.cache_environment() == tmp_path / "child"
   assert env["JAX_COMPILATION_CACHE_DIR"] == str(tmp_path / "child")
