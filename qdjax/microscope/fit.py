@@ -219,23 +219,23 @@ def _compiled(pmt: tuple | None, learning_rate: float) -> types.SimpleNamespace:
     updates, opt_state = optimizer.update(grad, opt_state, theta)
     return optax.apply_updates(theta, updates), opt_state, value
 
-  def mean_and_all(theta, keys, base):
-    sim = _simulated_statistics(theta, keys, base, detector_model)
-    return sim.mean(axis=0), sim
-
   def checked(photons):
     return frame_statistics(photons)[:, 2], second_spot(photons), background_spread(photons)
 
-  def simulated_checks(theta, keys, base):
-    return checked(_simulated_frames(theta, keys, base, detector_model))
+  def mean_and_all(theta, keys, base):
+    frames = _simulated_frames(theta, keys, base, detector_model)
+    sim = frame_statistics(frames)
+    return sim.mean(axis=0), (sim, checked(frames))
 
+  # Two programs of the simulator, not four: a compilation costs seconds, a run of 128
+  # frames a fraction of one. ``step`` also gives J at a point (its value, before the
+  # update), and the Jacobian's forward pass the statistics and the predictive checks of
+  # the frames it simulated.
   return types.SimpleNamespace(
     optimizer=optimizer,
-    loss=jax.jit(loss),
     step=jax.jit(step),
     jacobian=jax.jit(jax.jacfwd(mean_and_all, has_aux=True)),
     checked=jax.jit(checked),
-    simulated_checks=jax.jit(simulated_checks),
   )
 
 
@@ -412,7 +412,7 @@ def fit_microscope(
     # and Adam steps come down from there slowly; the grid puts the start near the valley.
     grid = guess["diffusion_um2_s"] * 2.0 ** np.arange(-6, 2)
     trials = [log_theta.at[3].set(math.log(d)) for d in grid]
-    log_theta = min(trials, key=lambda t: float(programs.loss(t, *data)))
+    log_theta = min(trials, key=lambda t: _j(programs, t, data))
 
   opt_state = programs.optimizer.init(log_theta)
   best = (float("inf"), log_theta)
@@ -428,7 +428,7 @@ def fit_microscope(
   log_theta = best[1]
 
   # One forward-mode pass gives the Jacobian and the simulated statistics themselves.
-  jac, sim = programs.jacobian(log_theta, keys, base)
+  jac, (sim, fitted_checks) = programs.jacobian(log_theta, keys, base)
   jac, sim = np.asarray(jac), np.asarray(sim)
   w = np.linalg.inv(obs_cov + np.cov(sim, rowvar=False) / num_simulated)
   diff = sim.mean(axis=0) - obs_mean
@@ -440,7 +440,7 @@ def fit_microscope(
   j_statistic = float(diff @ w @ diff)
   degrees_of_freedom = len(STATISTICS) - len(FITTED)
   noise_z, spot_z, second_spot_z = _predictive_checks(
-    frames, log_theta, keys, base, detector_model, observed
+    programs, frames, log_theta, keys, base, detector_model, observed, fitted_checks
   )
   return MicroscopeFit(
     values=values,
@@ -478,7 +478,14 @@ def _z(observed, simulated) -> float:
   return float((np.mean(observed) - np.mean(simulated)) / max(se, 1e-30))
 
 
-def _predictive_checks(frames, log_theta, keys, base, detector_model, observed):
+def _j(programs, log_theta, data) -> float:
+  """J (the GMM distance) at ``log_theta``: the value of a ``step`` from there."""
+  return float(programs.step(log_theta, programs.optimizer.init(log_theta), *data)[2])
+
+
+def _predictive_checks(
+  programs, frames, log_theta, keys, base, detector_model, observed, fitted_checks
+):
   """Three checks of what the fit's statistics do not test, against frames simulated at
   the fit (the same keys), each in standard errors of the difference of means:
 
@@ -491,14 +498,12 @@ def _predictive_checks(frames, log_theta, keys, base, detector_model, observed):
   """
   import jax.numpy as jnp
 
-  programs = _programs(detector_model)
   photons = detector_model.to_photons(jnp.asarray(frames))
   _, observed_second, observed_spread = (np.asarray(v) for v in programs.checked(photons))
-  _, fitted_second, fitted_spread = (
-    np.asarray(v) for v in programs.simulated_checks(log_theta, keys, base)
-  )
+  _, fitted_second, fitted_spread = (np.asarray(v) for v in fitted_checks)
   no_spot = jnp.asarray(log_theta).at[0].set(math.log(1e-6))  # N ~ 0: noise alone
-  noise_peak, _, _ = (np.asarray(v) for v in programs.simulated_checks(no_spot, keys, base))
+  _, (_, noise_checks) = programs.jacobian(no_spot, keys, base)
+  noise_peak = np.asarray(noise_checks[0])
   spot_index = STATISTICS.index("spot_peak")
   return (
     _z(observed_spread, fitted_spread),
