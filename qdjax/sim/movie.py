@@ -357,14 +357,19 @@ def iter_frames(params: MovieParams, seed: int, chunk: int | None = None) -> Ite
   movie_diffusion = np.float32(jax.device_get(diffusion))
   per_qd = motion_lib.truth_arrays(drawn[0], active)
   phases = np.asarray(jax.device_get(drawn[1].phases), np.float32)
+  chunk = min(chunk, params.num_frames)
   for first in range(0, params.num_frames, chunk):
     last = min(first + chunk, params.num_frames)
-    indices = jnp.arange(first, last)
+    # Every piece renders ``chunk`` frames, the last one past the movie's end and cut: one
+    # compiled program serves every piece. A frame draws from its own key and the frames
+    # before it, so the frames past the end change none of the movie's.
+    indices = jnp.arange(first, first + chunk)
     carry, frames = _render_piece(params, active, drawn, k_frames, carry, indices)
     frames = jax.device_get(frames)
+    keep = last - first
     yield {
-      "images": np.asarray(frames["counts"], np.float32),
-      **{k: np.asarray(frames[k], _PER_FRAME[k]) for k in _PER_FRAME},
+      "images": np.asarray(frames["counts"][:keep], np.float32),
+      **{k: np.asarray(frames[k][:keep], _PER_FRAME[k]) for k in _PER_FRAME},
       "tissue_time_s": tissue_times(params, first, last),
       "diffusion": movie_diffusion,
       "tissue_phase": phases,
