@@ -93,7 +93,9 @@ def test_frames_of_several_qds_are_refused(pmt_frames):
 
 def test_frames_without_a_spot_are_refused(pmt_frames):
   _, pmt = pmt_frames
-  params = presets.get("invivo").sim_params(**TRUTH, num_particles=(0, 0))
+  # A QD that emits nothing: frames of background and PMT noise alone, drawn by the
+  # fixture's compiled simulator (no QD at all would be another program).
+  params = presets.get("invivo").sim_params(**{**TRUTH, "peak_photons": 0.0})
   frames = data.generate(params, 300, seed=79)["images"]
   _refused(frames, pmt, "no spot")
 
@@ -167,7 +169,8 @@ def test_fit_microscope_script_end_to_end_and_bad_input(pmt_frames, tmp_path, sc
 
 def test_fit_bench_runs_quick(fitted):
   """``bench.py --what=fit --quick``'s run, after the fixture's fit: with the fixture's number
-  of simulated frames and PMT (the preset's), the fit's programs are the ones compiled."""
+  of simulated frames and PMT (the preset's), and 300 observed frames as the fixture's, the
+  programs are the ones compiled."""
   from benchmarks import fit as fit_bench
 
   record = fit_bench.run(quick=True, num_simulated=128)

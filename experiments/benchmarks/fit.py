@@ -30,9 +30,11 @@ def run(repeats: int = 1, quick: bool = False, **fit_options) -> dict:
   """``fit_options`` (e.g. ``num_simulated``, ``steps``) override the fit's defaults."""
   del repeats  # one fit per set: the figure is the error, not a time
   preset = presets.get("invivo")
-  num_frames = 100 if quick else 1500
+  num_frames = 300 if quick else 1500
   sets = HELD_OUT[:1] if quick else HELD_OUT
-  # quick: a smoke test of the whole path (compilation is most of its time), not a figure.
+  # quick: a smoke test of the whole path (compilation is most of its time), not a figure;
+  # its frames are drawn in one chunk of data.generate's largest program, as a fit's usual
+  # few hundred frames are.
   fit_options = {**({"steps": 10, "num_simulated": 64} if quick else {}), **fit_options}
   results = []
   for i, truth in enumerate(sets):
