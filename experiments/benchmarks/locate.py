@@ -32,7 +32,7 @@ TARGETS = {"crops": 5.0, "fields": 3.0}  # x single-process trackpy's frames/s
 def run(repeats: int = 5, quick: bool = False) -> dict:
   preset = presets.get("paper")
   frames = {
-    "crops": tradeoff.crops(256 if quick else 2048),
+    "crops": tradeoff.crops(64 if quick else 2048),
     "fields": tradeoff.fields(1 if quick else 8, size=128 if quick else 512),
   }
   locators = {
