@@ -13,7 +13,7 @@ import jax
 import numpy as np
 import pandas as pd
 import pytest
-from conftest import assert_one_line_error, sim_params
+from conftest import assert_one_line_error, sim_params, smoke_env
 
 from qdjax.sim import motion, movie
 
@@ -282,7 +282,10 @@ def test_simulate_script_writes_a_mixed_movie(script, tmp_path):
   common = ["--preset=paper", "--diffusion=0.5", "--num_frames=3", "--num_particles=6"]
   common += ["--config.overrides.height=12", "--config.overrides.width=10"]
   populations = "--populations=free:0.5:D=0.05:sigma=0.5,confined:0.3:radius=0.2,immobile:0.2"
-  result = script("simulate.py", *common, populations, f"--output={tmp_path / 'm.tif'}")
+  # What the files hold, not the movie's values: a smoke run (conftest.smoke_env).
+  result = script(
+    "simulate.py", *common, populations, f"--output={tmp_path / 'm.tif'}", env=smoke_env()
+  )
   assert result.returncode == 0, result.stderr
   table = motion.truth_table(tmp_path / "m.tif")
   assert set(table["motion"]) <= {"free", "confined", "immobile"}
