@@ -323,14 +323,11 @@ def fit_microscope(
   start-position ranges and the PMT come from ``base`` and ``detector_model``; they are
   not fitted (docs/spec.md, section 7).
 
-  Measured on 1500 held-out PMT frames of 24 x 25 px at two parameter sets (the
-  ``bench.py --what=fit`` sets, with 256 simulated frames and 100 steps): N within 3.3 %,
-  B within 0.5 %, sxy within 2.4 %, D 1.28 +- 0.60 for 1.5 and 3.64 +- 0.67 for 4.0
-  um^2/s (J 1.1 and 0.57 on 3 dof), all targets met. D is identifiable (J along D at the
-  other true values has its minimum at the truth and rises 25-fold by 10 um^2/s), but
-  from the preset's D2 (20) Adam steps come down slowly (D 3.0 and 5.3 after 100 steps):
-  so D starts (unless ``start`` gives one) at the best J over a log grid of D, factors of
-  2 from 1/64 to 2 times the preset's D, before the Adam steps.
+  D is identifiable, but from a start far above it (the preset's D2) the statistics change
+  slowly with D and Adam steps come down slowly: so D starts (unless ``start`` gives one)
+  at the best J over a log grid of D, factors of 2 from 1/64 to 2 times the preset's D,
+  before the Adam steps. Its accuracy on held-out frames (``bench.py --what=fit``):
+  docs/spec.md, section 7.
 
   Standard errors: the GMM sandwich, (G' W G)^-1, with G the Jacobian of the simulated
   mean statistics (forward-mode through the simulator) and W counting both the frames'
