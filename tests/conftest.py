@@ -82,21 +82,35 @@ def pytest_configure(config):
   cli.use_compilation_cache()
 
 
+# More than half of the suite is XLA compiling programs for the CPU, most of that in LLVM.
+# The suite compiles at LLVM -O1 rather than XLA's default -O3: every XLA pass is the same,
+# IEEE arithmetic is kept at both levels (no fast math), and the programs compute the same
+# values up to rounding in the last bit, in about 40 % less compile time and at much the
+# same speed (docs/results.md, "The test suite's time"). Workers inherit it, and so do the
+# scripts the tests run, so they share the compilation cache. An XLA_FLAGS that already
+# names a level is kept.
+_LEVEL_FLAG = "--xla_backend_optimization_level"
+SUITE_XLA_FLAGS = f"{_LEVEL_FLAG}=1"
 # Runs whose numbers are not checked (the benchmarks' smoke runs), or are compared only with
 # another run under the same flags (one device against four, two processes against one),
-# spend most of their time compiling small programs. LLVM at -O0 changes how fast the
-# compiled code runs, not what it computes (up to rounding), and nearly halves that time
-# (measured on 2 cores from a cold cache: the benchmarks' smoke tests from 271 to 184 s of
-# CPU). Every test that checks a number against theory or truth runs at the optimisation
-# level users get.
-SMOKE_XLA_FLAGS = "--xla_backend_optimization_level=0"
+# compile at -O0: slower code, less compile time again.
+SMOKE_XLA_FLAGS = f"{_LEVEL_FLAG}=0"
+
+
+def _with_level(flags: str, level_flag: str) -> str:
+  """XLA_FLAGS ``flags`` with their optimisation level replaced by ``level_flag``."""
+  kept = [flag for flag in flags.split() if not flag.startswith(_LEVEL_FLAG)]
+  return " ".join([*kept, level_flag])
+
+
+if _LEVEL_FLAG not in os.environ.get("XLA_FLAGS", ""):
+  os.environ["XLA_FLAGS"] = _with_level(os.environ.get("XLA_FLAGS", ""), SUITE_XLA_FLAGS)
 
 
 def smoke_env(env=None) -> dict:
-  """``env`` for a smoke run of a script (``SMOKE_XLA_FLAGS`` added to any XLA_FLAGS)."""
+  """``env`` for a smoke run of a script (any XLA_FLAGS at ``SMOKE_XLA_FLAGS``'s level)."""
   env = dict(env or {})
-  flags = env.get("XLA_FLAGS", os.environ.get("XLA_FLAGS", ""))
-  env["XLA_FLAGS"] = f"{flags} {SMOKE_XLA_FLAGS}".strip()
+  env["XLA_FLAGS"] = _with_level(env.get("XLA_FLAGS", os.environ["XLA_FLAGS"]), SMOKE_XLA_FLAGS)
   return env
 
 
