@@ -332,10 +332,11 @@ def test_init_from_starts_from_another_runs_best_weights(reference, tmp_path):
       jax.tree.leaves(state["model"].to_pure_dict()), jax.tree.leaves(best), strict=True
     ):
       np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
-  # The training loop starts from them: step 1's loss is that of the trained weights.
+  # The training loop starts from them: step 1's loss is that of the trained weights. (The
+  # run keeps the shared config's length, so its step is the reference's compiled program.)
   config = tiny_config()
   config.init_from = str(exported)
-  config.num_steps, config.log_every = 1, 1
+  config.log_every, config.eval_every = 1, config.num_steps
   train.train_and_evaluate(config, tmp_path / "warm")
   first = json.loads((tmp_path / "warm" / "metrics.jsonl").read_text().splitlines()[0])
   _, fresh = scratch.train_step(scratch.state, 1)
