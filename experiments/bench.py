@@ -4,6 +4,7 @@ r"""Throughput benchmarks; prints and writes JSON.
   python experiments/bench.py --what=train
   python experiments/bench.py --what=locate   # fast model, full-accuracy model, trackpy
   python experiments/bench.py --what=startup  # one locate.py call: imports, compilation
+  python experiments/bench.py --what=compile  # LLVM -O3, -O1, -O0: compile, run time, values
   python experiments/bench.py --what=diffusion   # per-track D accuracy of whole pipelines
   python experiments/bench.py --what=diffusion --quick --photon_scale=0.25   # dimmer QDs
   python experiments/bench.py --what=blind   # track.py's defaults on another simulator's movies
@@ -35,6 +36,7 @@ _WHAT = flags.DEFINE_enum(
     "train",
     "locate",
     "startup",
+    "compile",
     "diffusion",
     "blind",
     "populations",
@@ -76,7 +78,7 @@ def main(argv):
   io.check_output_path(output)
   module = importlib.import_module(f"benchmarks.{_WHAT.value}")
   options = {}
-  if _WHAT.value == "train":  # at the default training config, or the tiny one
+  if _WHAT.value in ("train", "compile"):  # at the default training config, or the tiny one
     from configs import default, tiny
 
     options["config"] = (tiny if _QUICK.value else default).get_config()

@@ -82,13 +82,13 @@ def pytest_configure(config):
   cli.use_compilation_cache()
 
 
-# More than half of the suite is XLA compiling programs for the CPU, most of that in LLVM.
-# The suite compiles at LLVM -O1 rather than XLA's default -O3: every XLA pass is the same,
-# IEEE arithmetic is kept at both levels (no fast math), and the programs compute the same
-# values up to rounding in the last bit, in about 40 % less compile time and at much the
-# same speed (docs/results.md, "The test suite's time"). Workers inherit it, and so do the
-# scripts the tests run, so they share the compilation cache. An XLA_FLAGS that already
-# names a level is kept.
+# About half of the suite is XLA compiling programs for the CPU, most of that in LLVM. The
+# suite compiles at LLVM -O1 rather than XLA's default -O3: every XLA pass is the same, IEEE
+# arithmetic is kept at both levels (no fast math), and the programs compute the same
+# values up to rounding, compiled faster and running at much the same speed
+# (``bench.py --what=compile``; docs/results.md, "The test suite's time"). Workers inherit
+# it, and so do the scripts the tests run, so all share the compilation cache. An XLA_FLAGS
+# that already names a level is kept.
 _LEVEL_FLAG = "--xla_backend_optimization_level"
 SUITE_XLA_FLAGS = f"{_LEVEL_FLAG}=1"
 # Runs whose numbers are not checked (the benchmarks' smoke runs), or are compared only with

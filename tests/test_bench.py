@@ -11,7 +11,7 @@ import pytest
 from conftest import run_script, smoke_env
 
 # --what=fit's smoke run is in test_fit_microscope.py, beside the fit it shares programs with.
-QUICK = ["simulate", "train", "locate", "startup", "tradeoff"]
+QUICK = ["simulate", "train", "locate", "startup", "tradeoff", "compile"]
 
 
 @pytest.mark.parametrize("what", QUICK)
@@ -32,6 +32,11 @@ def test_bench_runs_quick(what, tmp_path):
   assert record and "Traceback" not in result.stderr
   if what == "tradeoff":
     assert {"trackpy_1_process", "tiny"} <= set(record["rows"]), record["rows"].keys()
+  if what == "compile":  # --quick: two programs, each at every level, -O3 its own reference
+    assert set(record["rows"]) == {"detector", "mle_fit"}
+    for levels in record["rows"].values():
+      assert set(levels) == {"O3", "O1", "O0"} and levels["O3"]["max_abs_diff"] == 0
+      assert all(math.isfinite(row["run_s"]) and row["compile_s"] > 0 for row in levels.values())
 
 
 @pytest.mark.parametrize("what", ["motion", "texture"])
