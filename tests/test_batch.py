@@ -3,6 +3,8 @@ TrackMate (qdjax.tracks.interop)."""
 
 import json
 import os
+import subprocess
+import sys
 import time
 import xml.etree.ElementTree as ET
 
@@ -141,6 +143,19 @@ def test_single_movie_flags_and_batch_flags_do_not_mix(tmp_path):
   assert_one_line_error(result, "not both", code=2)
   result = run_script("track.py", f"--input={tmp_path / 'nothing*.tif'}", "--output_dir=x")
   assert_one_line_error(result, "no movies", code=2)
+
+
+def test_what_track_py_imports_loads_no_jax():
+  """A run refused for its flags or inputs exits before any JAX is loaded (in a fraction of
+  a second): the tracking modules import the simulator and the registration where they use
+  them."""
+  code = (
+    "import sys; import qdjax.tracks.batch, qdjax.tracks.tracking, qdjax.tracks.diffusion; "
+    "import qdjax.localize.locator, qdjax.sim.presets, qdjax.detect.shipped; "
+    "assert 'jax' not in sys.modules, sorted(m for m in sys.modules if m.startswith('jax'))"
+  )
+  result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+  assert result.returncode == 0, result.stderr
 
 
 def test_expand_inputs_reads_folders_globs_and_list_files(tmp_path):

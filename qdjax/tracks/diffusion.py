@@ -32,8 +32,6 @@ import math
 
 import numpy as np
 
-from qdjax.sim import scan
-
 # --- the blur coefficient -----------------------------------------------------------------
 
 
@@ -119,6 +117,8 @@ def default_frame_interval(params, height: int | None = None, width: int | None 
   """height * (width * dwell + retrace), for a movie of the given frame size."""
   h = params.height if height is None else height
   w = params.width if width is None else width
+  from qdjax.sim import scan  # loads JAX: imported where it is needed
+
   return h * float(scan.line_period(w, float(params.dwell_s), float(params.retrace_s)))
 
 

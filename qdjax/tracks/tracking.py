@@ -41,9 +41,10 @@ from tqdm.auto import tqdm
 
 from qdjax import io
 from qdjax.localize import locator
-from qdjax.sim import movie
-from qdjax.tracks import background as background_lib
-from qdjax.tracks import diffusion, registration
+from qdjax.tracks import diffusion
+
+# The modules that load JAX are imported where they are used: a command line that refuses
+# its input, and anything that only reads tracks, never loads it.
 
 TRACK_COLUMNS = ["frame", "x", "y", "score", "particle"]
 DIFFUSION_COLUMNS = [
@@ -663,6 +664,8 @@ def analysis_for(preset, height: int, width: int, frame_interval_s=None, **kwarg
   frame_interval_s = float(frame_interval_s)
   if not math.isfinite(frame_interval_s) or frame_interval_s <= 0:
     raise ValueError(f"frame_interval_s must be a positive number, got {frame_interval_s}")
+  from qdjax.sim import movie
+
   recording = float(movie.frame_span(params))
   if frame_interval_s < recording * (1 - 1e-6):
     raise ValueError(
@@ -786,6 +789,8 @@ def track_movie(
   spot_px = float(preset.values["sigma_xy_um"]) / analysis.pixel_size_um
   found = None
   if tissue is not False:
+    from qdjax.tracks import registration
+
     found = tissue_motion(
       frames, detections, registration.timing_for(preset, h, w, analysis.frame_interval_s),
       pixel_size_um=analysis.pixel_size_um, spot_sigma_px=spot_px,
@@ -826,6 +831,8 @@ def tissue_motion(
     return None
   chosen, _ = choose_min_score(detections["score"], min_score, fallback_min_score)
   qds = detections if chosen is None else detections[detections["score"] >= chosen]
+  from qdjax.tracks import registration
+
   reach = min(min(h, w) // 4, round(registration.MAX_SHIFT_UM / pixel_size_um))
   return registration.estimate(
     frames, timing, exclude=qds, exclude_radius_px=_qd_radius_px(spot_sigma_px),
@@ -860,6 +867,8 @@ def without_background(
   put is not taken for background. Every detection above the cut is left out of the test
   of structure (a dim QD moving through a flat field is no structure). ``apply``: flatten
   where the background has structure (None), always, never."""
+  from qdjax.tracks import background as background_lib
+
   chosen, _ = choose_min_score(detections["score"], min_score, locator.default_min_score(locate))
   kept = detections if chosen is None else detections[detections["score"] >= chosen]
   confident_score = locator.confident_score(locate)
@@ -898,6 +907,8 @@ def track_detections(
   localised without (``background.Background``, reported in the summary)."""
   t, h, w = num_frames, height, width
   if tissue is not None and tissue.applied:
+    from qdjax.tracks import registration
+
     detections = registration.correct(detections, tissue)
   chosen, chosen_source = choose_min_score(detections["score"], min_score, fallback_min_score)
   kept = detections if chosen is None else detections[detections["score"] >= chosen]
