@@ -12,7 +12,7 @@ import jax
 import numpy as np
 import orbax.checkpoint as ocp
 import pytest
-from conftest import SMOKE_XLA_FLAGS
+from conftest import smoke_env
 
 ROOT = Path(__file__).resolve().parents[1]
 STEPS = 2
@@ -41,8 +41,8 @@ def _start(workdir: Path, *extra: str, devices: int) -> subprocess.Popen:
   env.update(
     PYTHONPATH=os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")])),
     JAX_PLATFORMS="cpu",
-    XLA_FLAGS=f"--xla_force_host_platform_device_count={devices} {SMOKE_XLA_FLAGS}",
   )
+  env.update(smoke_env({"XLA_FLAGS": f"--xla_force_host_platform_device_count={devices}"}))
   return subprocess.Popen(
     [sys.executable, "experiments/train.py", *FLAGS, f"--workdir={workdir}", *extra],
     cwd=ROOT,
