@@ -83,34 +83,46 @@ def pytest_configure(config):
 
 
 # About half of the suite is XLA compiling programs for the CPU, most of that in LLVM. The
-# suite compiles at LLVM -O1 rather than XLA's default -O3: every XLA pass is the same, IEEE
-# arithmetic is kept at both levels (no fast math), and the programs compute the same
-# values up to rounding, compiled faster and running at much the same speed
-# (``bench.py --what=compile``; docs/results.md, "The test suite's time"). Workers inherit
-# it, and so do the scripts the tests run, so all share the compilation cache. An XLA_FLAGS
-# that already names a level is kept.
-_LEVEL_FLAG = "--xla_backend_optimization_level"
-SUITE_XLA_FLAGS = f"{_LEVEL_FLAG}=1"
+# suite compiles at LLVM -O1 rather than XLA's default -O3, and with XLA's CPU loop emitters
+# rather than its newer MLIR fusion emitters: every XLA pass is the same, IEEE arithmetic is
+# kept (no fast math), and the programs compute the same values up to rounding, compiled in
+# about half the time and running at much the same speed (``bench.py --what=compile``;
+# docs/results.md, "The test suite's time"). Workers inherit these flags, and so do the
+# scripts the tests run, so all share the compilation cache. A flag that XLA_FLAGS already
+# names is kept.
+SUITE_XLA = {
+  "--xla_backend_optimization_level": "1",
+  "--xla_cpu_use_fusion_emitters": "false",
+}
 # Runs whose numbers are not checked (the benchmarks' smoke runs), or are compared only with
 # another run under the same flags (one device against four, two processes against one),
 # compile at -O0: slower code, less compile time again.
-SMOKE_XLA_FLAGS = f"{_LEVEL_FLAG}=0"
+SMOKE_XLA = {"--xla_backend_optimization_level": "0"}
+# XLA's own defaults for what ``SUITE_XLA`` changes, as per-compilation options: a test that
+# compares bits with a file written under them compiles with them.
+XLA_DEFAULT_OPTIONS = {"xla_backend_optimization_level": 3, "xla_cpu_use_fusion_emitters": True}
 
 
-def _with_level(flags: str, level_flag: str) -> str:
-  """XLA_FLAGS ``flags`` with their optimisation level replaced by ``level_flag``."""
-  kept = [flag for flag in flags.split() if not flag.startswith(_LEVEL_FLAG)]
-  return " ".join([*kept, level_flag])
+def _with_flags(flags: str, settings: dict, replace: bool = False) -> str:
+  """XLA_FLAGS ``flags`` with ``settings`` (flag -> value) added; a flag ``flags`` already
+  names is replaced (``replace``) or kept."""
+  words = flags.split()
+  if replace:
+    words = [word for word in words if word.split("=")[0] not in settings]
+  named = {word.split("=")[0] for word in words}
+  return " ".join([*words, *(f"{flag}={value}" for flag, value in settings.items()
+                             if flag not in named)])  # fmt: skip
 
 
-if _LEVEL_FLAG not in os.environ.get("XLA_FLAGS", ""):
-  os.environ["XLA_FLAGS"] = _with_level(os.environ.get("XLA_FLAGS", ""), SUITE_XLA_FLAGS)
+os.environ["XLA_FLAGS"] = _with_flags(os.environ.get("XLA_FLAGS", ""), SUITE_XLA)
 
 
 def smoke_env(env=None) -> dict:
-  """``env`` for a smoke run of a script (any XLA_FLAGS at ``SMOKE_XLA_FLAGS``'s level)."""
+  """``env`` for a smoke run of a script: its XLA_FLAGS (by default the suite's) with the
+  suite's flags it does not name, at ``SMOKE_XLA``'s level."""
   env = dict(env or {})
-  env["XLA_FLAGS"] = _with_level(env.get("XLA_FLAGS", os.environ["XLA_FLAGS"]), SMOKE_XLA_FLAGS)
+  flags = _with_flags(env.get("XLA_FLAGS", os.environ["XLA_FLAGS"]), SUITE_XLA)
+  env["XLA_FLAGS"] = _with_flags(flags, SMOKE_XLA, replace=True)
   return env
 
 

@@ -13,7 +13,7 @@ import jax
 import numpy as np
 import pandas as pd
 import pytest
-from conftest import assert_one_line_error, sim_params, smoke_env
+from conftest import XLA_DEFAULT_OPTIONS, assert_one_line_error, sim_params, smoke_env
 
 from qdjax.sim import motion, movie
 
@@ -62,7 +62,7 @@ def _of_kind(movies, kind):
 def test_default_movie_is_unchanged():
   """Movies with the default motion are, bit for bit, those of the simulator before motion
   populations existed: tests/data/default_movie.npz was written by it (two movies of each
-  case below, key 7)."""
+  case below, key 7), compiled with XLA's default options."""
   frame = sim_params(height=12, width=10, diffusion_um2_s=(0.1, 1.0), num_particles=(1, 3))
   cases = {
     "plain": movie.make_params(frame, 6),
@@ -77,7 +77,9 @@ def test_default_movie_is_unchanged():
   }
   with np.load(Path(__file__).parent / "data" / "default_movie.npz") as reference:
     for name, params in cases.items():
-      out = jax.device_get(movie.simulate_movies(jax.random.key(7), params, 2))
+      simulate = movie.simulate_movies.lower(jax.random.key(7), params, 2)
+      simulate = simulate.compile(compiler_options=XLA_DEFAULT_OPTIONS)
+      out = jax.device_get(simulate(jax.random.key(7), params))
       for key in reference.files:
         case, field = key.split("/")
         if case == name:

@@ -1,13 +1,14 @@
-"""What LLVM's optimisation level costs and buys: compile time, run time and the values of
-qdjax's main programs at -O3 (XLA's default), -O1 and -O0, side by side in one process.
+"""What XLA's CPU compiler settings cost and buy: compile time, run time and the values of
+qdjax's main programs compiled with XLA's defaults (LLVM -O3, the MLIR fusion emitters) and
+with the settings the test suite uses (``SETTINGS``), side by side in one process.
 
-``python experiments/bench.py --what=compile``. Per program and level:
+``python experiments/bench.py --what=compile``. Per program and setting:
 
 - ``compile_s``: XLA compiling the lowered program (no cache, on disk or in memory), median;
-- ``run_s``: one call of the compiled program, median, the levels run in turn;
-- ``max_abs_diff``: the largest difference of any output from -O3's (0: the same bits);
-  for the MLE fit, ``max_position_diff_px``: that of the fitted positions, over the fits
-  valid at both levels (a fit that fails can end anywhere).
+- ``run_s``: one call of the compiled program, median, the settings run in turn;
+- ``max_abs_diff``: the largest difference of any output from the defaults' (0: the same
+  bits); for the MLE fit, ``max_position_diff_px``: that of the fitted positions, over the
+  fits valid under both settings (a fit that fails can end anywhere).
 
 The programs: the default detector on a stack of fields, the Poisson MLE fit of a stack
 of crops, simulated frames (``qdjax.sim.simulate``), a batch of movies
@@ -28,7 +29,17 @@ from qdjax.detect import inference, train
 from qdjax.localize import mle
 from qdjax.sim import movie, presets, simulate
 
-LEVELS = (3, 1, 0)
+_LEVEL, _FUSION = "xla_backend_optimization_level", "xla_cpu_use_fusion_emitters"
+# name -> per-compilation XLA options, named in full so that XLA_FLAGS cannot change them. O3
+# is XLA's default and every other row's reference; "loops": XLA's CPU loop emitters instead
+# of its MLIR fusion emitters.
+SETTINGS = {
+  "O3": {_LEVEL: 3, _FUSION: True},
+  "O1": {_LEVEL: 1, _FUSION: True},
+  "O0": {_LEVEL: 0, _FUSION: True},
+  "O1_loops": {_LEVEL: 1, _FUSION: False},
+  "O0_loops": {_LEVEL: 0, _FUSION: False},
+}
 
 
 def _programs(config, quick: bool) -> dict:
@@ -88,10 +99,10 @@ def _max_abs_diff(a, b) -> float:
 
 
 def run(repeats: int = 5, quick: bool = False, config=None) -> dict:
-  """Compiles and runs each program at each of ``LEVELS`` (see the module docstring).
+  """Compiles and runs each program under each of ``SETTINGS`` (the module docstring).
 
   Args:
-    repeats: compilations and calls per program and level (medians); 1 with ``quick``.
+    repeats: compilations and calls per program and setting (medians); 1 with ``quick``.
     quick: the detector and the MLE fit alone, small inputs, one repeat.
     config: the training config of ``train_step``.
   """
@@ -104,45 +115,45 @@ def run(repeats: int = 5, quick: bool = False, config=None) -> dict:
       call = rest[0] if rest else lower_args
       fresh = rest[1] if len(rest) > 1 else (lambda c: c)
       lowered = fn.lower(*lower_args)
-      compile_s = {level: [] for level in LEVELS}
+      compile_s = {name: [] for name in SETTINGS}
       compiled = {}
       for _ in range(repeats):
-        for level in LEVELS:
-          options = {"xla_backend_optimization_level": level}
+        for setting, options in SETTINGS.items():
           jax.clear_caches()  # a compilation, not JAX's in-memory copy of the last one
           start = time.perf_counter()
-          compiled[level] = lowered.compile(compiler_options=options)
-          compile_s[level].append(time.perf_counter() - start)
-      outputs = {level: jax.device_get(compiled[level](*fresh(call))) for level in LEVELS}
-      reference = outputs[LEVELS[0]]
+          compiled[setting] = lowered.compile(compiler_options=options)
+          compile_s[setting].append(time.perf_counter() - start)
+      outputs = {setting: jax.device_get(compiled[setting](*fresh(call))) for setting in SETTINGS}
+      reference = outputs["O3"]
       run_s = interleaved_medians(
-        {level: _caller(compiled[level], fresh, call) for level in LEVELS},
+        {setting: _caller(compiled[setting], fresh, call) for setting in SETTINGS},
         repeats=max(repeats, 3),
       )
       rows[name] = {
-        f"O{level}": {
-          "compile_s": statistics.median(compile_s[level]),
-          "run_s": run_s[level],
-          "max_abs_diff": _max_abs_diff(outputs[level], reference),
+        setting: {
+          "options": options,
+          "compile_s": statistics.median(compile_s[setting]),
+          "run_s": run_s[setting],
+          "max_abs_diff": _max_abs_diff(outputs[setting], reference),
         }
-        for level in LEVELS
+        for setting, options in SETTINGS.items()
       }
       if name == "mle_fit":
-        for level in LEVELS:
-          both = outputs[level].valid & reference.valid
-          rows[name][f"O{level}"]["max_position_diff_px"] = _max_abs_diff(
-            outputs[level].params[both, 2:4], reference.params[both, 2:4]
+        for setting in SETTINGS:
+          both = outputs[setting].valid & reference.valid
+          rows[name][setting]["max_position_diff_px"] = _max_abs_diff(
+            outputs[setting].params[both, 2:4], reference.params[both, 2:4]
           )
-      for level in LEVELS[1:]:
-        row = rows[name][f"O{level}"]
-        row["compile_vs_O3"] = row["compile_s"] / rows[name]["O3"]["compile_s"]
-        row["run_vs_O3"] = row["run_s"] / rows[name]["O3"]["run_s"]
+      for setting, row in rows[name].items():
+        if setting != "O3":
+          row["compile_vs_O3"] = row["compile_s"] / rows[name]["O3"]["compile_s"]
+          row["run_vs_O3"] = row["run_s"] / rows[name]["O3"]["run_s"]
   finally:
     jax.config.update("jax_enable_compilation_cache", cache)
   return {
     "what": "compile",
     "device": str(jax.devices()[0]),
     "repeats": repeats,
-    "timing": "medians; levels compiled and run in turn; no compilation cache",
+    "timing": "medians; settings compiled and run in turn; no compilation cache",
     "rows": rows,
   }
