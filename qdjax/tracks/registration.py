@@ -5,7 +5,8 @@ line is recorded where the tissue was at that line's time, so a frame is sheared
 line and every QD's track carries the tissue's motion on top of its own. The tissue's
 autofluorescent texture moves with it, so the motion can be read from the background:
 
-1. a reference image of the tissue is the movie's mean, smoothed;
+1. a reference image of the tissue is the movie's mean, smoothed, starting from the frame
+   most like the others (``_most_typical``);
 2. each strip of ``strip_lines`` consecutive lines (about 10 ms of a 96-line frame) is
    registered to the reference by maximum likelihood: the strip's counts are Poisson with
    means the reference shifted by s, and the log-likelihood of every integer shift
@@ -287,6 +288,46 @@ def _reference(blocks, valids, shifts, pad: int, sigma: float = 1.0) -> np.ndarr
   return np.maximum(reference, 0.05 * max(mean, 1e-6))
 
 
+@functools.partial(jax.jit, static_argnames=("reach",))
+def _similarity(frames, valid, *, reach: int, sigma: float = 1.0):
+  """[k, k] how alike each pair of frames' backgrounds are: the largest correlation of the
+  two, smoothed by a Gaussian of ``sigma`` px (the counts' noise is mostly finer than the
+  tissue's texture), over shifts up to ``reach`` px. Left-out pixels read as the frame's
+  mean."""
+  k, h, w = frames.shape
+  count = jnp.maximum(valid.sum((1, 2), keepdims=True), 1.0)
+  mean = (frames * valid).sum((1, 2), keepdims=True) / count
+  x = jnp.where(valid > 0, frames, mean) - mean
+  x = jnp.pad(x, ((0, 0), (reach, reach), (reach, reach)))
+  size = x.shape[1:]
+  fy = jnp.fft.fftfreq(size[0])[:, None]
+  fx = jnp.fft.rfftfreq(size[1])[None, :]
+  spectrum = jnp.fft.rfft2(x) * jnp.exp(-2 * (jnp.pi * sigma) ** 2 * (fx**2 + fy**2))
+  power = jnp.sum(jnp.abs(spectrum) ** 2, axis=(1, 2)) / (size[0] * size[1])  # Parseval
+  spectrum = spectrum / jnp.sqrt(jnp.maximum(power, 1e-12))[:, None, None]
+  cross = jnp.fft.irfft2(spectrum[:, None] * jnp.conj(spectrum[None, :]), s=size)
+  near = jnp.roll(cross, (reach, reach), axis=(-2, -1))[..., : 2 * reach + 1, : 2 * reach + 1]
+  return near.max(axis=(-2, -1))
+
+
+def _most_typical(sample, valid, reach: int, candidates: int = 16) -> int:
+  """The index of the frame of ``sample`` most like the others (of ``candidates`` evenly
+  spread), where the reference starts. Tissue that moves along z shows each frame a
+  different plane of its texture; a frame from the middle of that range is like frames
+  from both ends, one from an end is unlike those from the other, and a reference that
+  starts there loses them."""
+  picked = np.unique(np.linspace(0, len(sample) - 1, min(candidates, len(sample))).round())
+  picked = picked.astype(int)
+  if len(picked) < 3:
+    return int(picked[len(picked) // 2])
+  similar = np.asarray(
+    _similarity(jnp.asarray(sample[picked]), jnp.asarray(valid[picked]), reach=reach),
+    np.float64,
+  )
+  np.fill_diagonal(similar, np.nan)
+  return int(picked[np.nanargmax(np.nanmean(similar, axis=1))])
+
+
 def background_mask(indices, shape, exclude: pd.DataFrame | None, radius_px: float):
   """[n, h, w] float32: 0 within ``radius_px`` of a position in ``exclude`` (frame, x, y)
   of the frames ``indices``, 1 elsewhere."""
@@ -467,9 +508,9 @@ def estimate(
   sample = np.minimum(sample, clip)
   cuts = list(range(chunk, len(sample), chunk))
   blocks, valids = np.split(sample, cuts), np.split(valid, cuts)
-  middle = len(sample) // 2
+  start = _most_typical(sample, valid, pad)
   reference = _reference(
-    [sample[middle][None]], [valid[middle][None]], [np.zeros((1, h, 2))], pad, sigma=1.5
+    [sample[start][None]], [valid[start][None]], [np.zeros((1, h, 2))], pad, sigma=1.5
   )
   for _ in range(ITERATIONS):
     fine = np.concatenate(
