@@ -40,6 +40,7 @@ SETTINGS = {
   "O1_loops": {_LEVEL: 1, _FUSION: False},
   "O0_loops": {_LEVEL: 0, _FUSION: False},
 }
+QUICK_SETTINGS = ("O3", "O1_loops")
 
 
 def _programs(config, quick: bool) -> dict:
@@ -103,10 +104,12 @@ def run(repeats: int = 5, quick: bool = False, config=None) -> dict:
 
   Args:
     repeats: compilations and calls per program and setting (medians); 1 with ``quick``.
-    quick: the detector and the MLE fit alone, small inputs, one repeat.
+    quick: the detector and the MLE fit alone, small inputs, one repeat, XLA's defaults
+      and the test suite's setting (``QUICK_SETTINGS``).
     config: the training config of ``train_step``.
   """
   repeats = 1 if quick else repeats
+  settings = {name: SETTINGS[name] for name in QUICK_SETTINGS} if quick else SETTINGS
   rows = {}
   cache = jax.config.jax_enable_compilation_cache
   jax.config.update("jax_enable_compilation_cache", False)
@@ -115,18 +118,18 @@ def run(repeats: int = 5, quick: bool = False, config=None) -> dict:
       call = rest[0] if rest else lower_args
       fresh = rest[1] if len(rest) > 1 else (lambda c: c)
       lowered = fn.lower(*lower_args)
-      compile_s = {name: [] for name in SETTINGS}
+      compile_s = {setting: [] for setting in settings}
       compiled = {}
       for _ in range(repeats):
-        for setting, options in SETTINGS.items():
+        for setting, options in settings.items():
           jax.clear_caches()  # a compilation, not JAX's in-memory copy of the last one
           start = time.perf_counter()
           compiled[setting] = lowered.compile(compiler_options=options)
           compile_s[setting].append(time.perf_counter() - start)
-      outputs = {setting: jax.device_get(compiled[setting](*fresh(call))) for setting in SETTINGS}
+      outputs = {setting: jax.device_get(compiled[setting](*fresh(call))) for setting in settings}
       reference = outputs["O3"]
       run_s = interleaved_medians(
-        {setting: _caller(compiled[setting], fresh, call) for setting in SETTINGS},
+        {setting: _caller(compiled[setting], fresh, call) for setting in settings},
         repeats=max(repeats, 3),
       )
       rows[name] = {
@@ -136,10 +139,10 @@ def run(repeats: int = 5, quick: bool = False, config=None) -> dict:
           "run_s": run_s[setting],
           "max_abs_diff": _max_abs_diff(outputs[setting], reference),
         }
-        for setting, options in SETTINGS.items()
+        for setting, options in settings.items()
       }
       if name == "mle_fit":
-        for setting in SETTINGS:
+        for setting in settings:
           both = outputs[setting].valid & reference.valid
           rows[name][setting]["max_position_diff_px"] = _max_abs_diff(
             outputs[setting].params[both, 2:4], reference.params[both, 2:4]
