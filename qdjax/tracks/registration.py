@@ -14,8 +14,10 @@ autofluorescent texture moves with it, so the motion can be read from the backgr
    and its neighbours gives the subpixel shift and, from its curvature, the shift's
    precision;
 3. the reference is rebuilt from the frames with the estimated motion taken out (each line
-   put back where the tissue was), and the strips registered again; first whole frames
-   (coarse), then strips, twice.
+   put back where the tissue was), and the strips registered again (coarse strips, then
+   fine ones near them), until the shifts change by less than ``CONVERGED_PX``: a few
+   times, more where the tissue's z motion shows frames planes of the texture unlike the
+   one the reference started from.
 
 The estimate is a displacement (x, y) in px per strip, relative to the reference, at the
 strip's middle time. A detection at (x, y) in frame f was recorded at
@@ -52,7 +54,8 @@ REFERENCE_FRAMES = 200  # frames (evenly spread) that build the reference
 CLIP_QUANTILE = 0.995  # counts above this quantile (QDs) are clipped before registering
 MIN_SHIFT_PX = 4  # search at least this far
 MAX_SHIFT_UM = 6.0  # and at most this far (or a quarter of the frame): a few um of breathing
-ITERATIONS = 3  # reference rebuilds
+MAX_ITERATIONS = 12  # reference rebuilds, at most
+CONVERGED_PX = 0.1  # rebuilt until the line shifts change by less than this, rms
 COARSE_STRIPS = 4  # strips per frame of the first, wide search
 FINE_REACH_PX = 4  # fine strips search this far from the coarse estimate
 
@@ -512,12 +515,16 @@ def estimate(
   reference = _reference(
     [sample[start][None]], [valid[start][None]], [np.zeros((1, h, 2))], pad, sigma=1.5
   )
-  for _ in range(ITERATIONS):
+  previous = None
+  for _ in range(MAX_ITERATIONS):
     fine = np.concatenate(
       [coarse_then_fine(b, v, reference)[1] for b, v in zip(blocks, valids, strict=True)]
     )
     line_shift = _line_shifts(_smoothed(_centred(fine)), strip_lines, h)
     reference = _reference(blocks, valids, np.split(line_shift, cuts), pad)
+    if previous is not None and np.sqrt(np.mean((line_shift - previous) ** 2)) < CONVERGED_PX:
+      break
+    previous = line_shift
   # The left and right halves of the sample's frames, registered apart: tissue motion moves
   # both alike, while noise, or a QD the mask missed, moves each on its own.
   # Each frame helped build the reference, which pulls the frame's shift towards the one it
