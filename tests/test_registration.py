@@ -157,3 +157,56 @@ def test_the_reference_starts_from_a_frame_from_the_middle_of_the_depths():
     start = registration._most_typical(frames, np.ones_like(frames), 8)
     ranks.append(np.mean(np.abs(depth) < abs(depth[start])))
   assert np.mean(ranks) < 0.3, ranks
+
+
+def test_the_first_and_last_strips_are_checked_by_their_neighbours():
+  """A wrong shift at either end of the movie is replaced by its neighbours' (the median's
+  window mirrored there), as one in the middle is."""
+  shift = np.zeros((3, 4, 2))
+  shift[0, 0], shift[1, 2], shift[-1, -1] = (9.0, -7.0), (8.0, 8.0), (-6.0, 5.0)
+  np.testing.assert_array_equal(registration._smoothed(shift), np.zeros_like(shift))
+
+
+def texture_through_z(seed, depths, size=64, px_um=0.2, photons=2.0):
+  """Expected counts [len(depths), size, size] of a 3D log-normal texture (relative sd 0.5,
+  correlation 0.4 um in the plane and 0.95 um along z) at the given depths, um."""
+  rng = np.random.default_rng(seed)
+  modes = 64
+  wave = rng.normal(size=(modes, 3)) / np.array([0.4, 0.4, 0.95])
+  phase = rng.uniform(0, 2 * np.pi, modes)
+  yy, xx = np.mgrid[:size, :size] * px_um
+  angle = xx[..., None] * wave[:, 0] + yy[..., None] * wave[:, 1] + phase
+  s = np.sqrt(np.log1p(0.5**2))
+  field = [np.sqrt(2 / modes) * np.cos(angle + z * wave[:, 2]).sum(-1) for z in depths]
+  return photons * np.exp(s * np.asarray(field) - s**2 / 2)
+
+
+def test_the_textures_change_with_depth_is_found_and_fitted_beside_the_shift():
+  """Frames of a texture seen 0-1 um from the middle of the depths, each moved by a known
+  shift: the leading depth mode found from their differences follows the depth, and with
+  it 8-line strips of far frames are read closer to their shifts than without it."""
+  pad, size = 6, 64
+  depths = np.linspace(-1.0, 1.0, 41)
+  rng = np.random.default_rng(3)
+  canvas = texture_through_z(0, depths, size=size + 2 * pad)  # the tissue at each depth
+  frames = canvas[:, pad:-pad, pad:-pad]
+  reference = canvas.mean(0)
+  blocks, valid = [frames.astype(np.float32)], [np.ones((len(depths), size, size), np.float32)]
+  modes = registration._depth_modes(blocks, valid, [np.zeros((len(depths), size, 2))],
+                                    reference, pad, 1)  # fmt: skip
+  weight = (canvas - reference).reshape(len(depths), -1) @ modes[0].ravel()
+  assert abs(np.corrcoef(weight, depths)[0, 1]) > 0.9
+  # Far frames (|z| >= 0.8 um), Poisson counts, moved by known shifts within 3 px.
+  far = np.flatnonzero(np.abs(depths) >= 0.8)
+  true = rng.integers(-3, 4, (len(far), 2))
+  moved = np.stack([canvas[i, pad - dy : pad - dy + size, pad - dx : pad - dx + size]
+                    for i, (dx, dy) in zip(far, true, strict=True)])  # fmt: skip
+  counts = jnp.asarray(rng.poisson(moved), jnp.float32)
+  errors = {}
+  reference = jnp.asarray(reference, jnp.float32)
+  for name, m in (("plain", None), ("depth", jnp.asarray(modes))):
+    found, _ = registration.strip_shifts(
+      counts, jnp.ones_like(counts), reference, None, lines=8, reach=pad, pad=pad, modes=m
+    )
+    errors[name] = float(np.sqrt(np.mean((np.asarray(found) - true[:, None, :]) ** 2)))
+  assert errors["depth"] < 0.8 * errors["plain"], errors

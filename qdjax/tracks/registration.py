@@ -17,13 +17,17 @@ autofluorescent texture moves with it, so the motion can be read from the backgr
    put back where the tissue was), and the strips registered again (coarse strips, then
    fine ones near them), until the shifts change by less than ``CONVERGED_PX``: a few
    times, more where the tissue's z motion shows frames planes of the texture unlike the
-   one the reference started from.
+   one the reference started from;
+4. the way the texture changes with depth (``_depth_modes``: the leading principal
+   component of the frames' differences from the reference, each line put back) is fitted
+   per strip beside its shift, and the reference rebuilt with it ``DEPTH_ITERATIONS``
+   times.
 
 The estimate is a displacement (x, y) in px per strip, relative to the reference, at the
 strip's middle time. A detection at (x, y) in frame f was recorded at
 ``f * frame_interval + y * line_period + x * dwell``; its corrected position is
-(x, y) minus the displacement interpolated at that time. The tissue's z motion changes
-brightness only and is not corrected.
+(x, y) minus the displacement interpolated at that time. The tissue's z position is not
+estimated, and detections are not corrected for it.
 
 Whether to correct is read from the movie too: the left and right halves of the frame,
 registered apart, see the same tissue motion at the same times, while the noise of a
@@ -56,6 +60,9 @@ MIN_SHIFT_PX = 4  # search at least this far
 MAX_SHIFT_UM = 6.0  # and at most this far (or a quarter of the frame): a few um of breathing
 MAX_ITERATIONS = 12  # reference rebuilds, at most
 CONVERGED_PX = 0.1  # rebuilt until the line shifts change by less than this, rms
+DEPTH_MODES = 1  # ways the texture changes with depth, fitted per strip beside its shift
+DEPTH_ITERATIONS = 2  # reference rebuilds with them
+DEPTH_FRAMES = 64  # frames (evenly spread over the sample) that give them
 COARSE_STRIPS = 4  # strips per frame of the first, wide search
 FINE_REACH_PX = 4  # fine strips search this far from the coarse estimate
 
@@ -156,7 +163,7 @@ class TissueMotion:
 
 
 @functools.partial(jax.jit, static_argnames=("lines", "reach", "pad"))
-def strip_shifts(frames, valid, reference, prior, *, lines: int, reach: int, pad: int):
+def strip_shifts(frames, valid, reference, prior, *, lines: int, reach: int, pad: int, modes=None):
   """Maximum-likelihood shift of every strip of ``lines`` lines against ``reference``.
 
   The counts I of a strip are Poisson with means R(p - s), the reference shifted by s;
@@ -176,6 +183,10 @@ def strip_shifts(frames, valid, reference, prior, *, lines: int, reach: int, pad
     lines: lines per strip (the last strip may be shorter).
     reach: largest |shift - prior| searched per axis, px.
     pad: the reference's margin.
+    modes: [K, h + 2 pad, w + 2 pad] ways the tissue's image may differ from ``reference``
+      (its texture at other depths), or None: the strip's means are then
+      ``R + sum_k a_k M_k``, with a ~ N(0, 1) per strip and shift, profiled out by one
+      Newton step from a = 0 (all zeros: the likelihood without them).
 
   Returns:
     (shift [n, S, 2] (x, y) px, se [n, S, 2] px).
@@ -218,9 +229,44 @@ def strip_shifts(frames, valid, reference, prior, *, lines: int, reach: int, pad
   spectrum = jnp.fft.rfft2(placed(data)) * jnp.conj(jnp.fft.rfft2(g_crops)) - jnp.fft.rfft2(
     placed(valid)
   ) * jnp.conj(jnp.fft.rfft2(e_crops))
+  if modes is not None:
+    # The reference plus a_k M_k, with a fitted per strip and shift: one Newton step from
+    # a = 0 adds g^T H^-1 g / 2, g_k = sum I M_k / R - sum valid M_k, H_kl = sum I M_k M_l /
+    # R^2 (+ 1, a unit normal prior on a), each a cross-correlation like the terms above.
+    floor = jnp.maximum(reference, 0.05 * mean)
+    ratio = [jnp.pad(m / floor, margin) for m in modes]
+    plain = [jnp.pad(m, margin) for m in modes]
+    data_spectrum = jnp.fft.rfft2(placed(data))
+    valid_spectrum = jnp.fft.rfft2(placed(valid))
+
+    def corr(*pairs):  # sum over (spectrum, image) pairs of their cross-correlations
+      total = 0.0
+      for spectrum_, image in pairs:
+        crops = per_strip(image, rows, prior[0]) if fixed else per_strip(image, rows, prior)
+        total = total + spectrum_ * jnp.conj(jnp.fft.rfft2(crops))
+      out = jnp.fft.irfft2(total, s=size)
+      return jnp.roll(out, (reach, reach), axis=(-2, -1))[..., : 2 * reach + 1, : 2 * reach + 1]
+
+    k_modes = len(modes)
+    grad = jnp.stack(
+      [corr((data_spectrum, ratio[k]), (-valid_spectrum, plain[k])) for k in range(k_modes)], -1
+    )
+    hess = jnp.stack(
+      [
+        jnp.stack([corr((data_spectrum, ratio[k] * ratio[j])) for j in range(k_modes)], -1)
+        for k in range(k_modes)
+      ],
+      -2,
+    ) + jnp.eye(k_modes)
+    if k_modes == 1:
+      gain = 0.5 * grad[..., 0] ** 2 / hess[..., 0, 0]
+    else:
+      gain = 0.5 * jnp.sum(grad * jnp.linalg.solve(hess, grad[..., None])[..., 0], -1)
   loglik = jnp.fft.irfft2(spectrum, s=size)
   # Shifts -reach..reach along each axis, in order.
   loglik = jnp.roll(loglik, (reach, reach), axis=(-2, -1))[..., : 2 * reach + 1, : 2 * reach + 1]
+  if modes is not None:
+    loglik = loglik + gain
   k = 2 * reach + 1
   flat = loglik.reshape(n, strips, k * k)
   best = jnp.argmax(flat, axis=-1)
@@ -269,6 +315,36 @@ def _accumulate(frames, valid, line_shift, pad: int):
       counts = counts.at[yi, xi].add(weight * frames)
       cover = cover.at[yi, xi].add(weight)
   return counts, cover
+
+
+def _depth_modes(blocks, valids, shifts, reference, pad: int, count: int, sigma: float = 1.0):
+  """[count, H, W] the main ways the frames, each line put back where the tissue was, differ
+  from ``reference``: the texture seen at other depths as the tissue moves along z. The
+  leading principal components of the smoothed residuals of up to ``DEPTH_FRAMES`` frames,
+  each scaled to its standard deviation over them; zeros where there is nothing to find."""
+  from scipy import ndimage
+
+  frames = [
+    (block[i : i + 1], valid[i : i + 1], shift[i : i + 1])
+    for block, valid, shift in zip(blocks, valids, shifts, strict=True)
+    for i in range(len(block))
+  ]
+  picked = np.unique(np.linspace(0, len(frames) - 1, min(DEPTH_FRAMES, len(frames))).round())
+  residuals = []
+  for i in picked.astype(int):
+    block, valid, shift = frames[i]
+    c, v = _accumulate(jnp.asarray(block), jnp.asarray(valid), jnp.asarray(shift, jnp.float32), pad)
+    c = ndimage.gaussian_filter(np.asarray(c, np.float64), sigma)
+    v = ndimage.gaussian_filter(np.asarray(v, np.float64), sigma)
+    residual = np.where(v > 0.5, c / np.maximum(v, 1e-12) - reference, 0.0)
+    residuals.append(residual.astype(np.float32).ravel())
+  if len(residuals) < 3:
+    return np.zeros((count, *reference.shape), np.float32)
+  residuals = np.asarray(residuals)
+  residuals -= residuals.mean(0)
+  _, values, vectors = np.linalg.svd(residuals, full_matrices=False)
+  scale = values[:count] / math.sqrt(len(residuals))
+  return (vectors[:count] * scale[:, None]).reshape(count, *reference.shape).astype(np.float32)
 
 
 def _smooth(image: np.ndarray, sigma: float) -> np.ndarray:
@@ -363,12 +439,14 @@ def _centres(lines: int, h: int) -> np.ndarray:
 
 def _smoothed(shift: np.ndarray, size: int = 5) -> np.ndarray:
   """[n, S, 2] strip shifts with each replaced by the median of the ``size`` strips around
-  it in recording order (outliers gone; motion slower than a few strips kept)."""
+  it in recording order (outliers gone; motion slower than a few strips kept). The window
+  is mirrored at the movie's ends, so that its first and last strips are checked by their
+  neighbours too (a repeated end value would outvote them)."""
   from scipy import ndimage
 
   n, strips = shift.shape[:2]
   flat = shift.reshape(n * strips, 2)
-  out = np.stack([ndimage.median_filter(flat[:, a], size, mode="nearest") for a in (0, 1)], -1)
+  out = np.stack([ndimage.median_filter(flat[:, a], size, mode="mirror") for a in (0, 1)], -1)
   return out.reshape(shift.shape)
 
 
@@ -482,6 +560,8 @@ def estimate(
   coarse_lines = max(strip_lines, -(-h // COARSE_STRIPS))
   fine_centres = _centres(strip_lines, h)
 
+  modes = None  # the texture's change with depth: found once the reference has settled
+
   def shifts(block, mask, reference, lines, prior=None):
     """Strip shifts of a block (padded to ``chunk`` frames: one compiled program)."""
     n = len(block)
@@ -492,6 +572,7 @@ def estimate(
       jnp.asarray(np.pad(block, fill)), jnp.asarray(np.pad(mask, fill)),
       jnp.asarray(reference, jnp.float32), prior,
       lines=lines, reach=pad if lines == coarse_lines else FINE_REACH_PX, pad=pad,
+      modes=None if modes is None else jnp.asarray(modes),
     )  # fmt: skip
     return tuple(np.asarray(v)[:n].astype(np.float64) for v in out)
 
@@ -525,6 +606,15 @@ def estimate(
     if previous is not None and np.sqrt(np.mean((line_shift - previous) ** 2)) < CONVERGED_PX:
       break
     previous = line_shift
+  # Then the texture's change with depth, fitted per strip beside its shift.
+  for _ in range(DEPTH_ITERATIONS):
+    modes = _depth_modes(blocks, valids, np.split(line_shift, cuts), reference, pad, DEPTH_MODES)
+    fine = np.concatenate(
+      [coarse_then_fine(b, v, reference)[1] for b, v in zip(blocks, valids, strict=True)]
+    )
+    line_shift = _line_shifts(_smoothed(_centred(fine)), strip_lines, h)
+    reference = _reference(blocks, valids, np.split(line_shift, cuts), pad)
+  modes = _depth_modes(blocks, valids, np.split(line_shift, cuts), reference, pad, DEPTH_MODES)
   # The left and right halves of the sample's frames, registered apart: tissue motion moves
   # both alike, while noise, or a QD the mask missed, moves each on its own.
   # Each frame helped build the reference, which pulls the frame's shift towards the one it
