@@ -82,14 +82,14 @@ def pytest_configure(config):
   cli.use_compilation_cache()
 
 
-# About half of the suite is XLA compiling programs for the CPU, most of that in LLVM. The
-# suite compiles at LLVM -O1 rather than XLA's default -O3, and with XLA's CPU loop emitters
-# rather than its newer MLIR fusion emitters: every XLA pass is the same, IEEE arithmetic is
-# kept (no fast math), and the programs compute the same values up to rounding, compiled in
-# about half the time and running at much the same speed (``bench.py --what=compile``;
-# docs/results.md, "The test suite's time"). Workers inherit these flags, and so do the
-# scripts the tests run, so all share the compilation cache. A flag that XLA_FLAGS already
-# names is kept.
+# A cold run of the suite spends much of its time with XLA compiling programs for the CPU.
+# The suite compiles at LLVM -O1 rather than XLA's default -O3, and with XLA's CPU loop
+# emitters rather than its newer MLIR fusion emitters: every XLA pass is the same, IEEE
+# arithmetic is kept (no fast math), and the programs compute the same values up to
+# rounding, compiled in about half the time and running up to 1.65x slower
+# (``bench.py --what=compile``; docs/results.md, "The test suite's time"). Workers inherit
+# these flags, and so do the scripts the tests run, so all share the compilation cache. A
+# flag that XLA_FLAGS already names is kept.
 SUITE_XLA = {
   "--xla_backend_optimization_level": "1",
   "--xla_cpu_use_fusion_emitters": "false",

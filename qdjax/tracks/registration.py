@@ -183,10 +183,10 @@ def strip_shifts(frames, valid, reference, prior, *, lines: int, reach: int, pad
     lines: lines per strip (the last strip may be shorter).
     reach: largest |shift - prior| searched per axis, px.
     pad: the reference's margin.
-    modes: [K, h + 2 pad, w + 2 pad] ways the tissue's image may differ from ``reference``
-      (its texture at other depths), or None: the strip's means are then
+    modes: [K, h + 2 pad, w + 2 pad] ways M_k the tissue's image may differ from
+      ``reference`` (its texture at other depths): the strip's means are then
       ``R + sum_k a_k M_k``, with a ~ N(0, 1) per strip and shift, profiled out by one
-      Newton step from a = 0 (all zeros: the likelihood without them).
+      Newton step from a = 0 (all zeros: the likelihood without them). None: R alone.
 
   Returns:
     (shift [n, S, 2] (x, y) px, se [n, S, 2] px).
@@ -226,9 +226,11 @@ def strip_shifts(frames, valid, reference, prior, *, lines: int, reach: int, pad
   data = strip_of(frames) * valid
   # sum_p a(p) b(p - s) = irfft(rfft(a) conj(rfft(b)))(s): circular, with no wrap for
   # |s| <= reach; both terms share one inverse transform.
-  spectrum = jnp.fft.rfft2(placed(data)) * jnp.conj(jnp.fft.rfft2(g_crops)) - jnp.fft.rfft2(
-    placed(valid)
-  ) * jnp.conj(jnp.fft.rfft2(e_crops))
+  data_spectrum = jnp.fft.rfft2(placed(data))
+  valid_spectrum = jnp.fft.rfft2(placed(valid))
+  spectrum = data_spectrum * jnp.conj(jnp.fft.rfft2(g_crops)) - valid_spectrum * jnp.conj(
+    jnp.fft.rfft2(e_crops)
+  )
   if modes is not None:
     # The reference plus a_k M_k, with a fitted per strip and shift: one Newton step from
     # a = 0 adds g^T H^-1 g / 2, g_k = sum I M_k / R - sum valid M_k, H_kl = sum I M_k M_l /
@@ -236,8 +238,6 @@ def strip_shifts(frames, valid, reference, prior, *, lines: int, reach: int, pad
     floor = jnp.maximum(reference, 0.05 * mean)
     ratio = [jnp.pad(m / floor, margin) for m in modes]
     plain = [jnp.pad(m, margin) for m in modes]
-    data_spectrum = jnp.fft.rfft2(placed(data))
-    valid_spectrum = jnp.fft.rfft2(placed(valid))
 
     def corr(*pairs):  # sum over (spectrum, image) pairs of their cross-correlations
       total = 0.0
@@ -321,7 +321,7 @@ def _depth_modes(blocks, valids, shifts, reference, pad: int, count: int, sigma:
   """[count, H, W] the main ways the frames, each line put back where the tissue was, differ
   from ``reference``: the texture seen at other depths as the tissue moves along z. The
   leading principal components of the smoothed residuals of up to ``DEPTH_FRAMES`` frames,
-  each scaled to its standard deviation over them; zeros where there is nothing to find."""
+  each scaled to its standard deviation over them; zeros from fewer than three frames."""
   from scipy import ndimage
 
   frames = [
