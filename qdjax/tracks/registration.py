@@ -596,25 +596,30 @@ def estimate(
   reference = _reference(
     [sample[start][None]], [valid[start][None]], [np.zeros((1, h, 2))], pad, sigma=1.5
   )
-  previous = None
-  for _ in range(MAX_ITERATIONS):
+
+  def rebuilt(reference):
+    """(per-line shifts of the sample against ``reference``, the reference rebuilt with
+    them)."""
     fine = np.concatenate(
       [coarse_then_fine(b, v, reference)[1] for b, v in zip(blocks, valids, strict=True)]
     )
     line_shift = _line_shifts(_smoothed(_centred(fine)), strip_lines, h)
-    reference = _reference(blocks, valids, np.split(line_shift, cuts), pad)
+    return line_shift, _reference(blocks, valids, np.split(line_shift, cuts), pad)
+
+  def depth_modes(line_shift, reference):
+    return _depth_modes(blocks, valids, np.split(line_shift, cuts), reference, pad, DEPTH_MODES)
+
+  previous = None
+  for _ in range(MAX_ITERATIONS):
+    line_shift, reference = rebuilt(reference)
     if previous is not None and np.sqrt(np.mean((line_shift - previous) ** 2)) < CONVERGED_PX:
       break
     previous = line_shift
   # Then the texture's change with depth, fitted per strip beside its shift.
   for _ in range(DEPTH_ITERATIONS):
-    modes = _depth_modes(blocks, valids, np.split(line_shift, cuts), reference, pad, DEPTH_MODES)
-    fine = np.concatenate(
-      [coarse_then_fine(b, v, reference)[1] for b, v in zip(blocks, valids, strict=True)]
-    )
-    line_shift = _line_shifts(_smoothed(_centred(fine)), strip_lines, h)
-    reference = _reference(blocks, valids, np.split(line_shift, cuts), pad)
-  modes = _depth_modes(blocks, valids, np.split(line_shift, cuts), reference, pad, DEPTH_MODES)
+    modes = depth_modes(line_shift, reference)
+    line_shift, reference = rebuilt(reference)
+  modes = depth_modes(line_shift, reference)
   # The left and right halves of the sample's frames, registered apart: tissue motion moves
   # both alike, while noise, or a QD the mask missed, moves each on its own.
   # Each frame helped build the reference, which pulls the frame's shift towards the one it
