@@ -4,7 +4,7 @@ r"""Throughput benchmarks; prints and writes JSON.
   python experiments/bench.py --what=train
   python experiments/bench.py --what=locate   # fast model, full-accuracy model, trackpy
   python experiments/bench.py --what=startup  # one locate.py call: imports, compilation
-  python experiments/bench.py --what=compile  # LLVM -O3, -O1, -O0: compile, run time, values
+  python experiments/bench.py --what=compile  # XLA CPU settings: compile, run time, values
   python experiments/bench.py --what=diffusion   # per-track D accuracy of whole pipelines
   python experiments/bench.py --what=diffusion --quick --photon_scale=0.25   # dimmer QDs
   python experiments/bench.py --what=blind   # track.py's defaults on another simulator's movies
