@@ -101,6 +101,54 @@ def test_correct_takes_out_the_motion_at_each_detections_time():
   np.testing.assert_allclose(out["y"], [30, 40] - 3 * t, atol=1e-3)
 
 
+def test_the_tracks_correct_a_registration_that_reads_the_motion_at_the_wrong_scale():
+  """QDs diffusing in a tissue that breathes along y; the registration reads y 0.9 times
+  too small and x as pure noise. Corrected with it, the tracks' D is inflated; the gain
+  fitted from their steps is 1/0.9 within 3 standard errors on y and near 0 on x (noise
+  is not followed), and the pipeline with it gives the D of the same tracks without motion
+  within 2 %."""
+  rng = np.random.default_rng(0)
+  interval, line, qds, frames, d_px2 = 0.15, 1e-3, 12, 200, 5.0  # D in px^2 per s
+  time = np.arange(0, frames * interval, interval / 12)  # 12 strips a frame
+  true = np.stack([np.zeros_like(time), 8 * np.sin(2 * np.pi * 1.5 * time)], -1)
+  read = true * [0.0, 0.9] + rng.normal(0, [0.3, 0.05], true.shape)
+  motion = registration.TissueMotion(
+    frame=(time // interval).astype(int), line=np.zeros(len(time)), time_s=time,
+    shift_px=read, se_px=np.zeros_like(read), noise_px=np.zeros(2), rms_px=read.std(0),
+    p_value=0.0, applied=True, reason="", timing=registration.Timing(interval, line, 0.0),
+  )  # fmt: skip
+  start = rng.uniform(20, 80, (1, qds, 2))
+  tissue = start + np.cumsum(rng.normal(0, np.sqrt(2 * d_px2 * interval), (frames, qds, 2)), 0)
+  frame = np.repeat(np.arange(frames), qds)
+  xy = tissue.reshape(-1, 2)
+  seen = xy
+  for _ in range(4):  # seen on the line it was displaced to
+    at = frame * interval + seen[:, 1] * line
+    seen = xy + np.stack([np.interp(at, time, true[:, a]) for a in (0, 1)], -1)
+  detections = pd.DataFrame({"frame": frame, "x": seen[:, 0], "y": seen[:, 1], "score": 1.0})
+  corrected = registration.correct(detections, motion)
+  linked = corrected.assign(particle=np.tile(np.arange(qds), frames))
+  gain, se = tracking.tissue_gain(linked, detections[["x", "y"]] - corrected[["x", "y"]])
+  assert abs(gain[1] - 1 / 0.9) < 3 * se[1] and se[1] < 0.02, (gain, se)
+  assert gain[0] < 0.3, (gain, se)
+  analysis = tracking.analysis_for(presets.get("paper"), 100, 100, interval)  # 0.1 um px
+  options = dict(motion_types=False, drift=False, max_diffusion=1.0)
+  floor = detections.assign(x=xy[:, 0], y=xy[:, 1])  # the tissue's frame: no motion at all
+  ratio = {
+    name: tracking.track_detections(
+      found, frames, 100, 100, analysis, tissue=trace, **options
+    ).summary["ensemble"]["D_um2_s"]
+    / (d_px2 * 0.01)
+    for name, found, trace in (
+      ("scaled", detections, motion),
+      ("as read", corrected, None),
+      ("floor", floor, None),
+    )
+  }
+  assert abs(ratio["scaled"] / ratio["floor"] - 1) < 0.02, ratio
+  assert ratio["as read"] / ratio["floor"] > 1.15, ratio
+
+
 @pytest.mark.parametrize("seed", [4])
 def test_corrected_tracks_give_back_d(seed):
   """The true positions where a localiser sees them (with the tissue's motion), linked and

@@ -30,8 +30,9 @@ The measured D of a movie is the edge-corrected ensemble D over its tracks' wind
 ensemble over tracks is beside it. Per row and cell: the mean of D_est / D over the movies
 and its standard error, the relative RMSE, and that RMSE over the Cramer-Rao bound of the
 movie's pooled displacements (one track as long as all its tracks together: a floor no
-estimator reaches, so read it as a scale). The estimated motion trace is compared with the
-true one (the true displacement at each strip's time, both less their medians).
+estimator reaches, so read it as a scale). The estimated motion trace, as read and as scaled by
+the tracks' steps (``tracking.tissue_gain``, its gain per axis), is compared with the true
+one (the true displacement at each strip's time, both less their medians).
 """
 
 from __future__ import annotations
@@ -221,14 +222,10 @@ def run(
       flattened_movies.append(still.applied)
       shared = dict(motion_types=False, fallback_min_score=fallback)
       t = frames_m.shape[0]
-      per_row["qdjax"].append(
-        _measure(
-          tracking.track_detections(
-            detections, t, size, size, analysis, tissue=found, background=still, **shared
-          ),
-          d,
-        )
+      user = tracking.track_detections(
+        detections, t, size, size, analysis, tissue=found, background=still, **shared
       )
+      per_row["qdjax"].append(_measure(user, d))
       per_row["uncorrected"].append(
         _measure(tracking.track_detections(detections, t, size, size, analysis, **shared), d)
       )
@@ -261,20 +258,29 @@ def run(
           _measure(tracking.track_detections(flat, t, size, size, analysis, **shared), d)
         )
       tissue_um = np.asarray(out.tissue_um[m])
-      errors.append(_trace_error(found, tissue_um, times, pixel) if found is not None else {})
+      if found is None:
+        errors.append({})
+      else:  # the trace as read, and as scaled by the tracks' steps where it was applied
+        errors.append(_trace_error(found, tissue_um, times, pixel))
+        used = user.tissue if found.applied else found
+        errors[-1]["scaled_trace_rms_error_px"] = _trace_error(used, tissue_um, times, pixel)[
+          "trace_rms_error_px"
+        ]
+        errors[-1]["gain"] = [float(v) for v in used.gain]
       if example is None and amplitude >= 1.0 and found is not None:
-        keep = found.time_s <= 3.0
+        shown = user.tissue if found.applied else found  # the trace the correction used
+        keep = shown.time_s <= 3.0
         true = np.stack(
-          [np.interp(found.time_s[keep], times.ravel(), tissue_um[..., a].ravel()) for a in (0, 1)],
+          [np.interp(shown.time_s[keep], times.ravel(), tissue_um[..., a].ravel()) for a in (0, 1)],
           -1,
         )
         example = {
           "amplitude_um": amplitude,
           "diffusion_um2_s": d,
           "frame": np.round(frames_m[1], 2).tolist(),
-          "time_s": np.round(found.time_s[keep], 5).tolist(),
+          "time_s": np.round(shown.time_s[keep], 5).tolist(),
           "estimated_um": np.round(
-            (found.shift_px[keep] - np.median(found.shift_px, 0)) * pixel, 4
+            (shown.shift_px[keep] - np.median(shown.shift_px, 0)) * pixel, 4
           ).tolist(),
           "true_um": np.round(true - np.median(true, 0), 4).tolist(),
         }
@@ -282,14 +288,8 @@ def run(
     cells[key] = {name: _cell(rows) for name, rows in per_row.items()}
     cells[key]["qdjax"]["flattened_movies"] = int(sum(flattened_movies))
     traces[key] = {
-      "trace_rms_error_px": np.nanmean(
-        [e["trace_rms_error_px"] for e in errors if e], axis=0
-      ).tolist()
-      if any(errors)
-      else None,
-      "true_rms_px": np.nanmean([e["true_rms_px"] for e in errors if e], axis=0).tolist()
-      if any(errors)
-      else None,
+      name: np.nanmean([e[name] for e in errors if e], axis=0).tolist() if any(errors) else None
+      for name in ("trace_rms_error_px", "scaled_trace_rms_error_px", "true_rms_px", "gain")
     }
   return {
     "what": "motion",

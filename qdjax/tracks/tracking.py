@@ -63,6 +63,9 @@ DIFFUSION_COLUMNS = [
 MIN_DETECTIONS = 10  # a D from 9 displacements has a relative SE of about 0.3 at best
 LINK_QUANTILE = 0.9999  # the search range holds this share of a QD's steps
 MIN_REGISTER_PX = 32  # smaller frames are not registered for tissue motion
+MIN_GAIN_STEPS = 20  # QD steps below which the registration's gain is not fitted
+MAX_GAIN_SE = 0.1  # an axis whose gain is less sure than this keeps the registration's scale
+MAX_GAIN = 2.0  # the gain fitted is kept within [0, MAX_GAIN]
 
 
 def _trackpy():
@@ -376,6 +379,53 @@ def _unit_steps(tracks: pd.DataFrame):
   xy = rows[["x", "y"]].to_numpy(np.float64)
   unit = (particle[1:] == particle[:-1]) & (frame[1:] == frame[:-1] + 1)
   return frame[:-1][unit], (xy[1:] - xy[:-1])[unit], particle[:-1][unit]
+
+
+def tissue_gain(tracks: pd.DataFrame, shift: np.ndarray, min_steps: int = MIN_GAIN_STEPS):
+  """([2] gain, [2] its standard error): per axis, the factor by which the tissue's
+  motion taken out of ``tracks`` is to be scaled so that their one-frame steps no longer
+  follow it.
+
+  A registration against a reference built from the same movie can read the motion a few
+  per cent too small or too large: where the texture changes with depth and the tissue moves
+  in depth with its breathing, the frames at one depth can agree with each other on a shift
+  that is off in proportion to the motion. The QDs do not share that error: in the tissue's
+  frame their steps are independent of the tissue's. A corrected track's step is its own
+  step plus (d_true - d_read), the tissue's step less the one taken out; the factor g that
+  makes the variance of d_true - g d_read, which D pays for, smallest is 1 + beta, where
+  beta is the slope of the corrected steps on the steps taken out (least squares with an
+  intercept, which takes a steady flow of the QDs; ``common_motion`` treats what is left).
+  So g undoes a trace read g times too small, and shrinks towards 0 a trace that is mostly
+  the registration's noise. A wrong beta costs a step of variance s^2 about s^2 / n on
+  average (n steps); an axis whose beta is less sure than ``MAX_GAIN_SE`` (the trace hardly
+  moves on it) keeps gain 1, and g is kept within [0, ``MAX_GAIN``].
+
+  Args:
+    tracks: linked, corrected detections (frame, x, y, particle).
+    shift: [len(tracks), 2] the displacement taken out of each, px.
+    min_steps: fewer one-frame steps leave the gain at 1.
+  """
+  order = np.lexsort((tracks["frame"].to_numpy(), tracks["particle"].to_numpy()))
+  frame = tracks["frame"].to_numpy()[order]
+  particle = tracks["particle"].to_numpy()[order]
+  xy = tracks[["x", "y"]].to_numpy(np.float64)[order]
+  shift = np.asarray(shift, np.float64)[order]
+  unit = (particle[1:] == particle[:-1]) & (frame[1:] == frame[:-1] + 1)
+  dr, ds = np.diff(xy, axis=0)[unit], np.diff(shift, axis=0)[unit]
+  gain, se = np.ones(2), np.full(2, np.inf)
+  n = len(dr)
+  if n < max(min_steps, 3):
+    return gain, se
+  for a in (0, 1):
+    x, y = ds[:, a] - ds[:, a].mean(), dr[:, a] - dr[:, a].mean()
+    sxx = float(np.sum(x * x))
+    if sxx <= 0:
+      continue
+    beta = float(np.sum(x * y)) / sxx
+    se[a] = math.sqrt(float(np.sum((y - beta * x) ** 2)) / (n - 2) / sxx)
+    if se[a] <= MAX_GAIN_SE:
+      gain[a] = min(max(1.0 + beta, 0.0), MAX_GAIN)
+  return gain, se
 
 
 def common_motion(tracks: pd.DataFrame, num_frames: int, alpha: float = 1e-3) -> CommonMotion:
@@ -906,22 +956,38 @@ def track_detections(
   (``choose_min_score``) and ``background`` the static background the detections were
   localised without (``background.Background``, reported in the summary)."""
   t, h, w = num_frames, height, width
+  if max_diffusion is not None and (not math.isfinite(max_diffusion) or max_diffusion <= 0):
+    raise ValueError(f"max_diffusion must be a positive number, got {max_diffusion}")
+  chosen, chosen_source = choose_min_score(detections["score"], min_score, fallback_min_score)
+
+  def linked_from(detections):
+    kept = detections if chosen is None else detections[detections["score"] >= chosen]
+    kept = kept.reset_index(drop=True)
+    scale = step_scale(kept, w, h)
+    if max_diffusion is None:
+      reach, range_source = scale.search_range_px, f"step fit ({scale.source})"
+    else:
+      reach = search_range_px(max_diffusion, analysis.frame_interval_s, analysis.pixel_size_um)
+      range_source = f"max_diffusion={max_diffusion:g}"
+    return kept, scale, reach, range_source, link(kept, reach, memory)
+
   if tissue is not None and tissue.applied:
+    # Corrected, linked, and corrected again with the registration's scale checked by the
+    # tracks (``tissue_gain``).
     from qdjax.tracks import registration
 
-    detections = registration.correct(detections, tissue)
-  chosen, chosen_source = choose_min_score(detections["score"], min_score, fallback_min_score)
-  kept = detections if chosen is None else detections[detections["score"] >= chosen]
-  kept = kept.reset_index(drop=True)
-  scale = step_scale(kept, w, h)
-  if max_diffusion is None:
-    reach, range_source = scale.search_range_px, f"step fit ({scale.source})"
-  else:
-    if not math.isfinite(max_diffusion) or max_diffusion <= 0:
-      raise ValueError(f"max_diffusion must be a positive number, got {max_diffusion}")
-    reach = search_range_px(max_diffusion, analysis.frame_interval_s, analysis.pixel_size_um)
-    range_source = f"max_diffusion={max_diffusion:g}"
-  linked = link(kept, reach, memory)
+    raw, detections = detections, registration.correct(detections, tissue)
+    linked = linked_from(detections)[-1]
+    taken = detections[["frame", "x", "y"]].assign(
+      sx=raw["x"].to_numpy() - detections["x"].to_numpy(),
+      sy=raw["y"].to_numpy() - detections["y"].to_numpy(),
+    )
+    taken = linked.merge(taken.drop_duplicates(["frame", "x", "y"]), on=["frame", "x", "y"])
+    gain, _ = tissue_gain(taken, taken[["sx", "sy"]].to_numpy())
+    if np.any(gain != 1):
+      tissue = tissue.scaled(gain)
+      detections = registration.correct(raw, tissue)
+  kept, scale, reach, range_source, linked = linked_from(detections)
   tracks = keep_long(linked, analysis.min_frames)
   motion = common_motion(tracks, t)
   apply = motion.applied if drift is None else bool(drift)
@@ -1072,7 +1138,13 @@ def _tissue_line(tissue: dict | None) -> list[str]:
     return []
   rms = ", ".join(f"{v:.2g}" for v in tissue["rms_px"])
   state = "corrected" if tissue["applied"] else "not corrected"
-  return [f"tissue motion {state}: {tissue['reason']}; rms (x, y) {rms} px"]
+  gain = tissue.get("gain", [1.0, 1.0])
+  scaled = (
+    ""
+    if gain == [1.0, 1.0]
+    else ", scaled by the tracks' steps by " + ", ".join(f"{v:.2f}" for v in gain)
+  )
+  return [f"tissue motion {state}: {tissue['reason']}; rms (x, y) {rms} px{scaled}"]
 
 
 def _background_line(background: dict | None) -> list[str]:
