@@ -96,7 +96,10 @@ SUITE_XLA = {
 }
 # Runs whose numbers are not checked (the benchmarks' smoke runs), or are compared only with
 # another run under the same flags (one device against four, two processes against one),
-# compile at -O0: slower code, less compile time again.
+# compile at -O0: slower code, less compile time again. Not the smoke runs that are mostly
+# registration of tissue motion (the motion, blind and batch benches): their strip
+# correlations run so much longer at -O0 that they took 5-30 % less CPU at the suite's
+# flags, from a cold cache too (each ``bench.py --what=... --quick`` run alone).
 SMOKE_XLA = {"--xla_backend_optimization_level": "0"}
 # XLA's own defaults for what ``SUITE_XLA`` changes, as per-compilation options: a test that
 # compares bits with a file written under them compiles with them.

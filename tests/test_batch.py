@@ -13,7 +13,7 @@ import pandas as pd
 import pytest
 import test_track
 import tifffile
-from conftest import assert_one_line_error, interrupt_script, run_script, smoke_env
+from conftest import assert_one_line_error, interrupt_script, run_script
 
 from qdjax.localize import locator
 from qdjax.sim import presets
@@ -409,8 +409,8 @@ def test_napari_builds_a_tracks_layer_from_it():
 def test_bench_batch_runs_quick(tmp_path):
   output = tmp_path / "bench_batch.json"
   result = run_script(
-    "bench.py", "--what=batch", "--quick", f"--output={output}", env=smoke_env(), cwd=tmp_path
-  )
+    "bench.py", "--what=batch", "--quick", f"--output={output}", cwd=tmp_path
+  )  # the suite's flags, not SMOKE_XLA: mostly registration, which ran faster so (conftest)
   assert result.returncode == 0, result.stderr[-3000:]
   record = json.loads(output.read_text())
   assert set(record["rows"]) == {"1_worker", "2_workers"}

@@ -44,8 +44,11 @@ def test_bench_runs_quick(what, tmp_path):
 def test_tissue_benches_run_quick(what, tmp_path):
   """The tissue-motion and texture benches with the shipped default model (no workdir)."""
   output = tmp_path / f"bench_{what}.json"
+  # The motion bench is mostly registration, which ran faster at the suite's flags than at
+  # SMOKE_XLA's even from a cold cache (conftest).
+  env = None if what == "motion" else smoke_env()
   result = run_script(
-    "bench.py", f"--what={what}", "--quick", f"--output={output}", env=smoke_env(), cwd=tmp_path
+    "bench.py", f"--what={what}", "--quick", f"--output={output}", env=env, cwd=tmp_path
   )
   assert result.returncode == 0, result.stderr[-3000:]
   record = json.loads(output.read_text())

@@ -7,7 +7,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import tifffile
-from conftest import assert_one_line_error, smoke_env
+from conftest import assert_one_line_error
 
 from qdjax.sim import presets
 from qdjax.tracks import diffusion, populations, tracking
@@ -482,7 +482,8 @@ def test_blind_bench_smoke(script, tmp_path):
   import json
 
   out = tmp_path / "blind.json"
-  result = script("bench.py", "--what=blind", "--quick", f"--output={out}", env=smoke_env())
+  # The suite's flags, not SMOKE_XLA: mostly registration, which ran faster so (conftest).
+  result = script("bench.py", "--what=blind", "--quick", f"--output={out}")
   assert result.returncode == 0, result.stderr
   rows = json.loads(out.read_text())["rows"]
   assert set(rows) == {"0.05", "0.5"} and all(r["long_tracks"] > 0 for r in rows.values())

@@ -639,8 +639,9 @@ def estimate(
     line_shift, reference = rebuilt(reference)
   modes = depth_modes(line_shift, reference)
 
-  def finish(line_shift, reference, alpha):
-    """The motion of the whole movie against ``reference``, and the test of it."""
+  def finish(line_shift, reference, alpha, whole=True):
+    """The motion of the whole movie against ``reference``, and the test of it (None where
+    the test fails and not ``whole``)."""
     # The left and right halves of the sample's frames, registered apart: tissue motion moves
     # both alike, while noise, or a QD the mask missed, moves each on its own.
     # Each frame helped build the reference, which pulls the frame's shift towards the one it
@@ -661,6 +662,23 @@ def estimate(
       return _centred(np.concatenate(parts)).reshape(-1, 2)
 
     left, right = half(halves), half(1 - halves)
+    tests = [halves_agree(left[:, a], right[:, a]) for a in (0, 1)]
+    p_value = min(1.0, 2 * min(test[0] for test in tests))
+    common = np.array([test[1] for test in tests])
+    noise = np.array([test[2] for test in tests])
+    if p_value >= alpha:
+      applied = False
+      reason = f"no motion common to both halves of the frame (p = {p_value:.2g})"
+    elif not np.any(common > MIN_SIGNAL_TO_NOISE * noise):
+      applied = False
+      reason = (
+        f"motion no larger than the registration's noise ({noise.max():.2g} px): too little "
+        "texture in the background to read it"
+      )
+    else:
+      applied, reason = True, f"motion common to both halves of the frame (p = {p_value:.2g})"
+    if not (applied or whole):
+      return None
     # The whole movie against the final reference.
     fine_parts, se_parts = [], []
     with tqdm(total=t, unit="frame", disable=not progress, desc="tissue motion") as bar:
@@ -680,22 +698,7 @@ def estimate(
     line = np.tile(fine_centres, t)
     time = timing.times(frame, (w - 1) / 2, line)
     trace = _spline(time, shift.reshape(-1, 2))
-    tests = [halves_agree(left[:, a], right[:, a]) for a in (0, 1)]
-    p_value = min(1.0, 2 * min(test[0] for test in tests))
-    common = np.array([test[1] for test in tests])
-    noise = np.array([test[2] for test in tests])
     rms = trace.std(axis=0)
-    if p_value >= alpha:
-      applied = False
-      reason = f"no motion common to both halves of the frame (p = {p_value:.2g})"
-    elif not np.any(common > MIN_SIGNAL_TO_NOISE * noise):
-      applied = False
-      reason = (
-        f"motion no larger than the registration's noise ({noise.max():.2g} px): too little "
-        "texture in the background to read it"
-      )
-    else:
-      applied, reason = True, f"motion common to both halves of the frame (p = {p_value:.2g})"
     return TissueMotion(
       frame=frame,
       line=line,
@@ -718,8 +721,8 @@ def estimate(
     # the registration without it (as it had settled) is tested, at half the level: the two
     # tests together pass a still movie at most 1.5 times as often as one.
     modes = None
-    plain = finish(*settled, alpha / 2)
-    if plain.applied:
+    plain = finish(*settled, alpha / 2, whole=False)
+    if plain is not None:
       motion = dataclasses.replace(
         plain, reason=f"{plain.reason}, without the texture's change with depth"
       )
