@@ -34,8 +34,11 @@ registered apart, see the same tissue motion at the same times, while the noise 
 plain background, or a QD the mask missed, moves each on its own. The motion is corrected
 when the halves' changes from strip to strip correlate (``halves_agree``, one-sided at
 ``ALPHA``) and the motion they share exceeds the noise of their mean
-(``MIN_SIGNAL_TO_NOISE``). Details and
-measured figures in docs/diffusion.md.
+(``MIN_SIGNAL_TO_NOISE``). Where the registration with the depth component fails that
+test, the one without it (step 3's reference) is tested at half the level and used if it
+passes: fitted at every shift, the component can let a wrong shift fit better. The linked
+tracks then check the trace's scale per axis (``TissueMotion.scaled``,
+``tracking.tissue_gain``). Details and measured figures in docs/diffusion.md.
 """
 
 from __future__ import annotations
