@@ -258,29 +258,28 @@ def run(
           _measure(tracking.track_detections(flat, t, size, size, analysis, **shared), d)
         )
       tissue_um = np.asarray(out.tissue_um[m])
+      used = user.tissue if found is not None and found.applied else found  # the trace used
       if found is None:
         errors.append({})
       else:  # the trace as read, and as scaled by the tracks' steps where it was applied
         errors.append(_trace_error(found, tissue_um, times, pixel))
-        used = user.tissue if found.applied else found
         errors[-1]["scaled_trace_rms_error_px"] = _trace_error(used, tissue_um, times, pixel)[
           "trace_rms_error_px"
         ]
         errors[-1]["gain"] = [float(v) for v in used.gain]
       if example is None and amplitude >= 1.0 and found is not None:
-        shown = user.tissue if found.applied else found  # the trace the correction used
-        keep = shown.time_s <= 3.0
+        keep = used.time_s <= 3.0
         true = np.stack(
-          [np.interp(shown.time_s[keep], times.ravel(), tissue_um[..., a].ravel()) for a in (0, 1)],
+          [np.interp(used.time_s[keep], times.ravel(), tissue_um[..., a].ravel()) for a in (0, 1)],
           -1,
         )
         example = {
           "amplitude_um": amplitude,
           "diffusion_um2_s": d,
           "frame": np.round(frames_m[1], 2).tolist(),
-          "time_s": np.round(shown.time_s[keep], 5).tolist(),
+          "time_s": np.round(used.time_s[keep], 5).tolist(),
           "estimated_um": np.round(
-            (shown.shift_px[keep] - np.median(shown.shift_px, 0)) * pixel, 4
+            (used.shift_px[keep] - np.median(used.shift_px, 0)) * pixel, 4
           ).tolist(),
           "true_um": np.round(true - np.median(true, 0), 4).tolist(),
         }

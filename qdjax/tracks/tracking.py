@@ -405,13 +405,9 @@ def tissue_gain(tracks: pd.DataFrame, shift: np.ndarray, min_steps: int = MIN_GA
     shift: [len(tracks), 2] the displacement taken out of each, px.
     min_steps: fewer one-frame steps leave the gain at 1.
   """
-  order = np.lexsort((tracks["frame"].to_numpy(), tracks["particle"].to_numpy()))
-  frame = tracks["frame"].to_numpy()[order]
-  particle = tracks["particle"].to_numpy()[order]
-  xy = tracks[["x", "y"]].to_numpy(np.float64)[order]
-  shift = np.asarray(shift, np.float64)[order]
-  unit = (particle[1:] == particle[:-1]) & (frame[1:] == frame[:-1] + 1)
-  dr, ds = np.diff(xy, axis=0)[unit], np.diff(shift, axis=0)[unit]
+  shift = np.asarray(shift, np.float64)
+  _, dr, _ = _unit_steps(tracks)
+  _, ds, _ = _unit_steps(tracks.assign(x=shift[:, 0], y=shift[:, 1]))
   gain, se = np.ones(2), np.full(2, np.inf)
   n = len(dr)
   if n < max(min_steps, 3):
