@@ -1,7 +1,10 @@
+import json
 import os
+import select
 import signal
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 from pathlib import Path
@@ -136,17 +139,96 @@ def _script_env(env=None) -> dict:
   return full_env
 
 
+# Variables a script's request may set differently from the server's environment: none is
+# read on import (XLA's flags are read when the backend starts, qdjax's cache when a script
+# starts, pytest's name of the test running never), so a fork of the server reads the
+# request's value.
+LATE_VARIABLES = ("XLA_FLAGS", "QDJAX_COMPILATION_CACHE", "PYTEST_CURRENT_TEST")
+
+
+class ScriptServer:
+  """This test process's ``script_server.py``: scripts run in forks of a process that has
+  imported their libraries, as ``python script args`` runs them, without each paying for
+  the imports again. Started on first use; stopped when the tests end."""
+
+  def __init__(self):
+    self.proc = None
+    self.env = None
+    self.broken = False
+    self.cpu_s = 0.0  # the CPU time of the scripts it has run
+    self.lock = threading.Lock()
+
+  def _start(self):
+    self.env = _script_env()
+    # Unbuffered bytes: a reply is read a line at a time, never past its end, so that
+    # ``select`` sees whether the next one has come.
+    self.proc = subprocess.Popen(
+      [sys.executable, str(Path(__file__).with_name("script_server.py"))],
+      cwd=REPO,
+      env=self.env,
+      stdin=subprocess.PIPE,
+      stdout=subprocess.PIPE,
+      bufsize=0,
+    )
+    if not self._reply().get("ready"):
+      self.broken = True  # then every script runs as a fresh process
+
+  def _reply(self) -> dict:
+    return json.loads(self.proc.stdout.readline() or b"{}")
+
+  def serves(self, env: dict) -> bool:
+    """Whether a script run with ``env`` can be a fork of the server."""
+    with self.lock:
+      if self.proc is None and not self.broken:
+        self._start()
+      if self.broken or self.proc.poll() is not None:
+        return False
+    ignore = set(LATE_VARIABLES)
+    return {k: v for k, v in env.items() if k not in ignore} == {
+      k: v for k, v in self.env.items() if k not in ignore
+    }
+
+  def run(self, argv, env, cwd, timeout) -> subprocess.CompletedProcess:
+    with self.lock, tempfile.TemporaryDirectory() as streams:
+      out, err = Path(streams) / "stdout", Path(streams) / "stderr"
+      request = {"argv": argv, "cwd": str(cwd), "env": env, "stdout": str(out), "stderr": str(err)}
+      self.proc.stdin.write(json.dumps(request).encode() + b"\n")
+      pid = self._reply()["pid"]
+      if not select.select([self.proc.stdout], [], [], timeout)[0]:
+        os.kill(pid, signal.SIGKILL)  # not yet reaped by the server, so still this script
+        self._reply()
+        raise subprocess.TimeoutExpired(argv, timeout, out.read_text(), err.read_text())
+      reply = self._reply()
+      self.cpu_s += reply["cpu_s"]
+      return subprocess.CompletedProcess(
+        [sys.executable, *argv], reply["returncode"], out.read_text(), err.read_text()
+      )
+
+  def stop(self):
+    if self.proc is not None and self.proc.poll() is None:
+      self.proc.stdin.close()
+      self.proc.wait(timeout=60)
+
+
+SCRIPT_SERVER = ScriptServer()
+
+
+def pytest_unconfigure(config):
+  SCRIPT_SERVER.stop()
+
+
 def run_script(
-  script: str, *args: str, env=None, timeout=600, cwd=REPO
+  script: str, *args: str, env=None, timeout=600, cwd=REPO, fresh=False
 ) -> subprocess.CompletedProcess:
-  """Runs ``python experiments/<script> args`` (from the repo root), capturing output."""
+  """Runs ``python experiments/<script> args`` (from the repo root), capturing output: as a
+  fork of the script server (``ScriptServer``) where it can be, else (or ``fresh``) as a
+  new process."""
+  argv = [str(REPO / "experiments" / script), *args]
+  env = _script_env(env)
+  if not fresh and SCRIPT_SERVER.serves(env):
+    return SCRIPT_SERVER.run(argv, env, cwd, timeout)
   return subprocess.run(
-    [sys.executable, str(REPO / "experiments" / script), *args],
-    cwd=cwd,
-    env=_script_env(env),
-    capture_output=True,
-    text=True,
-    timeout=timeout,
+    [sys.executable, *argv], cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout
   )
 
 
