@@ -177,16 +177,22 @@ class ScriptServer:
     return json.loads(self.proc.stdout.readline() or b"{}")
 
   def serves(self, env: dict) -> bool:
-    """Whether a script run with ``env`` can be a fork of the server."""
+    """Whether a script run with ``env`` can be a fork of the server: where ``env`` differs
+    from the server's only in ``LATE_VARIABLES``. A server whose environment this process
+    has since changed is started again with the new one."""
+
+    def early(variables):
+      return {k: v for k, v in variables.items() if k not in LATE_VARIABLES}
+
     with self.lock:
+      if self.proc is not None and early(self.env) != early(_script_env()):
+        self.stop()
+        self.proc, self.broken = None, False
       if self.proc is None and not self.broken:
         self._start()
       if self.broken or self.proc.poll() is not None:
         return False
-    ignore = set(LATE_VARIABLES)
-    return {k: v for k, v in env.items() if k not in ignore} == {
-      k: v for k, v in self.env.items() if k not in ignore
-    }
+    return early(env) == early(self.env)
 
   def run(self, argv, env, cwd, timeout) -> subprocess.CompletedProcess:
     with self.lock, tempfile.TemporaryDirectory() as streams:
@@ -211,6 +217,8 @@ class ScriptServer:
 
 
 SCRIPT_SERVER = ScriptServer()
+# Set to 1, every script runs as a fresh process (to compare, or to rule the server out).
+FRESH_ENV = "QDJAX_TESTS_FRESH_SCRIPTS"
 
 
 def pytest_unconfigure(config):
@@ -225,7 +233,7 @@ def run_script(
   new process."""
   argv = [str(REPO / "experiments" / script), *args]
   env = _script_env(env)
-  if not fresh and SCRIPT_SERVER.serves(env):
+  if not (fresh or os.environ.get(FRESH_ENV) == "1") and SCRIPT_SERVER.serves(env):
     return SCRIPT_SERVER.run(argv, env, cwd, timeout)
   return subprocess.run(
     [sys.executable, *argv], cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout

@@ -394,10 +394,10 @@ def test_napari_data_is_track_id_t_y_x(tmp_path):
   np.testing.assert_allclose(table.to_numpy(), data)
 
 
-def test_napari_builds_a_tracks_layer_from_it():
+def test_napari_builds_a_tracks_layer_from_it(monkeypatch):
   """napari's own Tracks layer takes the data and properties as they are, headless (napari
   is the ``napari`` extra, not part of the test extra: ``pip install -e ".[test,napari]"``)."""
-  os.environ.setdefault("QT_QPA_PLATFORM", "offscreen")
+  monkeypatch.setenv("QT_QPA_PLATFORM", os.environ.get("QT_QPA_PLATFORM", "offscreen"))
   layers = pytest.importorskip("napari.layers", reason='napari is the "napari" extra')
 
   data, properties = interop.to_napari(example_tracks())
