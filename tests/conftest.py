@@ -22,29 +22,40 @@ sys.path.insert(0, str(REPO / "experiments"))
 # so the long files start first and the short ones fill the gaps at the end, instead of one
 # worker finishing a long file alone while the others idle.
 COSTLY_FILES = (
-  "test_fit_microscope.py",
   "test_bench.py",
   "test_train.py",
+  "test_track.py",
+  "test_fit_microscope.py",
   "test_batch.py",
-  "test_distributed.py",
+  "test_simulate.py",
+  "test_model.py",
+  "test_safety.py",
+  "test_pretrained.py",
+  "test_tissue.py",
+  "test_registration.py",
   "test_motion.py",
   "test_pretrained_general.py",
+  "test_tfds.py",
   "test_movie.py",
-  "test_baselines.py",
+  "test_evaluate.py",
+  "test_distributed.py",
   "test_populations.py",
   "test_general.py",
-  "test_pmt.py",
-  "test_pretrained.py",
-  "test_evaluate.py",
-  "test_fit_pmt.py",
-  "test_tfds.py",
+  "test_baselines.py",
 )
 # Long tests that use no module fixture of their file (or only a cheap one): each is a work
 # unit of its own, which another worker may take, rather than part of its file's unit.
 SEPARATE_TESTS = (
   "test_bench.py::test_bench_runs_quick",
+  "test_bench.py::test_tissue_benches_run_quick",
   "test_train.py::test_four_devices_equal_one_device_for_the_same_global_batch",
+  "test_track.py::test_the_readmes_tissue_example_is_corrected",
+  "test_track.py::test_defaults_on_movies_of_another_simulator",
+  "test_track.py::test_blind_bench_smoke",
   "test_batch.py::test_ctrl_c_stops_the_workers_in_one_line_and_keeps_what_is_done",
+  "test_batch.py::test_bench_batch_runs_quick",
+  "test_populations.py::test_populations_bench_smoke",
+  "test_general.py::test_general_config_trains_exports_and_locates_end_to_end",
 )
 
 
