@@ -165,7 +165,7 @@ class ScriptServer:
   def __init__(self):
     self.proc = None
     self.env = None
-    self.broken = False
+    self.broken = False  # or why the server cannot serve
     self.cpu_s = 0.0  # the CPU time of the scripts it has run
     self.lock = threading.Lock()
 
@@ -181,8 +181,10 @@ class ScriptServer:
       stdout=subprocess.PIPE,
       bufsize=0,
     )
-    if not self._reply().get("ready"):
-      self.broken = True  # then every script runs as a fresh process
+    hello = self._reply()
+    if not hello.get("ready"):
+      # Then every script runs as a fresh process.
+      self.broken = f"the imports left threads running: {hello.get('threads')}"
 
   def _reply(self) -> dict:
     return json.loads(self.proc.stdout.readline() or b"{}")

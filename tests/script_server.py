@@ -79,7 +79,8 @@ def _serve():
   # (pthread_atfork), as they must under multiprocessing's default start method on Linux.
   # JAX's backend, whose threads do not, starts in each child.
   ready = threading.active_count() == 1
-  print(json.dumps({"ready": ready}), flush=True)
+  threads = [thread.name for thread in threading.enumerate()]
+  print(json.dumps({"ready": ready, "threads": threads}), flush=True)
   if not ready:
     return None
   for line in sys.stdin:
