@@ -3,6 +3,7 @@ the same script gives as a fresh process."""
 
 import subprocess
 
+import numpy as np
 import pytest
 from conftest import SCRIPT_SERVER, _script_env, run_script
 
@@ -25,6 +26,20 @@ def test_a_served_script_gives_what_a_fresh_one_gives(args):
     fresh.stdout,
     fresh.stderr,
   )
+
+
+def test_a_served_simulation_writes_the_same_frames(tmp_path):
+  """JAX's backend starts in the fork, and computes what a fresh process computes."""
+  if not SCRIPT_SERVER.serves(_script_env()):
+    pytest.skip(f"the script server cannot serve: {SCRIPT_SERVER.broken}")
+  args = ("simulate.py", "--regime=1", "--num_images=3")
+  served = run_script(*args, f"--output={tmp_path / 'served.npz'}")
+  fresh = run_script(*args, f"--output={tmp_path / 'fresh.npz'}", fresh=True)
+  assert served.returncode == fresh.returncode == 0, served.stderr + fresh.stderr
+  with np.load(tmp_path / "served.npz") as a, np.load(tmp_path / "fresh.npz") as b:
+    assert sorted(a.files) == sorted(b.files)
+    for name in a.files:
+      np.testing.assert_array_equal(a[name], b[name], err_msg=name)
 
 
 def test_an_uncaught_error_and_a_timeout(tmp_path):
