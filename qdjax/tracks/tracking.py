@@ -973,17 +973,20 @@ def track_detections(
     from qdjax.tracks import registration
 
     raw, detections = detections, registration.correct(detections, tissue)
-    linked = linked_from(detections)[-1]
+    result = linked_from(detections)
     taken = detections[["frame", "x", "y"]].assign(
       sx=raw["x"].to_numpy() - detections["x"].to_numpy(),
       sy=raw["y"].to_numpy() - detections["y"].to_numpy(),
     )
-    taken = linked.merge(taken.drop_duplicates(["frame", "x", "y"]), on=["frame", "x", "y"])
+    taken = result[-1].merge(taken.drop_duplicates(["frame", "x", "y"]), on=["frame", "x", "y"])
     gain, _ = tissue_gain(taken, taken[["sx", "sy"]].to_numpy())
-    if np.any(gain != 1):
+    if np.any(gain != 1):  # linked anew, corrected with the scaled trace
       tissue = tissue.scaled(gain)
       detections = registration.correct(raw, tissue)
-  kept, scale, reach, range_source, linked = linked_from(detections)
+      result = linked_from(detections)
+  else:
+    result = linked_from(detections)
+  kept, scale, reach, range_source, linked = result
   tracks = keep_long(linked, analysis.min_frames)
   motion = common_motion(tracks, t)
   apply = motion.applied if drift is None else bool(drift)
