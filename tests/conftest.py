@@ -166,7 +166,6 @@ class ScriptServer:
     self.proc = None
     self.env = None
     self.broken = False  # or why the server cannot serve
-    self.cpu_s = 0.0  # the CPU time of the scripts it has run
     self.lock = threading.Lock()
 
   def _start(self):
@@ -218,15 +217,15 @@ class ScriptServer:
         self._reply()
         raise subprocess.TimeoutExpired(argv, timeout, out.read_text(), err.read_text())
       reply = self._reply()
-      self.cpu_s += reply["cpu_s"]
       return subprocess.CompletedProcess(
         [sys.executable, *argv], reply["returncode"], out.read_text(), err.read_text()
       )
 
   def stop(self):
-    if self.proc is not None and self.proc.poll() is None:
-      self.proc.stdin.close()
+    if self.proc is not None:
+      self.proc.stdin.close()  # the server's loop ends
       self.proc.wait(timeout=60)
+      self.proc.stdout.close()
 
 
 SCRIPT_SERVER = ScriptServer()

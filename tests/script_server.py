@@ -12,8 +12,7 @@ For each it forks. The child takes the request's environment, directory, argv an
 streams, and runs the script as ``python script args`` runs it, as ``__main__``, to its own
 exit: an uncaught exception prints its traceback and exits 1, ``sys.exit`` exits with its
 code, atexit handlers run. The server writes the child's pid on stdout when it starts and
-its exit status (``subprocess``'s ``returncode``: -N for signal N) and the CPU seconds it
-used when it ends.
+its exit status (``subprocess``'s ``returncode``: -N for signal N) when it ends.
 
 XLA reads its flags (``XLA_FLAGS``) when the backend starts, which is in the child, so a
 request may change them; a request that changes anything else in the environment (variables
@@ -89,10 +88,8 @@ def _serve():
     if pid == 0:
       return request
     print(json.dumps({"pid": pid}), flush=True)
-    _, status, usage = os.wait4(pid, 0)
-    returncode = os.waitstatus_to_exitcode(status)
-    cpu_s = usage.ru_utime + usage.ru_stime
-    print(json.dumps({"returncode": returncode, "cpu_s": cpu_s}), flush=True)
+    _, status = os.waitpid(pid, 0)
+    print(json.dumps({"returncode": os.waitstatus_to_exitcode(status)}), flush=True)
   return None
 
 
