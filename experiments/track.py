@@ -62,6 +62,7 @@ from qdjax.detect import shipped
 from qdjax.localize import locator
 from qdjax.sim import presets
 from qdjax.tracks import batch
+from qdjax.tracks import files as track_files
 from qdjax.tracks import tracking as track_lib
 
 _INPUT = flags.DEFINE_string(
@@ -194,7 +195,7 @@ def _one_movie(input_path: str) -> None:
     io.check_output_path(path, inputs=written)
     written.append(path)
   locate = locator.make(_METHOD.value, workdir=_WORKDIR.value, model=_MODEL.value, preset=preset)
-  summary = track_lib.track_file(
+  summary = track_files.track_file(
     input_path,
     _OUTPUT.value,
     _DIFFUSION_OUTPUT.value,

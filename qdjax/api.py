@@ -15,8 +15,6 @@ import os
 import numpy as np
 import pandas as pd
 
-from qdjax import __all__  # noqa: F401 (the public names, listed once, in the package)
-
 
 def load_preset(preset):
   """A microscope preset: a name ('paper', 'invivo'), a preset file, or a ``Preset``."""

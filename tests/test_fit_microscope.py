@@ -81,7 +81,7 @@ def _refused(frames, pmt, needle):
 
 def test_pmt_frames_fitted_as_photons_are_refused_and_the_message_names_pmt(pmt_frames):
   frames, _ = pmt_frames
-  assert "--pmt" in _refused(frames, None, "noise is not the detector model's")
+  assert "give their PMT calibration" in _refused(frames, None, "noise is not the detector model's")
 
 
 def test_frames_of_several_qds_are_refused(pmt_frames):

@@ -11,6 +11,7 @@ from conftest import assert_one_line_error
 
 from qdjax.sim import presets
 from qdjax.tracks import diffusion, populations, tracking
+from qdjax.tracks import files as track_files
 
 D, DT, SIGMA2 = 0.5, 0.08, 0.002  # um^2/s, s, um^2 per coordinate
 
@@ -242,11 +243,11 @@ def test_track_bad_inputs(script, tmp_path):
   np.save(tmp_path / "flat.npy", np.ones((16, 16), np.float32))
   for name, needle in (("one.npy", "at least 2 frames"), ("flat.npy", "2-D")):
     with pytest.raises(ValueError, match=needle):
-      tracking.track_file(str(tmp_path / name), out, table, locator, preset, progress=False)
+      track_files.track_file(str(tmp_path / name), out, table, locator, preset, progress=False)
   write_movie(tmp_path / "good.npy", n_frames=4)
   for interval in (-0.1, 1e-5, float("nan")):
     with pytest.raises(ValueError, match="frame_interval_s"):
-      tracking.track_file(
+      track_files.track_file(
         str(tmp_path / "good.npy"), out, table, locator, preset, frame_interval_s=interval
       )
   # NaN pixels, from the command line: a one-line error and the old output kept.

@@ -118,7 +118,7 @@ def simulate(d: float, num_movies: int, seed: int, photon_scale: float = 1.0):
   density, which the edge correction of the windows assumes (as in tissue, where the field
   is a small part of the volume the QDs fill)."""
   frame = frame_params(d)
-  dt = diffusion.default_frame_interval(frame)
+  dt = movie.default_frame_interval(frame)
   outside = outside_px(d, dt)
   qds = round(QDS * ((SIZE - 1 + 2 * outside) / SIZE) ** 2)
   frame = frame_params(d, qds, photon_scale)

@@ -71,7 +71,7 @@ def movie_params(d: float, amplitude: float, size: int, frames: int, qds: int, d
   frame = preset.sim_params(
     diffusion=d, height=size, width=size, num_particles=qds, sigma_z_um=1e3, margin_px=0.0
   )
-  dt = diffusion.default_frame_interval(frame)
+  dt = movie.default_frame_interval(frame)
   outside = min(
     MAX_OUTSIDE_PX,
     REACH_SD * math.sqrt(2 * d * frames * dt) / float(frame.pixel_size_um),

@@ -90,7 +90,7 @@ def verify(builder: Builder, wanted: dict[str, Any], frames_per_split: int = 2) 
   stored = {key: builder.info.metadata.get(key) for key in wanted}
   difference = _first_difference(stored, wanted)
   if difference:
-    raise ValueError(f"{where} exported with other settings ({difference}); use another --data_dir")
+    raise ValueError(f"{where} exported with other settings ({difference}); use another data_dir")
   from qdjax.datasets.loader import CheckedSource
 
   source = builder.as_data_source()
@@ -118,7 +118,7 @@ def verify(builder: Builder, wanted: dict[str, Any], frames_per_split: int = 2) 
       ):
         raise ValueError(
           f"{where} whose {split} frame {index} differs from the simulator's; the "
-          "simulator changed since the export, so export to another --data_dir"
+          "simulator changed since the export, so export to another data_dir"
         )
 
 

@@ -16,12 +16,11 @@ this module says what they are trained to be and how they become detections:
   keypoint is within about a pixel) times the predicted P(offset error < ``score_radius``).
   The detections are the peaks scoring at least ``min_score``, up to a cap that scales
   with the area (one per ``area_per_detection`` px^2, at least ``min_detections``), in
-  fixed-size jittable arrays whose size depends only on the frame size. On 4000 frames
-  per regime, paired, the sigma factor added 0.004 mean AUC (higher in all nine cells); a
-  5x5 mass window lost 0.008; averaging the offset votes of the 3x3 window
-  (``refine_window``) added 0.002. Window maxima and sums are shifted slices, and the
-  refinement is gathered at the peaks only: ``lax.reduce_window`` and dense refinement
-  cost ~35 ms on a 512 x 512 field, this ~4 ms.
+  fixed-size jittable arrays whose size depends only on the frame size. The offset votes
+  of the 3x3 window are averaged (``refine_window``). Window maxima and sums are shifted
+  slices, and the refinement is gathered at the peaks only, far cheaper on whole fields
+  than ``lax.reduce_window`` and a dense refinement. What each choice gained is in
+  docs/results.md ("The detector's architecture").
 """
 
 from __future__ import annotations

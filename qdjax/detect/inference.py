@@ -54,9 +54,7 @@ PRETRAINED_DIR = PRETRAINED_ROOT / "paper"
 WEIGHTS = "weights.npz"
 CONFIG = "config.json"
 # Pixels per jitted call at most: a memory bound on an accelerator, where large calls fill
-# the device. On a CPU small calls run faster (cache-sized work; measured side by side on
-# 2 cores: 32 to 128 crops of 24 x 25 per call 1.5-2x the frames/s of 1024, one
-# 512 x 512 field per call ~2x eight fields in one call).
+# the device. On a CPU small calls run faster (cache-sized work; docs/results.md, "Speed").
 CHUNK_PIXELS = 1 << 22
 CPU_CHUNK_PIXELS = 1 << 16
 DECODE_SETTINGS = (

@@ -453,7 +453,7 @@ def _resume(
     raise ValueError(
       f"the simulation parameters changed since {workdir} was checkpointed "
       f"({', '.join(changed)}; e.g. a new preset calibration): resuming would mix two "
-      "training distributions; use a new --workdir"
+      "training distributions; use a new workdir"
     )
   if verbose:
     print(f"resuming from {checkpoints.directory} at step {meta['step']}", flush=True)

@@ -25,18 +25,15 @@ which at a few photons per pixel are often the raw maximum.
 outside the frame, an amplitude whose standard error is not finite, or a fit no better
 than a flat background (blank or constant frames). A width at its bound is not
 degenerate: on the validation splits such fits are mostly near the QD, and dropping them
-(with the bounds at 0.5 and 12 px then) cost about 0.1 AUC at epsilon 3.
+cost AUC (docs/results.md, "The Poisson MLE").
 
 **Score.** Two are computed: the log-likelihood ratio of the fit against a flat
 background, ``llr = nll(flat b = mean) - nll(fit)``, and the amplitude over its standard
 error from the inverse information, ``A / SE(A)``. ``llr`` is the default (see
-``SCORE_CHOICE``). Measured on the validation splits of the calibrated paper preset
-(val_d1..3, seed 0, 666 frames each), the two rank almost alike: mean AUC over the nine
-cells 0.449 (llr) vs 0.447 (A/SE); llr is ahead or level at epsilon 1 and 2 in every
-regime, A/SE ahead by at most 0.007 at epsilon 3 of D1 and D3. On the first-probe
-preset llr was ahead in all nine cells (mean 0.491 vs 0.482, 333 frames each). The
-likelihood ratio weighs the evidence of the whole spot, whereas A/SE also rewards narrow
-fits whose amplitude is well determined because they sit on one bright noise pixel.
+``SCORE_CHOICE``). On the validation splits the two rank almost alike, llr slightly ahead
+(docs/results.md, "The Poisson MLE"). The likelihood ratio weighs the evidence of the
+whole spot, whereas A/SE also rewards narrow fits whose amplitude is well determined
+because they sit on one bright noise pixel.
 """
 
 from __future__ import annotations
@@ -50,7 +47,7 @@ import numpy as np
 
 from qdjax import chunks
 
-# Measured with experiments/evaluate-style validation sets; see the module docstring.
+# The score that ranks detections (module docstring; docs/results.md, "The Poisson MLE").
 SCORE_CHOICE = "llr"
 SCORES = ("llr", "snr")
 PARAM_NAMES = ("background", "amplitude", "x0", "y0", "sx", "sy", "theta")

@@ -520,12 +520,12 @@ def check_fit(result: MicroscopeFit, pmt_given: bool) -> None:
   from scipy import stats
 
   spot_limit = float(stats.norm.isf(SPOT_LEVEL))
-  pmt_hint = "" if pmt_given else ", or PMT output fitted as photons (give --pmt)"
+  pmt_hint = "" if pmt_given else ", or PMT output fitted as photons (give its PMT calibration)"
   if abs(result.noise_z) > spot_limit:
     cause = (
-      "is the PMT calibration (--pmt) the one of these frames?"
+      "is the PMT calibration given the one of these frames?"
       if pmt_given
-      else "are they PMT output? give its calibration (--pmt)"
+      else "are they PMT output? give their PMT calibration"
     )
     raise ValueError(
       f"the frames' noise is not the detector model's: its spread is {result.noise_z:.3g} "

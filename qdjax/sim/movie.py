@@ -74,9 +74,8 @@ class MovieParams:
 
 def default_frame_interval(params: simulate.Params) -> float:
   """``height * (width * dwell + retrace)``: frames back to back, no extra flyback."""
-  from qdjax.tracks import diffusion
-
-  return diffusion.default_frame_interval(params)
+  line = scan.line_period(params.width, float(params.dwell_s), float(params.retrace_s))
+  return params.height * float(line)
 
 
 def frame_span(params: simulate.Params):

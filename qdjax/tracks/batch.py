@@ -4,7 +4,7 @@
     summary = batch.track_many("movies/*.tif", "out", workers=4)         # a local cluster
     summary = batch.track_many("list.txt", "out", scheduler="tcp://host:8786")
 
-Each recording ``<stem>.<ext>`` is tracked with ``tracking.track_file`` and gives, in the
+Each recording ``<stem>.<ext>`` is tracked with ``files.track_file`` and gives, in the
 output directory, ``<stem>_tracks.csv``, ``<stem>_diffusion.csv`` and
 ``<stem>_settings.json``: the settings it was tracked with (locator, preset, track
 options, qdjax version), the input's size and modification time, and its summary row.
@@ -42,6 +42,7 @@ import threading
 import time
 import types
 from collections.abc import Callable, Iterable, Sequence
+from importlib import metadata
 from pathlib import Path
 
 import pandas as pd
@@ -49,7 +50,7 @@ import pandas as pd
 from qdjax import io
 from qdjax.localize import locator
 from qdjax.sim import presets
-from qdjax.tracks import tracking
+from qdjax.tracks import files
 
 SUMMARY_COLUMNS = [
   "name",  # the input's file name without its suffix: the outputs' prefix
@@ -208,8 +209,6 @@ def _json_ready(value):
 def settings_record(spec: LocatorSpec, preset, track_options: dict) -> dict:
   """What a recording's outputs depend on, besides the input: written into its
   ``<stem>_settings.json`` and compared on a rerun."""
-  from qdjax import __version__
-
   if spec.factory is not None:
     factory = getattr(spec.factory, "__qualname__", type(spec.factory).__qualname__)
     # By name: what a factory's closure holds may change between runs and mean nothing.
@@ -218,7 +217,7 @@ def settings_record(spec: LocatorSpec, preset, track_options: dict) -> dict:
     source = {"method": spec.method, "model": spec.model, "workdir": spec.workdir}
   return _json_ready(
     {
-      "qdjax_version": __version__,
+      "qdjax_version": metadata.version("qdjax"),
       "locator": source,
       "preset": preset.to_dict(),
       "track_options": dict(sorted(track_options.items())),
@@ -341,7 +340,7 @@ def one_line(error: BaseException) -> str:
 
 
 def summary_row(summary: dict) -> dict:
-  """A recording's ``SUMMARY_COLUMNS`` values from ``tracking.track_file``'s summary."""
+  """A recording's ``SUMMARY_COLUMNS`` values from ``files.track_file``'s summary."""
   ens, field, drift = summary["ensemble"], summary["field_ensemble"], summary["drift"]
   tissue, still = summary.get("tissue"), summary.get("background")
   return {
@@ -400,7 +399,7 @@ def track_one(task: Task) -> tuple[dict, int, int]:
     settings_path.unlink(missing_ok=True)
     preset = _restore_preset(task.preset)
     locate = _locator(task.spec, preset)
-    summary = tracking.track_file(
+    summary = files.track_file(
       task.path,
       outputs["tracks"],
       outputs["diffusion"],

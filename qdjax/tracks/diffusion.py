@@ -31,6 +31,7 @@ import dataclasses
 import math
 
 import numpy as np
+import pandas as pd
 
 # --- the blur coefficient -----------------------------------------------------------------
 
@@ -113,15 +114,6 @@ def centroid_blur_closed_form(params, frame_interval_s: float) -> float:
   return (recording + float(params.retrace_s) * (h * h - 1) / h) / (6 * frame_interval_s)
 
 
-def default_frame_interval(params, height: int | None = None, width: int | None = None) -> float:
-  """height * (width * dwell + retrace), for a movie of the given frame size."""
-  h = params.height if height is None else height
-  w = params.width if width is None else width
-  from qdjax.sim import scan  # loads JAX: imported where it is needed
-
-  return h * float(scan.line_period(w, float(params.dwell_s), float(params.retrace_s)))
-
-
 # --- the estimators ------------------------------------------------------------------------
 
 
@@ -149,6 +141,14 @@ class Estimate:
   diffusion_se_axes: tuple = ()
   localisation_variance_axes: tuple = ()
   method: str = "cve"
+
+
+def track_positions(track: pd.DataFrame, pixel_size_um: float) -> np.ndarray:
+  """[last - first + 1, 2] positions in um of one track, NaN rows for frames it skipped."""
+  frames = track["frame"].to_numpy()
+  out = np.full((frames.max() - frames.min() + 1, 2), np.nan)
+  out[frames - frames.min()] = track[["x", "y"]].to_numpy() * pixel_size_um
+  return out
 
 
 def steps(positions):

@@ -34,7 +34,7 @@ import math
 import numpy as np
 import pandas as pd
 
-from qdjax.tracks import diffusion, tracking
+from qdjax.tracks import diffusion
 
 CLASS_COLUMNS = [
   "particle",
@@ -157,7 +157,7 @@ def classify(
   dt, a = analysis.frame_interval_s, analysis.pixel_size_um
   rows = []
   for particle, one in tracks.groupby("particle", sort=True):
-    positions = tracking.track_positions(one, a)
+    positions = diffusion.track_positions(one, a)
     span = len(positions)
     if span < 8 or len(one) < 5:
       continue

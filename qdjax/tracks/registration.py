@@ -87,13 +87,12 @@ class Timing:
 
 def timing_for(preset, height: int, width: int, frame_interval_s=None) -> Timing:
   """The scan timing of a ``height x width`` movie recorded with ``preset``."""
-  from qdjax.sim import scan
-  from qdjax.tracks import diffusion
+  from qdjax.sim import movie, scan
 
   params = preset.sim_params(height=height, width=width)
   line = float(scan.line_period(width, float(params.dwell_s), float(params.retrace_s)))
   if frame_interval_s is None:
-    frame_interval_s = diffusion.default_frame_interval(params)
+    frame_interval_s = movie.default_frame_interval(params)
   return Timing(float(frame_interval_s), line, float(params.dwell_s))
 
 

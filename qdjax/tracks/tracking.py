@@ -1,7 +1,7 @@
 """Tracks and per-track diffusion coefficients from a movie (docs/spec.md, section 8).
 
     locate = locator.make("model")
-    result = tracking.track_movie(frames, locate, preset)   # or tracking.track_file(...)
+    result = tracking.track_movie(frames, locate, preset)   # files.track_file for a file
 
 The pipeline, every choice made from the movie itself (docs/diffusion.md, section 7):
 
@@ -30,7 +30,6 @@ The pipeline, every choice made from the movie itself (docs/diffusion.md, sectio
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import logging
 import math
@@ -301,14 +300,6 @@ def keep_long(tracks: pd.DataFrame, min_detections: int) -> pd.DataFrame:
     return tracks
   size = tracks.groupby("particle")["frame"].transform("size")
   return tracks[size >= min_detections].reset_index(drop=True)
-
-
-def track_positions(track: pd.DataFrame, pixel_size_um: float) -> np.ndarray:
-  """[last - first + 1, 2] positions in um of one track, NaN rows for frames it skipped."""
-  frames = track["frame"].to_numpy()
-  out = np.full((frames.max() - frames.min() + 1, 2), np.nan)
-  out[frames - frames.min()] = track[["x", "y"]].to_numpy() * pixel_size_um
-  return out
 
 
 @dataclasses.dataclass(frozen=True)
@@ -704,14 +695,14 @@ def analysis_for(preset, height: int, width: int, frame_interval_s=None, **kwarg
     ValueError: a non-positive or non-finite interval, or one shorter than a frame's
       recording.
   """
+  from qdjax.sim import movie
+
   params = preset.sim_params(height=height, width=width)
   if frame_interval_s is None:
-    frame_interval_s = diffusion.default_frame_interval(params)
+    frame_interval_s = movie.default_frame_interval(params)
   frame_interval_s = float(frame_interval_s)
   if not math.isfinite(frame_interval_s) or frame_interval_s <= 0:
     raise ValueError(f"frame_interval_s must be a positive number, got {frame_interval_s}")
-  from qdjax.sim import movie
-
   recording = float(movie.frame_span(params))
   if frame_interval_s < recording * (1 - 1e-6):
     raise ValueError(
@@ -1045,91 +1036,6 @@ def track_detections(
     tracks, table, detections, summary, motion, analysis, mean_frame, windows, found, tissue,
     background,
   )  # fmt: skip
-
-
-def track_file(
-  input_path: str,
-  tracks_path: str,
-  diffusion_path: str,
-  locate: locator.Locator,
-  preset,
-  *,
-  plot_path: str | None = None,
-  drift_path: str | None = None,
-  tissue_path: str | None = None,
-  tissue_plot_path: str | None = None,
-  progress: bool = True,
-  **options,
-) -> dict:
-  """``track_movie`` on a movie file; writes the tracks and diffusion CSVs (and a PNG
-  quality report, the common motion's CSV, the tissue motion's CSV and its PNG) together,
-  only once all is done.
-
-  Args:
-    input_path: .npy, .npz (``images``) or .tif movie, (T, H, W) with T >= 2.
-    tracks_path: CSV ``frame,x,y,score,particle``.
-    diffusion_path: CSV with ``DIFFUSION_COLUMNS``.
-    locate: any localiser (``qdjax.localize.locator.Locator``).
-    preset: the microscope.
-    plot_path: PNG quality report (``plotting.tracks_figure``).
-    drift_path: CSV of the common motion per frame.
-    tissue_path: CSV of the tissue's motion per strip of lines
-      (``registration.TissueMotion.table``; only a header where it was not estimated).
-    tissue_plot_path: PNG of that motion (``plotting.tissue_figure``).
-    options: ``track_movie``'s keyword arguments.
-
-  Returns:
-    the summary dict of ``Result``.
-
-  Raises:
-    FileNotFoundError, ValueError: bad input, or no track found; nothing is written.
-  """
-  outputs = [tracks_path, diffusion_path, plot_path, drift_path, tissue_path, tissue_plot_path]
-  outputs = [p for p in outputs if p is not None]
-  for path in outputs:
-    io.check_output_path(path)
-  frames = io.open_frames(input_path, movie=True)
-  result = track_movie(frames, locate, preset, progress=progress, **options)
-  if len(result.tracks) == 0:
-    summary = result.summary
-    raise ValueError(
-      f"no track of >= {result.analysis.min_frames} detections in {input_path} "
-      f"({summary['detections']} detections, {summary['detections_kept']} kept at min_score "
-      f"{summary['min_score']}); nothing written"
-    )
-  with contextlib.ExitStack() as stack:
-    staged = {path: stack.enter_context(io.atomic_path(path)) for path in outputs}
-    io.write_csv(staged[tracks_path], result.tracks, {"x": "%.4f", "y": "%.4f", "score": "%.6g"})
-    formats = {
-      c: "%.6g"
-      for c in result.diffusion.columns
-      if c.endswith(("_s", "_um", "value", "rho", "alpha", "_se"))
-    }
-    io.write_csv(staged[diffusion_path], result.diffusion, formats)
-    if drift_path is not None:
-      io.write_csv(staged[drift_path], result.motion.table(), {"drift_x_px": "%.4f",
-                                                                 "drift_y_px": "%.4f"})  # fmt: skip
-    if tissue_path is not None:
-      io.write_csv(staged[tissue_path], tissue_table(result), {"time_s": "%.6f"})
-    if plot_path is not None or tissue_plot_path is not None:
-      from qdjax import plotting
-
-      if plot_path is not None:
-        plotting.tracks_figure(result, staged[plot_path])
-      if tissue_plot_path is not None:
-        plotting.tissue_figure(
-          result.tissue, staged[tissue_plot_path], result.analysis.pixel_size_um
-        )
-  return result.summary
-
-
-def tissue_table(result: Result) -> pd.DataFrame:
-  """The tissue's motion per strip (``registration.TissueMotion.table``, with um), or its
-  columns only where it was not estimated."""
-  if result.tissue is not None:
-    return result.tissue.table(result.analysis.pixel_size_um)
-  columns = ["frame", "line", "time_s", "dx_px", "dy_px", "dx_se_px", "dy_se_px", "dx_um", "dy_um"]
-  return pd.DataFrame(columns=columns)
 
 
 def _tissue_line(tissue: dict | None) -> list[str]:

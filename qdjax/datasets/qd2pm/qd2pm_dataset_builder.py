@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import json
 import math
+from importlib import metadata
 
 import jax
 import numpy as np
@@ -23,7 +24,6 @@ import tensorflow_datasets as tfds
 from etils import epath
 from tqdm.auto import tqdm
 
-import qdjax
 from qdjax.sim import data, presets
 
 # The splits of the export, at the study's sizes (qdjax.sim.presets' split_sizes).
@@ -179,7 +179,7 @@ class Builder(tfds.core.GeneratorBasedBuilder):
       _DESCRIPTION
       + "\nStudy-sized splits: "
       + ", ".join(f"{s} {data.split_size(preset, s)}" for s in SPLITS)
-      + f" frames (info.splits has the exported counts).\n\nqdjax {qdjax.__version__}. "
+      + f" frames (info.splits has the exported counts).\n\nqdjax {metadata.version('qdjax')}. "
       + f"Parameters of preset {name!r} and their provenance:\n\n"
       + json.dumps(data.params_record(params, preset), indent=1, sort_keys=True)
     )
@@ -189,7 +189,7 @@ class Builder(tfds.core.GeneratorBasedBuilder):
       features=_frame_features(params.height, params.width, params.max_particles, with_expected),
       # On disk the stored metadata replaces this, so readers see what was written.
       metadata=tfds.core.MetadataDict(
-        record, qdjax_version=qdjax.__version__, jax_version=jax.__version__
+        record, qdjax_version=metadata.version("qdjax"), jax_version=jax.__version__
       ),
       # Example i must stay frame i of its split: write in key (frame index) order.
       disable_shuffling=True,
