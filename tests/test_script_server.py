@@ -2,6 +2,7 @@
 the same script gives as a fresh process."""
 
 import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -58,3 +59,37 @@ def test_an_uncaught_error_and_a_timeout(tmp_path):
   assert timeout.value.output == "started\n"
   # The server goes on serving.
   assert SCRIPT_SERVER.run([str(failing)], env, tmp_path, timeout=60).returncode == 1
+
+
+def test_a_served_script_ends_as_the_interpreter_ends_it(tmp_path):
+  """The threads a script leaves running finish, its atexit handlers run, its unflushed
+  output is written and its exit status is kept, as for a fresh process."""
+  env = _script_env()
+  if not SCRIPT_SERVER.serves(env):
+    pytest.skip(f"the script server cannot serve: {SCRIPT_SERVER.broken}")
+  ending = tmp_path / "ending.py"
+  ending.write_text(
+    "import atexit, sys, threading, time\n"
+    "def late():\n"
+    "  time.sleep(0.5)\n"
+    "  open(sys.argv[1], 'w').write('thread')\n"
+    "threading.Thread(target=late).start()\n"
+    "atexit.register(lambda: print('atexit', file=sys.stderr))\n"
+    # A buffered stdout whatever PYTHONUNBUFFERED says: only the exit flushes it.
+    "sys.stdout = open(1, 'w', buffering=8192, closefd=False)\n"
+    "sys.stdout.write('unflushed')\n"
+    "sys.exit(int(sys.argv[2]))\n"
+  )
+  for status in (0, 3):
+    results = []
+    for name, fresh in (("served", False), ("fresh", True)):
+      marker = tmp_path / f"{name}{status}.txt"
+      if fresh:
+        result = subprocess.run(
+          [sys.executable, str(ending), str(marker), str(status)],
+          env=env, cwd=tmp_path, capture_output=True, text=True, timeout=60,
+        )  # fmt: skip
+      else:
+        result = SCRIPT_SERVER.run([str(ending), str(marker), str(status)], env, tmp_path, 60)
+      results.append((result.returncode, result.stdout, result.stderr, marker.read_text()))
+    assert results[0] == results[1] == (status, "unflushed", "atexit\n", "thread")
