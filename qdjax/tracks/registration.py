@@ -579,10 +579,9 @@ def estimate(
   coarse_lines = max(strip_lines, -(-h // COARSE_STRIPS))
   fine_centres = _centres(strip_lines, h)
 
-  modes = None  # the texture's change with depth: found once the reference has settled
-
-  def shifts(block, mask, reference, lines, prior=None):
-    """Strip shifts of a block (padded to ``chunk`` frames: one compiled program)."""
+  def shifts(block, mask, reference, modes, lines, prior=None):
+    """Strip shifts of a block (padded to ``chunk`` frames: one compiled program), with the
+    texture's change with depth ``modes`` (None: without it)."""
     n = len(block)
     fill = ((0, chunk - n), (0, 0), (0, 0))
     if prior is not None:
@@ -595,12 +594,12 @@ def estimate(
     )  # fmt: skip
     return tuple(np.asarray(v)[:n].astype(np.float64) for v in out)
 
-  def coarse_then_fine(block, mask, reference):
+  def coarse_then_fine(block, mask, reference, modes):
     """(coarse [n, S_coarse, 2] searched everywhere, fine [n, S, 2] and its SE searched
     near the coarse estimate)."""
-    coarse = _smoothed(shifts(block, mask, reference, coarse_lines)[0], 3)
+    coarse = _smoothed(shifts(block, mask, reference, modes, coarse_lines)[0], 3)
     prior = _line_shifts(coarse, coarse_lines, h)[:, fine_centres.round().astype(int)]
-    return (coarse, *shifts(block, mask, reference, strip_lines, prior))
+    return (coarse, *shifts(block, mask, reference, modes, strip_lines, prior))
 
   # The reference: first one frame, the middle one of an even sample; then the sample's
   # frames with their motion taken out, a few times.
@@ -616,11 +615,11 @@ def estimate(
     [sample[start][None]], [valid[start][None]], [np.zeros((1, h, 2))], pad, sigma=1.5
   )
 
-  def rebuilt(reference):
+  def rebuilt(reference, modes=None):
     """(per-line shifts of the sample against ``reference``, the reference rebuilt with
     them)."""
     fine = np.concatenate(
-      [coarse_then_fine(b, v, reference)[1] for b, v in zip(blocks, valids, strict=True)]
+      [coarse_then_fine(b, v, reference, modes)[1] for b, v in zip(blocks, valids, strict=True)]
     )
     line_shift = _line_shifts(_smoothed(_centred(fine)), strip_lines, h)
     return line_shift, _reference(blocks, valids, np.split(line_shift, cuts), pad)
@@ -634,16 +633,15 @@ def estimate(
     if previous is not None and np.sqrt(np.mean((line_shift - previous) ** 2)) < CONVERGED_PX:
       break
     previous = line_shift
-  settled = line_shift, reference
+  settled = line_shift, reference, None
   # Then the texture's change with depth, fitted per strip beside its shift.
   for _ in range(DEPTH_ITERATIONS):
-    modes = depth_modes(line_shift, reference)
-    line_shift, reference = rebuilt(reference)
+    line_shift, reference = rebuilt(reference, depth_modes(line_shift, reference))
   modes = depth_modes(line_shift, reference)
 
-  def finish(line_shift, reference, alpha, whole=True):
-    """The motion of the whole movie against ``reference``, and the test of it (None where
-    the test fails and not ``whole``)."""
+  def finish(line_shift, reference, modes, alpha, whole=True):
+    """The motion of the whole movie against ``reference`` and ``modes``, and the test of it
+    (None where the test fails and not ``whole``)."""
     # The left and right halves of the sample's frames, registered apart: tissue motion moves
     # both alike, while noise, or a QD the mask missed, moves each on its own.
     # Each frame helped build the reference, which pulls the frame's shift towards the one it
@@ -659,7 +657,7 @@ def estimate(
       independent, odd_blocks, odd_valids = reference, blocks, valids
 
     def half(side):  # fine strips of one half, each searched near its own coarse estimate
-      parts = [coarse_then_fine(b, v * side, independent)[1]
+      parts = [coarse_then_fine(b, v * side, independent, modes)[1]
                for b, v in zip(odd_blocks, odd_valids, strict=True)]  # fmt: skip
       return _centred(np.concatenate(parts)).reshape(-1, 2)
 
@@ -688,7 +686,7 @@ def estimate(
         mask = background_mask(np.arange(first, first + len(block)), (h, w), exclude,
                                exclude_radius_px)  # fmt: skip
         block = np.minimum(block, clip)
-        _, fine, se = coarse_then_fine(block, mask, reference)
+        _, fine, se = coarse_then_fine(block, mask, reference, modes)
         fine_parts.append(fine)
         se_parts.append(se)
         bar.update(len(block))
@@ -715,14 +713,13 @@ def estimate(
       timing=timing,
     )
 
-  motion = finish(line_shift, reference, alpha)
+  motion = finish(line_shift, reference, modes, alpha)
   if not motion.applied:
     # The texture's change with depth is a refinement: where the registration with it does
     # not hold together (fitted freely at every shift, it can make a wrong shift fit better
     # than the right one, and the reference, rebuilt with such shifts, loses the tissue),
     # the registration without it (as it had settled) is tested, at half the level: the two
     # tests together pass a still movie at most 1.5 times as often as one.
-    modes = None
     plain = finish(*settled, alpha / 2, whole=False)
     if plain is not None:
       motion = dataclasses.replace(
